@@ -103,6 +103,9 @@ pub enum DecodeError {
     /// A field runs past the end of the datagram.
     #[error("datagram is truncated")]
     Truncated,
+    /// A kind that must be signed arrived without a signature.
+    #[error("datagram is not signed")]
+    Unsigned,
     /// Not a gshare datagram at all.
     #[error("bad magic bytes")]
     BadMagic,
@@ -198,7 +201,11 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
         2 => Message::Announcement(Announcement::decode_body(Reader::new(body))?),
         other => return Err(DecodeError::UnknownKind(other)),
     };
-    let signature = if message.is_signed() { Some(reader.array::<SIGNATURE_LEN>()?) } else { None };
+    let signature = match (message.is_signed(), reader.remaining()) {
+        (false, _) => None,
+        (true, 0) => return Err(DecodeError::Unsigned),
+        (true, _) => Some(reader.array::<SIGNATURE_LEN>()?),
+    };
     reader.finish()?;
     Ok(Decoded { datagram: Datagram { timestamp, nonce, message }, signed_bytes, signature })
 }
@@ -291,6 +298,7 @@ mod tests {
         let mut trailing = good.clone();
         trailing.push(0);
         assert_eq!(decode(&trailing).unwrap_err(), DecodeError::TrailingBytes(1));
+        assert_eq!(decode(&good[..good.len() - SIGNATURE_LEN]).unwrap_err(), DecodeError::Unsigned);
         for cut in 0..good.len() {
             assert!(decode(&good[..cut]).is_err(), "prefix of {cut} bytes was accepted");
         }

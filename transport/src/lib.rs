@@ -1,1 +1,26 @@
-//! stub
+//! What the server and the client share below the protocol: the multicast channel, its settings
+//! (the `[multicast]` table of both `server.toml` and `client.toml`), config file errors that
+//! point at a line, and the accounting of datagrams that receivers drop.
+//!
+//! # Layout
+//!
+//! - [`config_file`]: reading TOML with `file: line N: key: message` errors.
+//! - [`settings`]: the `[multicast]` table, validated as it is deserialized.
+//! - [`multicast`]: opening the group socket and the unicast socket beside it.
+//! - [`drops`]: counting dropped datagrams by reason, with rate-limited log lines.
+
+pub mod config_file;
+pub mod drops;
+pub mod multicast;
+pub mod settings;
+
+pub use config_file::ConfigFileError;
+pub use drops::{DropCounter, DropReason};
+pub use multicast::{MulticastChannel, TransportError};
+pub use settings::MulticastSettings;
+
+/// Milliseconds since the Unix epoch by the system clock: the `now` that callers hand to `proto`.
+pub fn unix_now() -> gshare_proto::UnixMillis {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    gshare_proto::UnixMillis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,128 @@
+//! The client's home directory and its `client.toml`.
+//!
+//! The home is `--home`, else `$GSHARE_HOME`, else `$XDG_CONFIG_HOME/gshare`, else
+//! `~/.config/gshare`. It holds `client.toml`: the `[multicast]` table (same keys and defaults
+//! as the server's) and what enrollment learned, the server address and the pinned CA
+//! fingerprint. A missing `client.toml` means all defaults and nothing pinned.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use gshare_proto::{Fingerprint, ServerAddress};
+use gshare_transport::{ConfigFileError, MulticastSettings, config_file};
+
+/// Name of the settings file inside the home directory.
+pub const CLIENT_TOML: &str = "client.toml";
+
+/// Why the home directory could not be found.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot find a home for gshare: set --home, GSHARE_HOME, XDG_CONFIG_HOME or HOME")]
+pub struct NoHome;
+
+/// Picks the home directory from the flag and the environment, in the documented order.
+pub fn resolve_home(flag: Option<&Path>) -> Result<PathBuf, NoHome> {
+    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    flag.map(Path::to_owned)
+        .or_else(|| from_env("GSHARE_HOME"))
+        .or_else(|| from_env("XDG_CONFIG_HOME").map(|dir| dir.join("gshare")))
+        .or_else(|| from_env("HOME").map(|dir| dir.join(".config").join("gshare")))
+        .ok_or(NoHome)
+}
+
+/// `client.toml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientToml {
+    #[serde(default)]
+    multicast: MulticastSettings,
+    #[serde(default)]
+    server: Option<ServerAddressToml>,
+    #[serde(default)]
+    ca_fingerprint: Option<FingerprintToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "String")]
+struct ServerAddressToml(ServerAddress);
+
+impl TryFrom<String> for ServerAddressToml {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        ServerAddress::new(&text).map(Self).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "String")]
+struct FingerprintToml(Fingerprint);
+
+impl TryFrom<String> for FingerprintToml {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse().map(Self).map_err(|e: gshare_proto::fingerprint::FingerprintError| e.to_string())
+    }
+}
+
+/// The client's settings.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub home: PathBuf,
+    pub multicast: MulticastSettings,
+    /// The server address learned at enrollment.
+    pub server: Option<ServerAddress>,
+    /// The CA fingerprint pinned at enrollment; announcements from any other CA are ignored.
+    pub ca_fingerprint: Option<Fingerprint>,
+}
+
+impl ClientSettings {
+    /// Reads `client.toml` from `home`; a missing file gives the defaults.
+    pub fn load(home: &Path) -> Result<Self, ConfigFileError> {
+        let path = home.join(CLIENT_TOML);
+        let raw = match std::fs::read_to_string(&path) {
+            Ok(text) => config_file::parse::<ClientToml>(&path, &text)?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => ClientToml::default(),
+            Err(error) => return Err(ConfigFileError::whole_file(&path, format!("cannot read the file: {error}"))),
+        };
+        Ok(Self {
+            home: home.to_owned(),
+            multicast: raw.multicast,
+            server: raw.server.map(|s| s.0),
+            ca_fingerprint: raw.ca_fingerprint.map(|f| f.0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_file_means_defaults() {
+        let home = tempfile::tempdir().unwrap();
+        let settings = ClientSettings::load(home.path()).unwrap();
+        assert_eq!(settings.multicast, MulticastSettings::default());
+        assert!(settings.ca_fingerprint.is_none() && settings.server.is_none());
+    }
+
+    #[test]
+    fn reads_learned_values_and_refuses_bad_ones_with_their_line() {
+        let home = tempfile::tempdir().unwrap();
+        let fingerprint = format!("SHA256:{}", "ab".repeat(32));
+        let text =
+            format!("server = \"127.0.0.1:7443\"\nca_fingerprint = \"{fingerprint}\"\n[multicast]\nport = 9000\n");
+        std::fs::write(home.path().join(CLIENT_TOML), text).unwrap();
+        let settings = ClientSettings::load(home.path()).unwrap();
+        assert_eq!(settings.ca_fingerprint.unwrap().to_string(), fingerprint);
+        assert_eq!(settings.multicast.port.get(), 9000);
+
+        std::fs::write(home.path().join(CLIENT_TOML), "ca_fingerprint = \"SHA256:abc\"\n").unwrap();
+        let error = ClientSettings::load(home.path()).unwrap_err();
+        assert_eq!((error.line, error.key.as_deref()), (Some(1), Some("ca_fingerprint")), "{error}");
+    }
+
+    #[test]
+    fn home_resolution_prefers_the_flag() {
+        assert_eq!(resolve_home(Some(Path::new("/x"))).unwrap(), Path::new("/x"));
+    }
+}

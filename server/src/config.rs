@@ -1,0 +1,237 @@
+//! `server.toml`, read in two steps: [`ServerToml`] mirrors the file (unknown keys refused,
+//! each value checked by its type as it is read), then [`Config`] is the validated whole, with
+//! paths made absolute against the config file's directory and defaults filled in.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use gshare_proto::{GroupName, ServerAddress};
+use gshare_transport::{ConfigFileError, MulticastSettings, config_file};
+
+/// Default TLS address: loopback, port 7443.
+pub const DEFAULT_TLS_LISTEN: &str = "127.0.0.1:7443";
+/// Default seconds between periodic announcements.
+pub const DEFAULT_ANNOUNCE_INTERVAL_SECS: u64 = 10;
+/// Default least milliseconds between announcements sent in answer to list requests.
+pub const DEFAULT_LIST_REPLY_INTERVAL_MS: u64 = 250;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerToml {
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_users_file")]
+    users_file: PathBuf,
+    groups: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    tls: TlsToml,
+    #[serde(default)]
+    multicast: MulticastSettings,
+    #[serde(default)]
+    announce: AnnounceToml,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+fn default_users_file() -> PathBuf {
+    PathBuf::from("users.toml")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsToml {
+    #[serde(default = "default_tls_listen")]
+    listen: Spanned<SocketAddr>,
+    #[serde(default)]
+    advertise: Option<Spanned<String>>,
+}
+
+impl Default for TlsToml {
+    fn default() -> Self {
+        Self { listen: default_tls_listen(), advertise: None }
+    }
+}
+
+fn default_tls_listen() -> Spanned<SocketAddr> {
+    // The constant is a valid socket address; the fallback is never taken.
+    Spanned::new(0..0, DEFAULT_TLS_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7443))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AnnounceToml {
+    interval_secs: Spanned<u64>,
+    list_reply_interval_ms: Spanned<u64>,
+}
+
+impl Default for AnnounceToml {
+    fn default() -> Self {
+        Self {
+            interval_secs: Spanned::new(0..0, DEFAULT_ANNOUNCE_INTERVAL_SECS),
+            list_reply_interval_ms: Spanned::new(0..0, DEFAULT_LIST_REPLY_INTERVAL_MS),
+        }
+    }
+}
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file this was read from.
+    pub path: PathBuf,
+    /// Holds the CA, the server certificate, the database and the spool.
+    pub state_dir: PathBuf,
+    /// The user store.
+    pub users_file: PathBuf,
+    /// The server's groups, unique, in the order written.
+    pub groups: Vec<GroupName>,
+    /// Where the TLS listener binds.
+    pub tls_listen: SocketAddr,
+    /// The address announced to members (default: `tls_listen`).
+    pub tls_advertise: ServerAddress,
+    pub multicast: MulticastSettings,
+    /// Time between periodic announcements.
+    pub announce_interval: Duration,
+    /// Least time between announcements sent in answer to list requests.
+    pub list_reply_interval: Duration,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let (raw, text) = config_file::read::<ServerToml>(path)?;
+        Self::validate(path, &text, raw)
+    }
+
+    /// Validates the text of a config file; `path` locates relative paths and names the file in
+    /// messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigFileError> {
+        let raw = config_file::parse::<ServerToml>(path, text)?;
+        Self::validate(path, text, raw)
+    }
+
+    fn validate(path: &Path, text: &str, raw: ServerToml) -> Result<Self, ConfigFileError> {
+        let error =
+            |span: std::ops::Range<usize>, message: String| ConfigFileError::at(path, text, Some(span), message);
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = std::path::absolute(base)
+            .map_err(|e| ConfigFileError::whole_file(path, format!("cannot resolve the config directory: {e}")))?;
+
+        let mut groups = Vec::new();
+        let mut seen = BTreeSet::new();
+        for name in raw.groups.get_ref() {
+            let group = GroupName::new(name.get_ref())
+                .map_err(|e| error(name.span(), format!("group name {:?} {e}", name.get_ref())))?;
+            if !seen.insert(group.as_str().to_ascii_lowercase()) {
+                return Err(error(name.span(), format!("group {group} is listed twice")));
+            }
+            groups.push(group);
+        }
+        if groups.is_empty() {
+            return Err(error(raw.groups.span(), "at least one group is needed".into()));
+        }
+
+        let tls_listen = *raw.tls.listen.get_ref();
+        let tls_advertise = match &raw.tls.advertise {
+            Some(advertise) => {
+                ServerAddress::new(advertise.get_ref()).map_err(|e| error(advertise.span(), e.to_string()))?
+            }
+            None if tls_listen.ip().is_unspecified() => {
+                return Err(error(
+                    raw.tls.listen.span(),
+                    format!(
+                        "{tls_listen} listens on every interface; set tls.advertise to the address members should use"
+                    ),
+                ));
+            }
+            // A SocketAddr always prints as a valid HOST:PORT.
+            None => {
+                ServerAddress::new(&tls_listen.to_string()).map_err(|e| error(raw.tls.listen.span(), e.to_string()))?
+            }
+        };
+
+        let interval_secs = *raw.announce.interval_secs.get_ref();
+        if !(1..=3600).contains(&interval_secs) {
+            return Err(error(raw.announce.interval_secs.span(), "must be between 1 and 3600 seconds".into()));
+        }
+        let reply_ms = *raw.announce.list_reply_interval_ms.get_ref();
+        if !(10..=60_000).contains(&reply_ms) {
+            return Err(error(raw.announce.list_reply_interval_ms.span(), "must be between 10 and 60000 ms".into()));
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            state_dir: base.join(raw.state_dir),
+            users_file: base.join(raw.users_file),
+            groups,
+            tls_listen,
+            tls_advertise,
+            multicast: raw.multicast,
+            announce_interval: Duration::from_secs(interval_secs),
+            list_reply_interval: Duration::from_millis(reply_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigFileError> {
+        Config::parse(Path::new("/etc/gshare/server.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_relative_paths() {
+        let config = parse("groups = [\"Developers\", \"Designers\"]\n").unwrap();
+        assert_eq!(config.state_dir, Path::new("/etc/gshare/state"));
+        assert_eq!(config.users_file, Path::new("/etc/gshare/users.toml"));
+        assert_eq!(config.tls_listen.to_string(), DEFAULT_TLS_LISTEN);
+        assert_eq!(config.tls_advertise.as_str(), DEFAULT_TLS_LISTEN);
+        assert_eq!(config.multicast, MulticastSettings::default());
+        assert_eq!(config.announce_interval, Duration::from_secs(DEFAULT_ANNOUNCE_INTERVAL_SECS));
+        let absolute = parse("state_dir = \"/var/lib/gshare\"\ngroups = [\"A\"]\n").unwrap();
+        assert_eq!(absolute.state_dir, Path::new("/var/lib/gshare"));
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.groups.iter().map(GroupName::as_str).collect::<Vec<_>>(), ["Developers", "Designers"]);
+        assert!(config.multicast.interface.is_loopback(), "the example must stay on loopback");
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_line_and_key() {
+        let cases = [
+            ("groups = [\"A\"]\nfoo = 1\n", 2, "foo", "unknown field"),
+            ("groups = [\"A\"]\n[tls]\nlisten = \"127.0.0.1\"\n", 3, "tls.listen", "socket address"),
+            ("groups = [\"A\"]\n[tls]\nadvertise = \"host\"\n", 3, "tls.advertise", "HOST:PORT"),
+            ("groups = [\"A\"]\n[tls]\nlisten = \"0.0.0.0:7443\"\n", 3, "tls.listen", "set tls.advertise"),
+            ("groups = [\"A\"]\n[multicast]\ngroup = \"10.0.0.1\"\n", 3, "multicast.group", "not a multicast address"),
+            ("groups = [\"A\"]\n[multicast]\nport = 0\n", 3, "multicast.port", "nonzero"),
+            ("groups = [\"A\"]\n[multicast]\nttl = 300\n", 3, "multicast.ttl", "u8"),
+            ("groups = [\"A\"]\n[multicast]\nmax_age_secs = 0\n", 3, "multicast.max_age_secs", "between 1"),
+            ("groups = [\"A\"]\n[announce]\ninterval_secs = 0\n", 3, "announce.interval_secs", "between 1"),
+            ("groups = [\"Dev\", \"../x\"]\n", 1, "groups", "\"../x\""),
+            ("groups = [\"Dev\", \"dev\"]\n", 1, "groups", "listed twice"),
+            ("groups = []\n", 1, "groups", "at least one group"),
+        ];
+        for (text, line, key, fragment) in cases {
+            let error = parse(text).unwrap_err();
+            assert_eq!(error.line, Some(line), "{text:?}: {error}");
+            assert_eq!(error.key.as_deref(), Some(key), "{text:?}: {error}");
+            assert!(error.to_string().contains(fragment), "{text:?}: {error}");
+        }
+        let missing_groups = parse("state_dir = \"s\"\n").unwrap_err();
+        assert!(missing_groups.message.contains("groups"), "{missing_groups}");
+    }
+}

@@ -1,0 +1,201 @@
+//! The server's identity on disk: `<state_dir>/identity/` holds `ca.crt`, `ca.key`,
+//! `server.crt` and `server.key` (keys mode 0600, the directory mode 0700).
+//!
+//! On first start the four files are written into a staging directory, synced, and the
+//! directory is renamed into place, so a crash leaves either a whole identity or none. Once an
+//! identity exists it is only ever read: a missing or corrupt piece is an error that says what
+//! is wrong, never a reason to make a new CA, because a new CA would silently cut off every
+//! enrolled member.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
+
+use gshare_certs::{CertificateAuthority, IssuedIdentity};
+
+const IDENTITY_DIR: &str = "identity";
+const STAGING_PREFIX: &str = ".identity-staging-";
+const CA_CERT: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+const SERVER_CERT: &str = "server.crt";
+const SERVER_KEY: &str = "server.key";
+
+/// Why the identity could not be created or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A file or directory could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// An identity exists but lacks some files; restore them from a backup.
+    #[error(
+        "{}: the identity is incomplete, missing {}. The CA is never regenerated behind an existing one, \
+         since every member would have to enroll again; restore the missing files from a backup, or move \
+         the directory away to start over with a new CA",
+        dir.display(), missing.join(", ")
+    )]
+    Incomplete { dir: PathBuf, missing: Vec<&'static str> },
+    /// A file of the identity does not hold what it should.
+    #[error("{}: {source}; restore it from a backup", path.display())]
+    Corrupt { path: PathBuf, source: gshare_certs::CertError },
+    /// Certificate generation failed.
+    #[error("cannot create the server identity: {0}")]
+    Generate(#[from] gshare_certs::CertError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io { path: path.to_owned(), source }
+}
+
+/// The CA and the server's own TLS certificate.
+#[derive(Debug)]
+pub struct ServerIdentity {
+    pub ca: CertificateAuthority,
+    pub server: IssuedIdentity,
+    /// True when this call created the identity.
+    pub created: bool,
+}
+
+impl ServerIdentity {
+    /// Loads the identity from `state_dir`, creating state directory and identity on first use.
+    /// `hosts` are the names and addresses the server certificate is issued for.
+    pub fn load_or_create(state_dir: &Path, hosts: &[String]) -> Result<Self, IdentityError> {
+        DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io_error(state_dir))?;
+        let dir = state_dir.join(IDENTITY_DIR);
+        if dir.exists() {
+            return Self::load(&dir);
+        }
+        remove_stale_staging(state_dir)?;
+        let ca = CertificateAuthority::generate("server", OffsetDateTime::now_utc())?;
+        let server = ca.issue_server_identity(hosts, OffsetDateTime::now_utc())?;
+        let staging = state_dir.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+        DirBuilder::new().mode(0o700).create(&staging).map_err(io_error(&staging))?;
+        write_file(&staging.join(CA_CERT), ca.certificate_pem(), 0o644)?;
+        write_file(&staging.join(CA_KEY), ca.key_pem(), 0o600)?;
+        write_file(&staging.join(SERVER_CERT), &server.certificate_pem, 0o644)?;
+        write_file(&staging.join(SERVER_KEY), &server.key_pem, 0o600)?;
+        sync_dir(&staging)?;
+        fs::rename(&staging, &dir).map_err(io_error(&dir))?;
+        sync_dir(state_dir)?;
+        Ok(Self { ca, server, created: true })
+    }
+
+    fn load(dir: &Path) -> Result<Self, IdentityError> {
+        let missing: Vec<&'static str> =
+            [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY].into_iter().filter(|name| !dir.join(name).exists()).collect();
+        if !missing.is_empty() {
+            return Err(IdentityError::Incomplete { dir: dir.to_owned(), missing });
+        }
+        let read = |name: &str| {
+            let path = dir.join(name);
+            fs::read_to_string(&path).map_err(io_error(&path))
+        };
+        let ca_path = dir.join(CA_CERT);
+        let ca = CertificateAuthority::from_pem(&read(CA_CERT)?, &read(CA_KEY)?)
+            .map_err(|source| IdentityError::Corrupt { path: ca_path, source })?;
+        let server = IssuedIdentity { certificate_pem: read(SERVER_CERT)?, key_pem: read(SERVER_KEY)? };
+        ca.check_issued_identity(&server)
+            .map_err(|source| IdentityError::Corrupt { path: dir.join(SERVER_CERT), source })?;
+        for key in [CA_KEY, SERVER_KEY] {
+            let path = dir.join(key);
+            let mode = fs::metadata(&path).map_err(io_error(&path))?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "private key is readable by others; run chmod 600 on it");
+            }
+        }
+        Ok(Self { ca, server, created: false })
+    }
+}
+
+/// Removes staging directories left by a first start that crashed before its rename. They were
+/// never in use, so nothing is lost.
+fn remove_stale_staging(state_dir: &Path) -> Result<(), IdentityError> {
+    for entry in fs::read_dir(state_dir).map_err(io_error(state_dir))? {
+        let entry = entry.map_err(io_error(state_dir))?;
+        if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            fs::remove_dir_all(entry.path()).map_err(io_error(&entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), IdentityError> {
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io_error(path))?;
+    file.write_all(contents.as_bytes()).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts() -> Vec<String> {
+        vec!["127.0.0.1".into()]
+    }
+
+    #[test]
+    fn created_once_then_reused_with_private_keys_0600() {
+        let state = tempfile::tempdir().unwrap();
+        let first = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap();
+        assert!(first.created);
+        let second = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap();
+        assert!(!second.created);
+        assert_eq!(first.ca.fingerprint(), second.ca.fingerprint());
+        let dir = state.path().join(IDENTITY_DIR);
+        for (name, mode) in [(CA_KEY, 0o600), (SERVER_KEY, 0o600), (CA_CERT, 0o644)] {
+            assert_eq!(fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777, mode, "{name}");
+        }
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_missing_piece_is_an_error_not_a_new_ca() {
+        let state = tempfile::tempdir().unwrap();
+        let original = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap().ca.fingerprint();
+        let dir = state.path().join(IDENTITY_DIR);
+        fs::remove_file(dir.join(SERVER_KEY)).unwrap();
+        let error = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap_err();
+        assert!(matches!(&error, IdentityError::Incomplete { missing, .. } if missing == &[SERVER_KEY]), "{error}");
+        assert!(error.to_string().contains("server.key"), "{error}");
+        let ca_pem = fs::read_to_string(dir.join(CA_CERT)).unwrap();
+        assert_eq!(
+            gshare_certs::fingerprint(&gshare_certs::authority::pem_certificate_der(&ca_pem).unwrap()),
+            original
+        );
+    }
+
+    #[test]
+    fn a_corrupt_piece_is_an_error_naming_the_file() {
+        let state = tempfile::tempdir().unwrap();
+        ServerIdentity::load_or_create(state.path(), &hosts()).unwrap();
+        let dir = state.path().join(IDENTITY_DIR);
+        fs::write(dir.join(CA_KEY), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        let error = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap_err();
+        assert!(error.to_string().contains("ca.crt") && error.to_string().contains("key"), "{error}");
+
+        let other = tempfile::tempdir().unwrap();
+        ServerIdentity::load_or_create(other.path(), &hosts()).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        ServerIdentity::load_or_create(state.path(), &hosts()).unwrap();
+        let foreign = fs::read(other.path().join(IDENTITY_DIR).join(SERVER_CERT)).unwrap();
+        fs::write(state.path().join(IDENTITY_DIR).join(SERVER_CERT), foreign).unwrap();
+        let error = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap_err();
+        assert!(error.to_string().contains("server.crt"), "{error}");
+    }
+
+    #[test]
+    fn leftovers_of_an_interrupted_first_start_are_cleared() {
+        let state = tempfile::tempdir().unwrap();
+        let leftover = state.path().join(format!("{STAGING_PREFIX}999"));
+        fs::create_dir(&leftover).unwrap();
+        fs::write(leftover.join(CA_KEY), "half").unwrap();
+        assert!(ServerIdentity::load_or_create(state.path(), &hosts()).unwrap().created);
+        assert!(!leftover.exists());
+    }
+}
