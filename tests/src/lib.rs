@@ -1,1 +1,339 @@
-//! End-to-end tests live in tests/; this library is empty.
+//! Helpers for gshare's end-to-end tests: start the real `gshare-server` with a temporary
+//! config, run the real `gshare-client`, and watch the multicast group from the test itself.
+//!
+//! Every test gets its own multicast group and port (derived from a free UDP port) and its own
+//! TLS port, on the loopback interface, so tests can run in parallel and nothing leaves the
+//! machine. Processes are killed and temporary directories removed when the helpers drop.
+//!
+//! The binaries are found beside the test executable's `deps/` directory, where
+//! `cargo test --workspace` and `cargo nextest run --workspace` build them; set
+//! `GSHARE_BIN_DIR` to use others.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tempfile::TempDir;
+
+/// How long a test waits for a process to become ready before failing.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The directory holding `gshare-server` and `gshare-client`.
+///
+/// Under cargo the binaries are (re)built first, once per test process: `cargo test -p
+/// gshare-tests` alone would otherwise run stale binaries, since this crate cannot depend on
+/// binaries. The nested build is a no-op when they are fresh.
+pub fn bin_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(dir) = std::env::var_os("GSHARE_BIN_DIR") {
+                return PathBuf::from(dir);
+            }
+            let exe = std::env::current_exe().expect("current_exe");
+            // target/<profile>/deps/<test> -> target/<profile>
+            let dir = exe.parent().and_then(Path::parent).expect("test executable lives in target/<profile>/deps");
+            if let Some(cargo) = std::env::var_os("CARGO") {
+                let mut build = Command::new(cargo);
+                build.args(["build", "--quiet", "--bins", "-p", "gshare-server", "-p", "gshare-client"]);
+                if dir.file_name().is_some_and(|name| name == "release") {
+                    build.arg("--release");
+                }
+                let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build");
+                assert!(status.success(), "cargo build of the binaries failed");
+            }
+            dir.to_owned()
+        })
+        .clone()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (which builds it) or set GSHARE_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+pub fn server_bin() -> PathBuf {
+    binary("gshare-server")
+}
+
+pub fn client_bin() -> PathBuf {
+    binary("gshare-client")
+}
+
+/// A free port on 127.0.0.1 for TCP.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A multicast group and port of this test's own, on the loopback interface.
+#[derive(Debug, Clone, Copy)]
+pub struct TestNet {
+    pub group: Ipv4Addr,
+    pub port: u16,
+    pub interface: Ipv4Addr,
+}
+
+impl TestNet {
+    /// A group in 239.255.0.0/16 and a port both derived from a free UDP port, so that parallel
+    /// tests (and a real gshare on 239.255.70.70:7070) never hear each other.
+    pub fn loopback() -> Self {
+        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let [high, low] = port.to_be_bytes();
+        Self { group: Ipv4Addr::new(239, 255, high.max(1), low), port, interface: Ipv4Addr::LOCALHOST }
+    }
+
+    pub fn group_address(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.group, self.port)
+    }
+
+    /// The `[multicast]` table for server.toml and client.toml.
+    pub fn multicast_toml(&self) -> String {
+        format!(
+            "[multicast]\ngroup = \"{}\"\nport = {}\ninterface = \"{}\"\nttl = 0\nloop = true\n",
+            self.group, self.port, self.interface
+        )
+    }
+}
+
+/// A running `gshare-server` with its own temporary config and state directory.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+    lines: Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Starts a server with groups Developers and Designers and waits until it is ready.
+    pub fn start(net: &TestNet) -> Self {
+        Self::start_with(net, &default_server_toml(net, free_tcp_port()), &[])
+    }
+
+    /// Starts a server with `config_text` as server.toml, run through `wrapper` (for example
+    /// `ip netns exec NAME`), and waits until it is ready.
+    pub fn start_with(_net: &TestNet, config_text: &str, wrapper: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("server.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let mut server = Self::spawn(dir, config, wrapper);
+        server.wait_for_log("gshare-server ready", STARTUP_TIMEOUT);
+        server
+    }
+
+    /// Kills the server and starts it again on the same config and state, as after a crash.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, log, lines) = Self::launch(&self.config, &[]);
+        (self.child, self.log, self.lines) = (child, log, lines);
+        self.wait_for_log("gshare-server ready", STARTUP_TIMEOUT);
+    }
+
+    fn spawn(dir: TempDir, config: PathBuf, wrapper: &[&str]) -> Self {
+        let (child, log, lines) = Self::launch(&config, wrapper);
+        Self { child, dir, config, log, lines }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn launch(config: &Path, wrapper: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>, Receiver<String>) {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(server_bin());
+                command
+            }
+            None => Command::new(server_bin()),
+        };
+        let mut child = command
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (sender, lines) = channel();
+        let shared = Arc::clone(&log);
+        // Drain stderr for the server's whole life, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                shared.lock().unwrap().push(line.clone());
+                let _ = sender.send(line);
+            }
+        });
+        (child, log, lines)
+    }
+
+    /// Waits until the server logs a line containing `needle`, and returns it.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("server did not log {needle:?} in {timeout:?}:\n{}", self.log())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("server exited before logging {needle:?}:\n{}", self.log())
+                }
+            }
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The CA fingerprint, from `gshare-server fingerprint`.
+    pub fn fingerprint(&self) -> String {
+        let output = Command::new(server_bin()).arg("--config").arg(&self.config).arg("fingerprint").output().unwrap();
+        assert!(output.status.success(), "fingerprint failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// The CA certificate and key, read from the state directory, for crafting datagrams.
+    pub fn certificate_authority(&self) -> gshare_certs::CertificateAuthority {
+        let dir = self.state_dir().join("identity");
+        let cert = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+        let key = std::fs::read_to_string(dir.join("ca.key")).unwrap();
+        gshare_certs::CertificateAuthority::from_pem(&cert, &key).unwrap()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server.toml every test starts from: two groups, loopback, quick announcements.
+pub fn default_server_toml(net: &TestNet, tls_port: u16) -> String {
+    format!(
+        "groups = [\"Developers\", \"Designers\"]\n\n[tls]\nlisten = \"127.0.0.1:{tls_port}\"\n\n{}\n[announce]\ninterval_secs = 5\n",
+        net.multicast_toml()
+    )
+}
+
+/// A client home with a client.toml pointing at the test's multicast group.
+#[derive(Debug)]
+pub struct ClientHome {
+    pub dir: TempDir,
+}
+
+impl ClientHome {
+    pub fn new(net: &TestNet) -> Self {
+        Self::with_extra(net, "")
+    }
+
+    /// `extra` is prepended to client.toml, for top-level keys such as `ca_fingerprint`.
+    pub fn with_extra(net: &TestNet, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("client.toml"), format!("{extra}\n{}", net.multicast_toml())).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `gshare-client --home HOME` command, ready for more arguments.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(client_bin());
+        command.arg("--home").arg(self.path()).stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `gshare-client --home HOME ARGS...` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+}
+
+/// Text of a process's output, for assertions and failure messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A socket of the test's own that has joined the test's group: to see what is sent there, and
+/// to send crafted datagrams to it.
+#[derive(Debug)]
+pub struct GroupObserver {
+    socket: UdpSocket,
+    sender: UdpSocket,
+    net: TestNet,
+}
+
+impl GroupObserver {
+    pub fn join(net: &TestNet) -> Self {
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket.bind(&SocketAddr::V4(net.group_address()).into()).unwrap();
+        socket.join_multicast_v4(&net.group, &net.interface).unwrap();
+        let socket: UdpSocket = socket.into();
+        let sender = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        sender.set_multicast_if_v4(&net.interface).unwrap();
+        sender.set_multicast_ttl_v4(0).unwrap();
+        sender.bind(&SocketAddr::from((net.interface, 0)).into()).unwrap();
+        let sender: UdpSocket = sender.into();
+        Self { socket, sender, net: *net }
+    }
+
+    /// Sends raw bytes to the group.
+    pub fn send(&self, bytes: &[u8]) {
+        self.sender.send_to(bytes, self.net.group_address()).unwrap();
+    }
+
+    /// Receives datagrams until `accept` returns something for one, or `timeout` passes.
+    pub fn receive_until<T>(&self, timeout: Duration, mut accept: impl FnMut(&[u8]) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut buffer = [0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            match self.socket.recv(&mut buffer) {
+                Ok(len) => {
+                    if let Some(found) = accept(&buffer[..len]) {
+                        return Some(found);
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return None;
+                }
+                Err(e) => panic!("receive failed: {e}"),
+            }
+        }
+    }
+}
