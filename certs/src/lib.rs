@@ -24,7 +24,7 @@ use gshare_proto::Fingerprint;
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// rcgen refused to build or sign a certificate.
-    #[error("certificate generation failed: {0}")]
+    #[error("certificate generation failed")]
     Generate(#[from] rcgen::Error),
     /// The bytes are not a certificate we can parse.
     #[error("not a valid X.509 certificate: {0}")]

@@ -64,7 +64,7 @@ impl FoundServer {
 pub enum DiscoverError {
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("cannot send the list request to {group}: {source}")]
+    #[error("cannot send the list request to {group}")]
     Send { group: String, source: std::io::Error },
     #[error("multicast receive failed: {0}")]
     Receive(std::io::Error),

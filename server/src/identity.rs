@@ -27,7 +27,7 @@ const SERVER_KEY: &str = "server.key";
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// A file or directory could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     /// An identity exists but lacks some files; restore them from a backup.
     #[error(
@@ -38,10 +38,10 @@ pub enum IdentityError {
     )]
     Incomplete { dir: PathBuf, missing: Vec<&'static str> },
     /// A file of the identity does not hold what it should.
-    #[error("{}: {source}; restore it from a backup", path.display())]
-    Corrupt { path: PathBuf, source: gshare_certs::CertError },
+    #[error("{}: {problem}; restore it from a backup", path.display())]
+    Corrupt { path: PathBuf, problem: gshare_certs::CertError },
     /// Certificate generation failed.
-    #[error("cannot create the server identity: {0}")]
+    #[error("cannot create the server identity")]
     Generate(#[from] gshare_certs::CertError),
 }
 
@@ -94,10 +94,10 @@ impl ServerIdentity {
         };
         let ca_path = dir.join(CA_CERT);
         let ca = CertificateAuthority::from_pem(&read(CA_CERT)?, &read(CA_KEY)?)
-            .map_err(|source| IdentityError::Corrupt { path: ca_path, source })?;
+            .map_err(|problem| IdentityError::Corrupt { path: ca_path, problem })?;
         let server = IssuedIdentity { certificate_pem: read(SERVER_CERT)?, key_pem: read(SERVER_KEY)? };
         ca.check_issued_identity(&server)
-            .map_err(|source| IdentityError::Corrupt { path: dir.join(SERVER_CERT), source })?;
+            .map_err(|problem| IdentityError::Corrupt { path: dir.join(SERVER_CERT), problem })?;
         for key in [CA_KEY, SERVER_KEY] {
             let path = dir.join(key);
             let mode = fs::metadata(&path).map_err(io_error(&path))?.permissions().mode();

@@ -28,7 +28,7 @@ pub enum ServerError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// The multicast channel could not be opened.
-    #[error("multicast: {0}")]
+    #[error("multicast")]
     Transport(#[from] gshare_transport::TransportError),
     /// Receiving from the multicast channel failed.
     #[error("multicast receive failed: {0}")]

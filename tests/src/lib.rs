@@ -42,6 +42,19 @@ pub fn bin_dir() -> PathBuf {
             let dir = exe.parent().and_then(Path::parent).expect("test executable lives in target/<profile>/deps");
             if let Some(cargo) = std::env::var_os("CARGO") {
                 let mut build = Command::new(cargo);
+                // Cargo sets per-crate variables for this test process; passed on, they make
+                // build scripts that watch them (ring watches CARGO_MANIFEST_DIR) rerun, and the
+                // outer and inner builds would rebuild each other's dependencies every time.
+                for (key, _) in std::env::vars_os() {
+                    let key = key.to_string_lossy();
+                    let per_crate = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
+                        .iter()
+                        .any(|prefix| key.starts_with(prefix))
+                        || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"].contains(&&*key);
+                    if per_crate {
+                        build.env_remove(&*key);
+                    }
+                }
                 build.args(["build", "--quiet", "--bins", "-p", "gshare-server", "-p", "gshare-client"]);
                 if dir.file_name().is_some_and(|name| name == "release") {
                     build.arg("--release");

@@ -1,6 +1,8 @@
 //! End to end on loopback: the real server announces, the real client lists, and what does not
 //! verify (forged, stale, future-dated, replayed, from another CA, garbage) is never shown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
+
 use std::time::Duration;
 
 use gshare_certs::CertificateAuthority;

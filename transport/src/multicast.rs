@@ -23,7 +23,7 @@ const RECEIVE_BUFFER: usize = 1 << 20;
 
 /// Why the multicast channel could not be opened or used.
 #[derive(Debug, thiserror::Error)]
-#[error("{action}: {source}")]
+#[error("{action}")]
 pub struct TransportError {
     action: String,
     #[source]

@@ -1,0 +1,93 @@
+//! The `gshare-server` command line: config mistakes and identity problems give a clear
+//! one-line reason and a non-zero exit; `fingerprint` prints a stable `SHA256:hex`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn server(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gshare-server")).arg("--config").arg(config).args(args).output().unwrap()
+}
+
+/// Writes `text` as server.toml in a new directory and runs the server on it with `args`.
+fn with_config(text: &str, args: &[&str]) -> (tempfile::TempDir, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, text).unwrap();
+    let output = server(&config, args);
+    (dir, output)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let output = server(Path::new("/nonexistent/server.toml"), &[]);
+    assert!(!output.status.success());
+    let stderr = stderr(&output);
+    assert!(stderr.starts_with("error: /nonexistent/server.toml: cannot read the file"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn an_unknown_key_names_its_line() {
+    let (_dir, output) = with_config("groups = [\"Developers\"]\n\nlisten = \"127.0.0.1:7443\"\n", &["fingerprint"]);
+    assert!(!output.status.success());
+    let stderr = stderr(&output);
+    assert!(stderr.contains("server.toml: line 3: listen: unknown field `listen`"), "{stderr}");
+}
+
+#[test]
+fn a_bad_address_names_its_line_and_key() {
+    let (_dir, output) = with_config("groups = [\"Developers\"]\n[tls]\nlisten = \"127.0.0.1:99999\"\n", &[]);
+    assert!(!output.status.success());
+    let stderr = stderr(&output);
+    assert!(stderr.contains("server.toml: line 3: tls.listen: invalid socket address"), "{stderr}");
+
+    let (_dir, output) = with_config("groups = [\"Developers\"]\n[multicast]\ngroup = \"192.0.2.1\"\n", &[]);
+    assert!(stderr_contains(&output, "line 3: multicast.group: 192.0.2.1 is not a multicast address"));
+}
+
+fn stderr_contains(output: &Output, needle: &str) -> bool {
+    let text = stderr(output);
+    let found = !output.status.success() && text.contains(needle);
+    if !found {
+        eprintln!("expected {needle:?} in:\n{text}");
+    }
+    found
+}
+
+#[test]
+fn fingerprint_creates_the_ca_once_and_prints_the_same_value_after() {
+    let (dir, first) = with_config("groups = [\"Developers\"]\n", &["fingerprint"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let fingerprint = String::from_utf8(first.stdout).unwrap();
+    let fingerprint = fingerprint.trim();
+    assert!(fingerprint.starts_with("SHA256:") && fingerprint.len() == 71, "{fingerprint}");
+    let second = server(&dir.path().join("server.toml"), &["fingerprint"]);
+    assert_eq!(String::from_utf8(second.stdout).unwrap().trim(), fingerprint);
+    // The same value openssl prints for the certificate, byte for byte.
+    let pem = std::fs::read_to_string(dir.path().join("state/identity/ca.crt")).unwrap();
+    let der = gshare_certs::authority::pem_certificate_der(&pem).unwrap();
+    assert_eq!(gshare_certs::fingerprint(&der).to_string(), fingerprint);
+}
+
+#[test]
+fn a_missing_ca_key_stops_the_server_instead_of_making_a_new_ca() {
+    let (dir, first) = with_config("groups = [\"Developers\"]\n", &["fingerprint"]);
+    assert!(first.status.success());
+    std::fs::remove_file(dir.path().join("state/identity/ca.key")).unwrap();
+    let output = server(&dir.path().join("server.toml"), &[]);
+    assert!(stderr_contains(&output, "missing ca.key"));
+    assert!(!dir.path().join("state/identity/ca.key").exists(), "no new key may appear");
+}
+
+#[test]
+fn an_interface_that_is_not_on_this_host_is_a_clear_error() {
+    // TEST-NET-1 is never assigned here; joining on it fails locally, so nothing is sent.
+    let (_dir, output) = with_config("groups = [\"Developers\"]\n[multicast]\ninterface = \"192.0.2.99\"\n", &[]);
+    assert!(stderr_contains(&output, "on interface 192.0.2.99"));
+}

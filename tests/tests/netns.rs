@@ -1,0 +1,120 @@
+//! Discovery between hosts: a server and two clients in network namespaces of their own, joined
+//! by a bridge that lives in a fourth namespace, so nothing is added to the root namespace and
+//! no traffic reaches a real interface. Addresses are from TEST-NET-1 (192.0.2.0/24), MTU 1500.
+//!
+//! Creating namespaces needs root (CI has it). Where that is not possible the test says so on
+//! stderr and passes without running, rather than failing on a machine that cannot host it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
+
+use std::process::Command;
+
+use gshare_tests::{ClientHome, ServerProcess, TestNet, text};
+
+/// Namespaces made by this test, deleted (with their interfaces) on drop.
+struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    fn create(prefix: &str, hosts: &[&str]) -> Result<Self, String> {
+        let mut made = Self { names: Vec::new() };
+        for host in hosts {
+            let name = format!("{prefix}-{host}");
+            ip(&["netns", "add", &name])?;
+            made.names.push(name);
+        }
+        Ok(made)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), text(&output.stderr).trim()))
+    }
+}
+
+/// Builds bridge namespace `br` with `br0`, and one host namespace per address with `eth0`
+/// attached to the bridge.
+fn build_lan(prefix: &str, hosts: &[(&str, &str)]) -> Result<Namespaces, String> {
+    let mut names: Vec<&str> = vec!["br"];
+    names.extend(hosts.iter().map(|(host, _)| *host));
+    let namespaces = Namespaces::create(prefix, &names)?;
+    let bridge = format!("{prefix}-br");
+    ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+    ip(&["-n", &bridge, "link", "set", "br0", "up"])?;
+    for (index, (host, address)) in hosts.iter().enumerate() {
+        let namespace = format!("{prefix}-{host}");
+        let port = format!("port{index}");
+        ip(&[
+            "-n", &bridge, "link", "add", &port, "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns",
+            &namespace,
+        ])?;
+        ip(&["-n", &bridge, "link", "set", &port, "master", "br0", "up"])?;
+        ip(&["-n", &namespace, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
+    }
+    Ok(namespaces)
+}
+
+#[test]
+fn clients_on_other_hosts_discover_the_server() {
+    let prefix = format!("gsh{}", std::process::id());
+    let hosts = [("server", "192.0.2.1"), ("alice", "192.0.2.2"), ("bob", "192.0.2.3")];
+    let _namespaces = match build_lan(&prefix, &hosts) {
+        Ok(namespaces) => namespaces,
+        Err(reason) => {
+            eprintln!(
+                "SKIPPED clients_on_other_hosts_discover_the_server: cannot create network namespaces ({reason})"
+            );
+            return;
+        }
+    };
+
+    let lan = |interface: &str| TestNet {
+        group: "239.255.70.70".parse().unwrap(),
+        port: 7070,
+        interface: interface.parse().unwrap(),
+    };
+    let server_net = lan("192.0.2.1");
+    let config = format!(
+        "groups = [\"Developers\", \"Designers\"]\n[tls]\nlisten = \"192.0.2.1:7443\"\n\n{}",
+        server_net.multicast_toml().replace("ttl = 0", "ttl = 1").replace("loop = true", "loop = false")
+    );
+    let server_ns = format!("{prefix}-server");
+    let server = ServerProcess::start_with(&server_net, &config, &["ip", "netns", "exec", &server_ns]);
+    let fingerprint = server.fingerprint();
+
+    for (host, address) in &hosts[1..] {
+        let home = ClientHome::new(&lan(address));
+        let toml = std::fs::read_to_string(home.path().join("client.toml")).unwrap().replace("ttl = 0", "ttl = 1");
+        std::fs::write(home.path().join("client.toml"), toml).unwrap();
+        let output = Command::new("ip")
+            .args(["netns", "exec", &format!("{prefix}-{host}")])
+            .arg(gshare_tests::client_bin())
+            .arg("--home")
+            .arg(home.path())
+            .args(["groups", "--wait", "1s"])
+            .output()
+            .unwrap();
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "{host}: {}\nserver log:\n{}", text(&output.stderr), server.log());
+        assert!(stdout.contains("server 192.0.2.1:7443"), "{host}: {stdout}");
+        assert!(
+            stdout.contains(&fingerprint) && stdout.contains("Developers") && stdout.contains("Designers"),
+            "{host}: {stdout}"
+        );
+    }
+}
