@@ -4,7 +4,8 @@
 //!  offset  size  field
 //!       0     2  magic "GS"
 //!       2     1  version (1)
-//!       3     1  kind (1 list request, 2 announcement)
+//!       3     1  kind (1 list request, 2 announcement, 3 join request, 4 leave request,
+//!                5 membership reply)
 //!       4     8  timestamp, milliseconds since the Unix epoch
 //!      12    16  nonce, random
 //!      28     2  body length
@@ -18,6 +19,7 @@
 //! were signed.
 
 use crate::announce::Announcement;
+use crate::membership::{MembershipReply, MembershipRequest};
 use crate::wire::Reader;
 
 /// Hard size limit of a datagram, in bytes: below any Ethernet or VPN MTU, so nothing fragments.
@@ -60,6 +62,12 @@ pub enum Message {
     ListRequest,
     /// The server's address, CA and groups (one part of them).
     Announcement(Announcement),
+    /// A member asks to join a group; signed with the member's key.
+    JoinRequest(MembershipRequest),
+    /// A member asks to leave a group; signed with the member's key.
+    LeaveRequest(MembershipRequest),
+    /// The server's answer to a join or leave request; signed with the CA key.
+    MembershipReply(MembershipReply),
 }
 
 impl Message {
@@ -67,6 +75,9 @@ impl Message {
         match self {
             Message::ListRequest => 1,
             Message::Announcement(_) => 2,
+            Message::JoinRequest(_) => 3,
+            Message::LeaveRequest(_) => 4,
+            Message::MembershipReply(_) => 5,
         }
     }
 
@@ -158,6 +169,8 @@ impl Datagram {
         match &self.message {
             Message::ListRequest => {}
             Message::Announcement(announcement) => announcement.encode_body(&mut out)?,
+            Message::JoinRequest(request) | Message::LeaveRequest(request) => request.encode_body(&mut out),
+            Message::MembershipReply(reply) => reply.encode_body(&mut out)?,
         }
         let body_len = out.len() - HEADER_LEN;
         let body_len16 = u16::try_from(body_len).map_err(|_| EncodeError::TooLarge(out.len()))?;
@@ -199,6 +212,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
             Message::ListRequest
         }
         2 => Message::Announcement(Announcement::decode_body(Reader::new(body))?),
+        3 => Message::JoinRequest(MembershipRequest::decode_body(Reader::new(body))?),
+        4 => Message::LeaveRequest(MembershipRequest::decode_body(Reader::new(body))?),
+        5 => Message::MembershipReply(MembershipReply::decode_body(Reader::new(body))?),
         other => return Err(DecodeError::UnknownKind(other)),
     };
     let signature = match (message.is_signed(), reader.remaining()) {
@@ -329,6 +345,34 @@ mod tests {
                 bytes[at] = value;
             }
             let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn membership_round_trips(
+            timestamp in any::<u64>(),
+            nonce in any::<[u8; NONCE_LEN]>(),
+            certificate in any::<[u8; 32]>(),
+            group in group_name(),
+            code in 0u8..=6,
+            message in "[ -~]{0,200}",
+        ) {
+            use crate::membership::{Outcome, RefusalCode, RefusalMessage};
+            let request = MembershipRequest { certificate: crate::Fingerprint(certificate), group: group.clone() };
+            let outcome = match code {
+                0 => Outcome::Accepted,
+                _ => Outcome::Refused {
+                    code: [RefusalCode::NotAllowed, RefusalCode::UnknownGroup, RefusalCode::UnknownCertificate,
+                           RefusalCode::Revoked, RefusalCode::Expired, RefusalCode::Internal][usize::from(code) - 1],
+                    message: RefusalMessage::new(&message),
+                },
+            };
+            let reply = MembershipReply { request_nonce: Nonce(nonce), group, outcome };
+            for message in [Message::JoinRequest(request.clone()), Message::LeaveRequest(request), Message::MembershipReply(reply)] {
+                let original = Datagram { timestamp: UnixMillis(timestamp), nonce: Nonce(nonce), message };
+                let bytes = original.encode(Some(&FakeSigner)).unwrap();
+                prop_assert!(bytes.len() <= MAX_DATAGRAM_LEN);
+                prop_assert_eq!(decode(&bytes).unwrap().datagram, original);
+            }
         }
 
         #[test]

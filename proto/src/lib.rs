@@ -15,6 +15,17 @@
 //!    │  Announcement 1/n .. n/n (signed: CA   │
 //!    │  certificate, TLS address, groups)     │
 //!    │ ◀────────── multicast ──────────────── │  also every announce interval
+//!    │                                        │
+//!    │  EnrollRequest (user, password, CSR)   │
+//!    │ ═══════════ TLS 1.3 ═════════════════▶ │  password checked (argon2id)
+//!    │  EnrollAccepted (certificate, CA)      │
+//!    │ ◀═══════════════════════════════════   │  or Refused (reason)
+//!    │                                        │
+//!    │  JoinRequest / LeaveRequest (signed by │
+//!    │  the member's key)                     │
+//!    │ ─────────── multicast ───────────────▶ │  checked against the state store
+//!    │  MembershipReply (signed by the CA)    │
+//!    │ ◀────────── unicast ────────────────── │
 //! ```
 //!
 //! Every datagram carries a version, its kind, a timestamp and a random nonce; every datagram
@@ -27,12 +38,16 @@
 //! - [`fingerprint`]: the SHA-256 fingerprint of a CA certificate and its `SHA256:hex` text form.
 //! - [`datagram`]: the multicast envelope (header, body, signature) and its encoder and decoder.
 //! - [`announce`]: the announcement body and how a group list is split over datagrams.
+//! - [`membership`]: signed join and leave requests, and the server's signed replies.
+//! - [`frame`]: the framing of messages inside TLS sessions (enrollment, later file transfer).
 //! - [`freshness`]: the staleness window and replay cache, driven by an injected clock.
 
 pub mod announce;
 pub mod datagram;
 pub mod fingerprint;
+pub mod frame;
 pub mod freshness;
+pub mod membership;
 pub mod names;
 mod wire;
 
@@ -43,4 +58,4 @@ pub use datagram::{
 };
 pub use fingerprint::Fingerprint;
 pub use freshness::{Rejection, ReplayGuard};
-pub use names::{GroupName, ServerAddress};
+pub use names::{GroupName, ServerAddress, UserName};

@@ -24,6 +24,9 @@ pub enum NameError {
     /// The name holds a character outside the allowed set.
     #[error("may only hold ASCII letters, digits, '-', '_' and '.', and must start with a letter or digit")]
     BadCharacter,
+    /// The user name holds a character outside the allowed set.
+    #[error("may only hold ASCII letters, digits, '-', '_', '.' and '@', and must start with a letter or digit")]
+    BadUserCharacter,
     /// The address is not `host:port` with an IP address or DNS name and a non-zero port.
     #[error("must be HOST:PORT, where HOST is an IP address or a DNS name and PORT is 1-65535")]
     BadAddress,
@@ -63,6 +66,48 @@ impl FromStr for GroupName {
 }
 
 impl fmt::Display for GroupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Longest user name, in bytes.
+pub const MAX_USER_NAME_LEN: usize = 64;
+
+/// The name of a person enrolled with the server, such as `alice` or `j.doe`.
+///
+/// 1 to 64 ASCII letters, digits, `-`, `_`, `.` and `@`, starting with a letter or digit: safe
+/// in a certificate's common name, a TOML key, a log line and a terminal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserName(String);
+
+impl UserName {
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        let bytes = name.as_bytes();
+        let first = *bytes.first().ok_or(NameError::Empty)?;
+        if bytes.len() > MAX_USER_NAME_LEN {
+            return Err(NameError::TooLong { len: bytes.len(), max: MAX_USER_NAME_LEN });
+        }
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@');
+        if !first.is_ascii_alphanumeric() || !bytes.iter().all(|&b| allowed(b)) {
+            return Err(NameError::BadUserCharacter);
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for UserName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for UserName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -140,6 +185,17 @@ mod tests {
         for bad in ["-x", ".hidden", "a b", "a/b", "..", "é", "a\u{1b}[31m", "a\0"] {
             assert_eq!(GroupName::new(bad), Err(NameError::BadCharacter), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn user_names() {
+        for good in ["alice", "j.doe", "bob@example.org", "x_1-2"] {
+            assert!(UserName::new(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a b", "a/b", "..", "a:b", "é", "a\n"] {
+            assert!(UserName::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(UserName::new(&"a".repeat(65)).is_err());
     }
 
     #[test]

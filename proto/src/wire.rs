@@ -50,6 +50,15 @@ impl<'a> Reader<'a> {
         self.take(usize::from(len))
     }
 
+    /// A field with a two-byte length prefix, refused if longer than `max`.
+    pub(crate) fn long_bytes(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
+        let len = usize::from(self.u16()?);
+        if len > max {
+            return Err(DecodeError::invalid(field, format!("{len} bytes, the limit is {max}")));
+        }
+        self.take(len)
+    }
+
     pub(crate) fn remaining(&self) -> usize {
         self.bytes.len()
     }
@@ -58,6 +67,14 @@ impl<'a> Reader<'a> {
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
         if self.bytes.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes(self.bytes.len())) }
     }
+}
+
+/// Appends a field with a two-byte length prefix; callers guarantee `bytes.len() <= 65535`
+/// because every such field has a smaller maximum checked before encoding.
+pub(crate) fn put_long_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    debug_assert!(bytes.len() <= usize::from(u16::MAX));
+    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// Appends a field with a one-byte length prefix; callers guarantee `bytes.len() <= 255`

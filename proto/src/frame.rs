@@ -1,0 +1,256 @@
+//! Frames: how messages are delimited inside a TLS session.
+//!
+//! ```text
+//!  offset  size  field
+//!       0     4  length of what follows (type + payload), at most MAX_FRAME_LEN
+//!       4     1  frame type
+//!       5     n  payload (depends on type)
+//! ```
+//!
+//! [`decode`] tells "need more bytes" (`Ok(None)`) apart from "malformed" (`Err`), and checks
+//! the declared length against [`MAX_FRAME_LEN`] before anything waits for the payload, so a
+//! peer cannot make a receiver buffer more than that.
+
+use std::fmt;
+
+use crate::datagram::DecodeError;
+use crate::names::UserName;
+use crate::wire::{Reader, put_long_bytes, put_short_bytes};
+
+/// Largest frame (type + payload), in bytes.
+pub const MAX_FRAME_LEN: usize = 1 << 20;
+/// Largest certificate or certificate signing request carried in a frame, in bytes (DER).
+pub const MAX_CERTIFICATE_LEN: usize = 4096;
+/// Longest password, in bytes.
+pub const MAX_PASSWORD_LEN: usize = 1024;
+/// Longest refusal text, in bytes.
+pub const MAX_REFUSAL_LEN: usize = 512;
+
+const LENGTH_PREFIX: usize = 4;
+
+/// A message inside a TLS session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Client → server: enroll `user`, proving it with `password`, for the key in `csr`.
+    EnrollRequest { user: UserName, password: Password, csr: Vec<u8> },
+    /// Server → client: the member's new certificate and the CA certificate, both DER.
+    EnrollAccepted { certificate: Vec<u8>, ca_certificate: Vec<u8> },
+    /// Either way: the request was refused, with a reason for a person to read.
+    Refused { reason: Text },
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The declared length exceeds [`MAX_FRAME_LEN`] (or is zero).
+    #[error("frame length {0} is outside 1..={MAX_FRAME_LEN}")]
+    BadLength(usize),
+    /// A frame type this version does not know.
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    /// The payload does not parse.
+    #[error("malformed frame: {0}")]
+    Payload(#[from] DecodeError),
+}
+
+/// A password on its way to the server: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// 1 to [`MAX_PASSWORD_LEN`] bytes.
+    pub fn new(text: String) -> Result<Self, DecodeError> {
+        if text.is_empty() || text.len() > MAX_PASSWORD_LEN {
+            return Err(DecodeError::invalid("password", format!("must be 1 to {MAX_PASSWORD_LEN} bytes")));
+        }
+        Ok(Self(text))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+/// Printable text from a peer, at most [`MAX_REFUSAL_LEN`] bytes: safe to print on a terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(String);
+
+impl Text {
+    /// Replaces anything but printable ASCII with `?` and cuts to the limit.
+    pub fn new(text: &str) -> Self {
+        Self(
+            text.chars()
+                .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+                .take(MAX_REFUSAL_LEN)
+                .collect(),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Frame {
+    fn frame_type(&self) -> u8 {
+        match self {
+            Frame::EnrollRequest { .. } => 1,
+            Frame::EnrollAccepted { .. } => 2,
+            Frame::Refused { .. } => 3,
+        }
+    }
+
+    /// Encodes the frame with its length prefix. Every field is a bounded newtype or checked
+    /// here, so the result always decodes.
+    pub fn encode(&self) -> Result<Vec<u8>, crate::EncodeError> {
+        let too_long = |field, len| crate::EncodeError::FieldTooLong { field, len };
+        let mut out = vec![0; LENGTH_PREFIX];
+        out.push(self.frame_type());
+        match self {
+            Frame::EnrollRequest { user, password, csr } => {
+                if csr.len() > MAX_CERTIFICATE_LEN {
+                    return Err(too_long("certificate signing request", csr.len()));
+                }
+                put_short_bytes(&mut out, user.as_str().as_bytes());
+                put_long_bytes(&mut out, password.0.as_bytes());
+                put_long_bytes(&mut out, csr);
+            }
+            Frame::EnrollAccepted { certificate, ca_certificate } => {
+                for (field, der) in [("certificate", certificate), ("CA certificate", ca_certificate)] {
+                    if der.len() > MAX_CERTIFICATE_LEN {
+                        return Err(too_long(field, der.len()));
+                    }
+                    put_long_bytes(&mut out, der);
+                }
+            }
+            Frame::Refused { reason } => put_long_bytes(&mut out, reason.0.as_bytes()),
+        }
+        let len = u32::try_from(out.len() - LENGTH_PREFIX).map_err(|_| too_long("frame", out.len()))?;
+        out[..LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+        Ok(out)
+    }
+}
+
+/// Decodes one frame from the start of `buffer`: `Ok(None)` if more bytes are needed, else the
+/// frame and how many bytes it took.
+pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    let Some(prefix) = buffer.get(..LENGTH_PREFIX) else { return Ok(None) };
+    let declared = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let len = usize::try_from(declared).unwrap_or(usize::MAX);
+    if len == 0 || len > MAX_FRAME_LEN {
+        return Err(FrameError::BadLength(len));
+    }
+    let Some(body) = buffer.get(LENGTH_PREFIX..LENGTH_PREFIX + len) else { return Ok(None) };
+    let mut reader = Reader::new(body);
+    let frame = match reader.u8()? {
+        1 => {
+            let user = std::str::from_utf8(reader.short_bytes()?)
+                .map_err(|_| DecodeError::invalid("user name", "not UTF-8"))
+                .and_then(|name| UserName::new(name).map_err(|e| DecodeError::invalid("user name", e)))?;
+            let password = std::str::from_utf8(reader.long_bytes("password", MAX_PASSWORD_LEN)?)
+                .map_err(|_| DecodeError::invalid("password", "not UTF-8"))?;
+            let password = Password::new(password.to_owned())?;
+            let csr = reader.long_bytes("certificate signing request", MAX_CERTIFICATE_LEN)?.to_vec();
+            Frame::EnrollRequest { user, password, csr }
+        }
+        2 => {
+            let certificate = reader.long_bytes("certificate", MAX_CERTIFICATE_LEN)?.to_vec();
+            let ca_certificate = reader.long_bytes("CA certificate", MAX_CERTIFICATE_LEN)?.to_vec();
+            Frame::EnrollAccepted { certificate, ca_certificate }
+        }
+        3 => {
+            let text = reader.long_bytes("refusal", MAX_REFUSAL_LEN)?;
+            if !text.iter().all(|&b| b.is_ascii_graphic() || b == b' ') {
+                return Err(DecodeError::invalid("refusal", "not printable ASCII").into());
+            }
+            Frame::Refused { reason: Text(String::from_utf8_lossy(text).into_owned()) }
+        }
+        other => return Err(FrameError::UnknownType(other)),
+    };
+    reader.finish()?;
+    Ok(Some((frame, LENGTH_PREFIX + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn enroll() -> Frame {
+        Frame::EnrollRequest {
+            user: UserName::new("alice").unwrap(),
+            password: Password::new("correct horse".into()).unwrap(),
+            csr: vec![0x30; 300],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_partial_input() {
+        for frame in [
+            enroll(),
+            Frame::EnrollAccepted { certificate: vec![1; 500], ca_certificate: vec![2; 400] },
+            Frame::Refused { reason: Text::new("wrong user name or password") },
+        ] {
+            let bytes = frame.encode().unwrap();
+            assert_eq!(decode(&bytes).unwrap(), Some((frame.clone(), bytes.len())));
+            for cut in 0..bytes.len() {
+                assert_eq!(decode(&bytes[..cut]).unwrap(), None, "a prefix of {cut} bytes needs more");
+            }
+            let mut two = bytes.clone();
+            two.extend_from_slice(&bytes);
+            assert_eq!(decode(&two).unwrap(), Some((frame, bytes.len())), "the second frame is left in the buffer");
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(decode(&[0, 0, 0, 0]), Err(FrameError::BadLength(0)));
+        assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff]), Err(FrameError::BadLength(0xffff_ffff)));
+        assert_eq!(decode(&[0, 0, 0, 1, 99]), Err(FrameError::UnknownType(99)));
+        // A declared length that does not match the fields.
+        let mut bytes = enroll().encode().unwrap();
+        bytes[3] += 1;
+        bytes.push(0);
+        assert!(matches!(decode(&bytes), Err(FrameError::Payload(DecodeError::TrailingBytes(1)))));
+        let mut control = Frame::Refused { reason: Text::new("x") }.encode().unwrap();
+        *control.last_mut().unwrap() = 0x1b;
+        assert!(matches!(decode(&control), Err(FrameError::Payload(DecodeError::InvalidField { .. }))));
+        assert!(Password::new(String::new()).is_err());
+        assert!(Password::new("x".repeat(MAX_PASSWORD_LEN + 1)).is_err());
+        assert_eq!(format!("{:?}", Password::new("secret".into()).unwrap()), "Password(..)");
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn enroll_request_round_trip(
+            user in "[a-z0-9][a-z0-9._@-]{0,63}",
+            password in "\\PC{1,100}",
+            csr in proptest::collection::vec(any::<u8>(), 0..MAX_CERTIFICATE_LEN),
+        ) {
+            let frame = Frame::EnrollRequest {
+                user: UserName::new(&user).unwrap(),
+                password: Password::new(password).unwrap(),
+                csr,
+            };
+            let bytes = frame.encode().unwrap();
+            prop_assert_eq!(decode(&bytes).unwrap(), Some((frame, bytes.len())));
+        }
+    }
+}
