@@ -38,6 +38,16 @@ pub struct IssuedIdentity {
     pub key_pem: String,
 }
 
+/// A member certificate the CA issued.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    pub der: Vec<u8>,
+    /// The serial number, lowercase hex.
+    pub serial: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
 /// A CA certificate and its key, able to issue certificates and sign datagrams.
 pub struct CertificateAuthority {
     certificate_der: Vec<u8>,
@@ -149,6 +159,42 @@ impl CertificateAuthority {
         Ok(IssuedIdentity { certificate_pem: certificate.pem(), key_pem: key.serialize_pem() })
     }
 
+    /// Issues a member's client certificate for the key in `csr_der`.
+    ///
+    /// Only the public key is taken from the request (after its signature proves the requester
+    /// holds the private key); every other field is set here: CN = `user`, a random serial,
+    /// client authentication only, not a CA, valid from now for `validity`. A CSR that asks to
+    /// be a CA, or for other names or usages, still gets exactly this leaf certificate.
+    pub fn issue_member_certificate(
+        &self,
+        user: &str,
+        csr_der: &[u8],
+        validity: std::time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCertificate, CertError> {
+        let public_key = requested_public_key(csr_der)?;
+        let validity = Duration::try_from(validity).map_err(|_| CertError::BadRequest("validity too long".into()))?;
+        let serial = random_serial()?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, user);
+        params.distinguished_name = name;
+        params.serial_number = Some(serial.clone());
+        params.not_before = now - BACKDATE;
+        params.not_after = now + validity;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let certificate = params.signed_by(&public_key, &self.issuer)?;
+        Ok(IssuedCertificate {
+            der: certificate.der().to_vec(),
+            serial: hex(&serial.to_bytes()),
+            not_before: params.not_before,
+            not_after: params.not_after,
+        })
+    }
+
     /// Checks that a stored identity (certificate and key PEM) was issued by this CA and that
     /// the key belongs to the certificate.
     pub fn check_issued_identity(&self, identity: &IssuedIdentity) -> Result<(), CertError> {
@@ -165,6 +211,53 @@ impl CertificateAuthority {
         }
         Ok(())
     }
+}
+
+/// The public key of a certificate signing request whose signature verifies. Nothing else of
+/// the request is read (rcgen's own CSR parser refuses requests with extensions it does not
+/// model, such as basic constraints, and we would ignore them anyway).
+fn requested_public_key(csr_der: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, CertError> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    let bad = |reason: &str| CertError::BadRequest(reason.to_owned());
+    let (rest, request) = X509CertificationRequest::from_der(csr_der).map_err(|e| bad(&e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes after the request"));
+    }
+    request.verify_signature().map_err(|_| bad("its signature does not verify"))?;
+    let info = &request.certification_request_info.subject_pki;
+    let curve = info.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+    if info.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve != Some(OID_EC_P256) {
+        return Err(bad("the key must be ECDSA P-256"));
+    }
+    rcgen::SubjectPublicKeyInfo::from_der(info.raw).map_err(|e| bad(&e.to_string()))
+}
+
+/// A new ECDSA P-256 key for a member and a certificate signing request for `user`.
+/// Returns the key as PKCS#8 PEM and the request as DER.
+pub fn member_key_and_request(user: &str) -> Result<(String, Vec<u8>), CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, user);
+    params.distinguished_name = name;
+    let request = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), request.der().to_vec()))
+}
+
+/// Checks that `certificate_der` was issued by the CA in `ca_der` for the key in `key_pem`.
+pub fn check_member_certificate(ca_der: &[u8], certificate_der: &[u8], key_pem: &str) -> Result<(), CertError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| CertError::BadKey(e.to_string()))?;
+    let (_, parsed) =
+        X509Certificate::from_der(certificate_der).map_err(|e| CertError::BadCertificate(e.to_string()))?;
+    if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(CertError::KeyMismatch);
+    }
+    let ca_key = VerifyingKey::from_certificate(ca_der)?;
+    if !ca_key.verify_asn1(parsed.tbs_certificate.as_ref(), &parsed.signature_value.data) {
+        return Err(CertError::NotIssuedByCa);
+    }
+    Ok(())
 }
 
 /// Decodes the first certificate in PEM text.
@@ -216,6 +309,61 @@ mod tests {
         ));
         assert!(matches!(CertificateAuthority::from_pem("garbage", ca.key_pem()), Err(CertError::BadCertificate(_))));
         assert!(matches!(CertificateAuthority::from_pem(ca.certificate_pem(), "garbage"), Err(CertError::BadKey(_))));
+    }
+
+    #[test]
+    fn a_member_certificate_takes_only_the_key_from_the_request() {
+        let ca = CertificateAuthority::generate("test", now()).unwrap();
+        // A request that asks to be a CA, for a server name, under another user's name.
+        let key = KeyPair::generate().unwrap();
+        let mut greedy = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        greedy.distinguished_name.push(DnType::CommonName, "root");
+        // rcgen will not put basic constraints in a request, so add CA:TRUE by hand.
+        greedy
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x03, 0x01, 0x01, 0xff]));
+        greedy.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        greedy.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let csr = greedy.serialize_request(&key).unwrap();
+        let (_, parsed_request) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(csr.der()).unwrap();
+        let asks_to_be_ca = parsed_request.requested_extensions().unwrap().any(|extension| {
+            matches!(extension, x509_parser::extensions::ParsedExtension::BasicConstraints(constraints) if constraints.ca)
+        });
+        assert!(asks_to_be_ca, "the request must really ask to be a CA");
+        let validity = std::time::Duration::from_secs(365 * 86_400);
+        let issued = ca.issue_member_certificate("alice", csr.der(), validity, now()).unwrap();
+        let (_, parsed) = X509Certificate::from_der(&issued.der).unwrap();
+        assert!(!parsed.is_ca());
+        assert_eq!(parsed.subject().to_string(), "CN=alice");
+        assert!(parsed.subject_alternative_name().unwrap().is_none());
+        let usage = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(usage.client_auth && !usage.server_auth);
+        assert!(!parsed.key_usage().unwrap().unwrap().value.key_cert_sign());
+        assert_eq!(issued.serial.len(), 32);
+        let days = (issued.not_after - issued.not_before).whole_days();
+        assert!((365..=366).contains(&days), "{days}");
+        check_member_certificate(ca.certificate_der(), &issued.der, &key.serialize_pem()).unwrap();
+    }
+
+    #[test]
+    fn a_request_with_a_bad_signature_or_key_type_is_refused() {
+        let ca = CertificateAuthority::generate("test", now()).unwrap();
+        let (_, mut csr) = member_key_and_request("alice").unwrap();
+        let last = csr.len() - 1;
+        csr[last] ^= 1;
+        let validity = std::time::Duration::from_secs(86_400);
+        assert!(matches!(ca.issue_member_certificate("alice", &csr, validity, now()), Err(CertError::BadRequest(_))));
+        assert!(matches!(
+            ca.issue_member_certificate("alice", b"junk", validity, now()),
+            Err(CertError::BadRequest(_))
+        ));
+        let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let request = CertificateParams::default().serialize_request(&ed25519).unwrap();
+        assert!(matches!(
+            ca.issue_member_certificate("alice", request.der(), validity, now()),
+            Err(CertError::BadRequest(_))
+        ));
     }
 
     #[test]

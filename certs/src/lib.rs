@@ -15,7 +15,7 @@
 pub mod authority;
 pub mod signing;
 
-pub use authority::{CertificateAuthority, IssuedIdentity, SERVER_NAME};
+pub use authority::{CertificateAuthority, IssuedCertificate, IssuedIdentity, SERVER_NAME};
 pub use signing::{DatagramSigner, VerifyingKey};
 
 use gshare_proto::Fingerprint;
@@ -35,6 +35,9 @@ pub enum CertError {
     /// The key does not belong to the certificate it was stored with.
     #[error("the private key does not match the certificate")]
     KeyMismatch,
+    /// A certificate signing request is malformed, badly signed, or for an unsupported key.
+    #[error("invalid certificate signing request: {0}")]
+    BadRequest(String),
     /// A certificate that should be a CA is not one.
     #[error("the certificate is not a CA certificate")]
     NotCa,

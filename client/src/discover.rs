@@ -13,10 +13,10 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use gshare_certs::VerifyingKey;
+use gshare_common::multicast::ReceiveBuffer;
+use gshare_common::{DropCounter, DropReason, MulticastChannel, MulticastSettings, TransportError, unix_now};
 use gshare_proto::datagram::{self, NONCE_LEN};
 use gshare_proto::{Announcement, DecodeError, Fingerprint, GroupName, Message, Nonce, ReplayGuard, ServerAddress};
-use gshare_transport::multicast::ReceiveBuffer;
-use gshare_transport::{DropCounter, DropReason, MulticastChannel, MulticastSettings, TransportError, unix_now};
 
 /// Most nonces a client remembers; far above what a few seconds of announcements need.
 const REPLAY_CACHE_CAPACITY: usize = 4096;

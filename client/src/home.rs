@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use gshare_common::{ConfigFileError, MulticastSettings, config_file};
 use gshare_proto::{Fingerprint, ServerAddress};
-use gshare_transport::{ConfigFileError, MulticastSettings, config_file};
 
 /// Name of the settings file inside the home directory.
 pub const CLIENT_TOML: &str = "client.toml";

@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::users::{self, HashCost};
+use gshare_common::{ConfigFileError, MulticastSettings, config_file};
 use gshare_proto::{GroupName, ServerAddress};
-use gshare_transport::{ConfigFileError, MulticastSettings, config_file};
 
 /// Default TLS address: loopback, port 7443.
 pub const DEFAULT_TLS_LISTEN: &str = "127.0.0.1:7443";
@@ -19,6 +20,14 @@ pub const DEFAULT_TLS_LISTEN: &str = "127.0.0.1:7443";
 pub const DEFAULT_ANNOUNCE_INTERVAL_SECS: u64 = 10;
 /// Default least milliseconds between announcements sent in answer to list requests.
 pub const DEFAULT_LIST_REPLY_INTERVAL_MS: u64 = 250;
+/// Default validity of member certificates, in days.
+pub const DEFAULT_CERTIFICATE_DAYS: u32 = 365;
+/// Default most TLS connections served at once.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+/// Default most password checks (argon2id) running at once.
+pub const DEFAULT_PASSWORD_CHECKS: u32 = 2;
+/// Default seconds a TLS peer has to complete its handshake and first request.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -35,6 +44,60 @@ struct ServerToml {
     multicast: MulticastSettings,
     #[serde(default)]
     announce: AnnounceToml,
+    #[serde(default)]
+    passwords: PasswordsToml,
+    #[serde(default)]
+    certificates: CertificatesToml,
+    #[serde(default)]
+    limits: LimitsToml,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PasswordsToml {
+    memory_kib: Spanned<u32>,
+    iterations: Spanned<u32>,
+    parallelism: Spanned<u32>,
+}
+
+impl Default for PasswordsToml {
+    fn default() -> Self {
+        Self {
+            memory_kib: Spanned::new(0..0, users::DEFAULT_MEMORY_KIB),
+            iterations: Spanned::new(0..0, users::DEFAULT_ITERATIONS),
+            parallelism: Spanned::new(0..0, users::DEFAULT_PARALLELISM),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CertificatesToml {
+    validity_days: Spanned<u32>,
+}
+
+impl Default for CertificatesToml {
+    fn default() -> Self {
+        Self { validity_days: Spanned::new(0..0, DEFAULT_CERTIFICATE_DAYS) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsToml {
+    max_connections: Spanned<u32>,
+    password_checks: Spanned<u32>,
+    handshake_timeout_secs: Spanned<u64>,
+}
+
+impl Default for LimitsToml {
+    fn default() -> Self {
+        Self {
+            max_connections: Spanned::new(0..0, DEFAULT_MAX_CONNECTIONS),
+            password_checks: Spanned::new(0..0, DEFAULT_PASSWORD_CHECKS),
+            handshake_timeout_secs: Spanned::new(0..0, DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+        }
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -101,6 +164,16 @@ pub struct Config {
     pub announce_interval: Duration,
     /// Least time between announcements sent in answer to list requests.
     pub list_reply_interval: Duration,
+    /// Argon2id cost of new password hashes.
+    pub password_cost: HashCost,
+    /// Validity of member certificates.
+    pub certificate_validity: Duration,
+    /// Most TLS connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Most password checks running at once.
+    pub password_checks: usize,
+    /// Time a TLS peer has to complete its handshake and send its first request.
+    pub handshake_timeout: Duration,
 }
 
 impl Config {
@@ -166,6 +239,41 @@ impl Config {
             return Err(error(raw.announce.list_reply_interval_ms.span(), "must be between 10 and 60000 ms".into()));
         }
 
+        let passwords = &raw.passwords;
+        let minimums = [
+            (&passwords.memory_kib, users::DEFAULT_MEMORY_KIB, 4 * 1024 * 1024),
+            (&passwords.iterations, users::DEFAULT_ITERATIONS, 100),
+            (&passwords.parallelism, users::DEFAULT_PARALLELISM, 64),
+        ];
+        for (value, min, max) in minimums {
+            if !(min..=max).contains(value.get_ref()) {
+                return Err(error(value.span(), format!("must be between {min} (the safe minimum) and {max}")));
+            }
+        }
+        let password_cost = HashCost {
+            memory_kib: *passwords.memory_kib.get_ref(),
+            iterations: *passwords.iterations.get_ref(),
+            parallelism: *passwords.parallelism.get_ref(),
+        };
+        let days = *raw.certificates.validity_days.get_ref();
+        if !(1..=3650).contains(&days) {
+            return Err(error(raw.certificates.validity_days.span(), "must be between 1 and 3650 days".into()));
+        }
+        let limits = &raw.limits;
+        let bounded = |value: &Spanned<u32>, max: u32| {
+            if (1..=max).contains(value.get_ref()) {
+                Ok(*value.get_ref() as usize)
+            } else {
+                Err(error(value.span(), format!("must be between 1 and {max}")))
+            }
+        };
+        let max_connections = bounded(&limits.max_connections, 100_000)?;
+        let password_checks = bounded(&limits.password_checks, 64)?;
+        let timeout = *limits.handshake_timeout_secs.get_ref();
+        if !(1..=300).contains(&timeout) {
+            return Err(error(limits.handshake_timeout_secs.span(), "must be between 1 and 300 seconds".into()));
+        }
+
         Ok(Config {
             path: path.to_owned(),
             state_dir: base.join(raw.state_dir),
@@ -176,6 +284,11 @@ impl Config {
             multicast: raw.multicast,
             announce_interval: Duration::from_secs(interval_secs),
             list_reply_interval: Duration::from_millis(reply_ms),
+            password_cost,
+            certificate_validity: Duration::from_secs(u64::from(days) * 86_400),
+            max_connections,
+            password_checks,
+            handshake_timeout: Duration::from_secs(timeout),
         })
     }
 }
@@ -224,6 +337,9 @@ mod tests {
             ("groups = [\"Dev\", \"../x\"]\n", 1, "groups", "\"../x\""),
             ("groups = [\"Dev\", \"dev\"]\n", 1, "groups", "listed twice"),
             ("groups = []\n", 1, "groups", "at least one group"),
+            ("groups = [\"A\"]\n[passwords]\nmemory_kib = 1024\n", 3, "passwords.memory_kib", "safe minimum"),
+            ("groups = [\"A\"]\n[certificates]\nvalidity_days = 0\n", 3, "certificates.validity_days", "between 1"),
+            ("groups = [\"A\"]\n[limits]\npassword_checks = 0\n", 3, "limits.password_checks", "between 1"),
         ];
         for (text, line, key, fragment) in cases {
             let error = parse(text).unwrap_err();

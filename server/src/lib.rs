@@ -7,19 +7,36 @@
 //!
 //! - [`config`]: `server.toml`, read and validated.
 //! - [`identity`]: the CA and server certificate in the state directory.
-//! - `discovery`: announcements and list requests on the multicast channel.
+//! - [`store`]: the SQLite state store (certificates, memberships).
+//! - [`users`]: the argon2id user store `users.toml`, read and edited.
+//! - `reload`: following edits of `users.toml` and revoking what it no longer allows.
+//! - `discovery`: the multicast task: announcements, list requests, joins and leaves.
+//! - `membership`: the rules a join or leave must pass.
+//! - `listener`, `tls`, `enroll`: the TLS listener and enrollment.
+//! - `ratelimit`: delays after failed password attempts.
+//! - `state`: what the tasks share.
 
 pub mod config;
 mod discovery;
+mod enroll;
 pub mod identity;
+mod listener;
+mod membership;
+mod ratelimit;
+mod reload;
+mod state;
+pub mod store;
+mod tls;
+pub mod users;
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub use config::Config;
 pub use identity::{IdentityError, ServerIdentity};
 
+use gshare_common::MulticastChannel;
 use gshare_proto::Announcement;
-use gshare_transport::MulticastChannel;
 
 /// Why the server stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,18 +44,37 @@ pub enum ServerError {
     /// The CA or server certificate could not be created or loaded.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The state store could not be opened or used.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// users.toml is not valid.
+    #[error(transparent)]
+    Users(#[from] gshare_common::ConfigFileError),
     /// The multicast channel could not be opened.
     #[error("multicast")]
-    Transport(#[from] gshare_transport::TransportError),
+    Transport(#[from] gshare_common::TransportError),
     /// Receiving from the multicast channel failed.
     #[error("multicast receive failed: {0}")]
     Multicast(std::io::Error),
+    /// The TLS listener could not be bound.
+    #[error("cannot listen for TLS on {address}")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
     /// An announcement could not be built (for example a CA certificate too large to announce).
     #[error("cannot encode announcement: {0}")]
     Encode(gshare_proto::EncodeError),
     /// Signing or random number generation failed.
     #[error(transparent)]
     Crypto(#[from] gshare_certs::CertError),
+    /// The dummy password hash could not be made.
+    #[error(transparent)]
+    Hash(#[from] users::HashError),
 }
 
 /// The names and addresses the server certificate is issued for.
@@ -58,26 +94,41 @@ pub fn load_identity(config: &Config) -> Result<ServerIdentity, IdentityError> {
 /// Runs the server until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let identity = load_identity(&config)?;
+    let store = store::Store::open(&config.state_dir)?;
+    let users = users::UserStore::load(&config.users_file, &config.groups)?;
+    let cost = config.password_cost;
+    let dummy_password: [u8; 16] = gshare_certs::random_bytes()?;
+    let dummy_hash = tokio::task::spawn_blocking(move || cost.hash(&format!("{dummy_password:?}")))
+        .await
+        .map_err(|e| users::HashError::Argon2(e.to_string()))??;
     let announcements = Announcement::split(identity.ca.certificate_der(), &config.tls_advertise, &config.groups)
         .map_err(ServerError::Encode)?;
+    let tls = tls::server_config(&identity)?;
+    let listener = tokio::net::TcpListener::bind(config.tls_listen)
+        .await
+        .map_err(|source| ServerError::Listen { address: config.tls_listen, source })?;
     let channel = MulticastChannel::open(&config.multicast)?;
-    let discovery = discovery::Discovery::new(
-        channel,
-        &identity.ca,
-        announcements,
-        config.announce_interval,
-        config.list_reply_interval,
-    );
+    let server = Arc::new(state::Server::new(config, identity, store, users, dummy_hash));
+    // A user removed while the server was down loses access before anything else happens.
+    reload::reconcile(&server).await?;
+
+    let config = &server.config;
     let groups: Vec<&str> = config.groups.iter().map(|g| g.as_str()).collect();
     tracing::info!(
-        fingerprint = %identity.ca.fingerprint(),
+        fingerprint = %server.identity.ca.fingerprint(),
         tls = %config.tls_advertise,
         multicast = %config.multicast.describe(),
         groups = %groups.join(","),
+        users = server.users().users.len(),
         "gshare-server ready"
     );
+    let discovery = discovery::Discovery::new(Arc::clone(&server), channel, announcements);
+    let serving = listener::serve(Arc::clone(&server), listener, tokio_rustls::TlsAcceptor::from(tls));
+    let watching = reload::watch_users(Arc::clone(&server));
     tokio::select! {
         result = discovery.run() => result,
+        () = serving => Ok(()),
+        () = watching => Ok(()),
         () = shutdown => {
             tracing::info!("shutting down");
             Ok(())

@@ -76,7 +76,8 @@ fn locate(text: &str, offset: usize) -> (usize, Option<String>) {
     let line = text[line_start..].lines().next().unwrap_or("");
     let key = line.split_once('=').map(|(key, _)| key.trim()).filter(|key| is_bare_key(key));
     let table = before[..line_start].lines().rev().find_map(|l| {
-        let l = l.trim();
+        // A header may carry a comment: `[users.carol] # the designer`.
+        let l = l.split('#').next().unwrap_or("").trim();
         l.strip_prefix('[').and_then(|l| l.strip_suffix(']')).map(|t| t.trim().to_owned())
     });
     let key = key.map(|key| match table {

@@ -4,17 +4,24 @@
 //!
 //! # Layout
 //!
+//! - [`connection`]: a byte stream read and written in whole frames.
 //! - [`config_file`]: reading TOML with `file: line N: key: message` errors.
+//! - [`files`]: atomic file replacement.
+//! - [`password`]: reading a password from the terminal or standard input.
 //! - [`settings`]: the `[multicast]` table, validated as it is deserialized.
 //! - [`multicast`]: opening the group socket and the unicast socket beside it.
 //! - [`drops`]: counting dropped datagrams by reason, with rate-limited log lines.
 
 pub mod config_file;
+pub mod connection;
 pub mod drops;
+pub mod files;
 pub mod multicast;
+pub mod password;
 pub mod settings;
 
 pub use config_file::ConfigFileError;
+pub use connection::{Connection, ConnectionError};
 pub use drops::{DropCounter, DropReason};
 pub use multicast::{MulticastChannel, TransportError};
 pub use settings::MulticastSettings;

@@ -1,0 +1,126 @@
+//! A framed connection over any byte stream (in practice a TLS stream): `read_frame` and
+//! `write_frame`, after mini-redis's `Connection`.
+//!
+//! A clean end of stream between frames is `Ok(None)`; an end in the middle of a frame is an
+//! error. The read buffer never holds more than one maximum frame plus one read's worth,
+//! because the decoder refuses a declared length above the maximum before waiting for it.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use gshare_proto::frame::{self, Frame, FrameError};
+
+/// Bytes asked of the stream per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer sent a bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("cannot encode frame: {0}")]
+    Encode(#[from] gshare_proto::EncodeError),
+    #[error("peer closed the connection in the middle of a frame")]
+    Truncated,
+}
+
+/// A byte stream with a read buffer, read and written in whole frames.
+#[derive(Debug)]
+pub struct Connection<S> {
+    stream: S,
+    buffer: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub fn new(stream: S) -> Self {
+        Self { stream, buffer: Vec::with_capacity(READ_CHUNK) }
+    }
+
+    /// The next frame; `None` when the peer closed the stream cleanly between frames.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
+        loop {
+            if let Some((frame, used)) = frame::decode(&self.buffer)? {
+                self.buffer.drain(..used);
+                return Ok(Some(frame));
+            }
+            let start = self.buffer.len();
+            self.buffer.resize(start + READ_CHUNK, 0);
+            let read = self.stream.read(&mut self.buffer[start..]).await;
+            let read = match read {
+                Ok(read) => read,
+                Err(error) => {
+                    self.buffer.truncate(start);
+                    // A TLS peer that vanishes without close_notify looks like this.
+                    if error.kind() == std::io::ErrorKind::UnexpectedEof && start == 0 {
+                        return Ok(None);
+                    }
+                    return Err(error.into());
+                }
+            };
+            self.buffer.truncate(start + read);
+            if read == 0 {
+                return if self.buffer.is_empty() { Ok(None) } else { Err(ConnectionError::Truncated) };
+            }
+        }
+    }
+
+    /// Writes one frame and flushes it.
+    pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
+        let bytes = frame.encode()?;
+        self.stream.write_all(&bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Ends the stream cleanly (for TLS, sends close_notify).
+    pub async fn shutdown(&mut self) -> Result<(), ConnectionError> {
+        self.stream.shutdown().await?;
+        Ok(())
+    }
+
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gshare_proto::frame::Text;
+
+    #[tokio::test]
+    async fn frames_cross_a_stream_and_a_clean_end_is_none() {
+        let (a, b) = tokio::io::duplex(64);
+        let mut writer = Connection::new(a);
+        let mut reader = Connection::new(b);
+        let frames: Vec<Frame> = (0..3).map(|i| Frame::Refused { reason: Text::new(&format!("no {i}")) }).collect();
+        let sent = frames.clone();
+        let task = tokio::spawn(async move {
+            for frame in &sent {
+                writer.write_frame(frame).await.unwrap();
+            }
+            writer.shutdown().await.unwrap();
+        });
+        for frame in frames {
+            assert_eq!(reader.read_frame().await.unwrap(), Some(frame));
+        }
+        assert_eq!(reader.read_frame().await.unwrap(), None);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_end_inside_a_frame_is_an_error_and_an_oversized_length_is_refused_at_once() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut reader = Connection::new(b);
+        a.write_all(&[0, 0, 0, 10, 3, 0]).await.unwrap();
+        drop(a);
+        assert!(matches!(reader.read_frame().await, Err(ConnectionError::Truncated)));
+
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut reader = Connection::new(b);
+        a.write_all(&[0x7f, 0xff, 0xff, 0xff]).await.unwrap();
+        // Refused without waiting for the two gigabytes it announced.
+        assert!(matches!(reader.read_frame().await, Err(ConnectionError::Frame(FrameError::BadLength(_)))));
+    }
+}
