@@ -93,6 +93,24 @@ impl ClientSettings {
     }
 }
 
+/// Writes what enrollment learned (server address, CA fingerprint) into `client.toml`, keeping
+/// everything else in the file as it was.
+pub fn record_enrollment(home: &Path, server: &ServerAddress, fingerprint: Fingerprint) -> Result<(), ConfigFileError> {
+    let path = home.join(CLIENT_TOML);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(ConfigFileError::whole_file(&path, format!("cannot read the file: {error}"))),
+    };
+    let mut document: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| ConfigFileError::at(&path, &text, e.span(), e.message().to_owned()))?;
+    document["server"] = toml_edit::value(server.as_str());
+    document["ca_fingerprint"] = toml_edit::value(fingerprint.to_string());
+    gshare_common::files::atomic_write(&path, document.to_string().as_bytes(), 0o644)
+        .map_err(|e| ConfigFileError::whole_file(&path, format!("cannot write the file: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +137,20 @@ mod tests {
         std::fs::write(home.path().join(CLIENT_TOML), "ca_fingerprint = \"SHA256:abc\"\n").unwrap();
         let error = ClientSettings::load(home.path()).unwrap_err();
         assert_eq!((error.line, error.key.as_deref()), (Some(1), Some("ca_fingerprint")), "{error}");
+    }
+
+    #[test]
+    fn enrollment_is_recorded_without_losing_comments() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join(CLIENT_TOML), "# mine\n[multicast]\nport = 9000 # my port\n").unwrap();
+        let fingerprint = Fingerprint([7; 32]);
+        record_enrollment(home.path(), &ServerAddress::new("10.0.0.1:7443").unwrap(), fingerprint).unwrap();
+        let text = std::fs::read_to_string(home.path().join(CLIENT_TOML)).unwrap();
+        assert!(text.contains("# mine") && text.contains("# my port"), "{text}");
+        let settings = ClientSettings::load(home.path()).unwrap();
+        assert_eq!(settings.ca_fingerprint, Some(fingerprint));
+        assert_eq!(settings.server.unwrap().as_str(), "10.0.0.1:7443");
+        assert_eq!(settings.multicast.port.get(), 9000);
     }
 
     #[test]

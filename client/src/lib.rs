@@ -3,12 +3,20 @@
 //! # Layout
 //!
 //! - [`home`]: the client's home directory and `client.toml`.
+//! - [`identity`]: the enrolled key, certificate and pinned CA in the home.
 //! - [`discover`]: finding servers and their groups from verified multicast announcements.
+//! - [`enroll`]: getting a certificate over TLS with a password.
+//! - [`membership`]: joining and leaving groups with signed multicast requests.
+//! - [`tls`]: the TLS configuration and the CA-pinning verifier.
 //! - [`report`]: turning what was found into the text people read.
 
 pub mod discover;
+pub mod enroll;
 pub mod home;
+pub mod identity;
+pub mod membership;
 pub mod report;
+pub mod tls;
 
 pub use discover::{Discovery, FoundServer, discover};
 pub use home::{ClientSettings, resolve_home};

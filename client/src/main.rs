@@ -7,7 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+use gshare_client::enroll::{EnrollOptions, enroll};
+use gshare_client::identity::Enrollment;
+use gshare_client::membership::{self, Direction};
 use gshare_client::{ClientSettings, report, resolve_home};
+use gshare_proto::membership::Outcome;
+use gshare_proto::{Fingerprint, GroupName, ServerAddress, UserName};
 
 /// How long `groups` listens for announcements by default.
 const DEFAULT_GROUPS_WAIT: &str = "2s";
@@ -27,6 +32,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Get a certificate from the server, once, with a user name and password.
+    ///
+    /// The key is generated here and never leaves this machine. Without --ca-fingerprint the
+    /// server's CA fingerprint is shown for you to confirm against the one your operator
+    /// published.
+    Enroll {
+        /// Your user name on the server.
+        #[arg(long)]
+        user: UserName,
+        /// The server's HOST:PORT [default: found from its multicast announcement].
+        #[arg(long, value_name = "HOST:PORT")]
+        server: Option<ServerAddress>,
+        /// The CA fingerprint to require, as printed by `gshare-server fingerprint`.
+        #[arg(long, value_name = "SHA256:HEX")]
+        ca_fingerprint: Option<Fingerprint>,
+        /// Read the password from one line of standard input instead of the terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Join a group you are allowed into (a signed multicast request; waits for the signed reply).
+    Join {
+        #[arg(long)]
+        group: GroupName,
+    },
+    /// Leave a group.
+    Leave {
+        #[arg(long)]
+        group: GroupName,
+    },
     /// List the groups of the gshare servers on the network, from their signed announcements.
     Groups {
         /// How long to listen for announcements, such as 2s or 500ms.
@@ -52,13 +86,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = ClientSettings::load(&home)?;
     match cli.command {
         Command::Groups { wait } => groups(&settings, wait),
+        Command::Enroll { user, server, ca_fingerprint, password_stdin } => {
+            let options = EnrollOptions { user, server, ca_fingerprint, password_stdin };
+            let enrolled = runtime()?.block_on(enroll(&settings, options))?;
+            println!("enrolled with {} (CA {})", enrolled.server, enrolled.ca_fingerprint);
+            println!("certificate {} stored in {}", enrolled.certificate_fingerprint, settings.home.display());
+            Ok(())
+        }
+        Command::Join { group } => change_membership(&settings, Direction::Join, &group),
+        Command::Leave { group } => change_membership(&settings, Direction::Leave, &group),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")
+}
+
+fn change_membership(settings: &ClientSettings, direction: Direction, group: &GroupName) -> anyhow::Result<()> {
+    let enrollment = Enrollment::load(&settings.home)?;
+    let outcome = runtime()?.block_on(membership::request(settings, &enrollment, direction, group))?;
+    match outcome {
+        Outcome::Accepted => {
+            let done = if direction == Direction::Join { "joined" } else { "left" };
+            println!("{done} {group}");
+            Ok(())
+        }
+        Outcome::Refused { message, .. } => bail!("server refused {}: {}", direction.verb(), message.as_str()),
     }
 }
 
 fn groups(settings: &ClientSettings, wait: Duration) -> anyhow::Result<()> {
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
-    let found = runtime.block_on(gshare_client::discover(&settings.multicast, settings.ca_fingerprint, wait))?;
+    let found = runtime()?.block_on(gshare_client::discover(&settings.multicast, settings.ca_fingerprint, wait))?;
     if found.drops.total() > 0 {
         eprintln!("warning: ignored datagrams that failed verification: {}", found.drops.summary());
     }

@@ -26,6 +26,9 @@ pub use drops::{DropCounter, DropReason};
 pub use multicast::{MulticastChannel, TransportError};
 pub use settings::MulticastSettings;
 
+/// The ALPN protocol name of gshare's TLS sessions; both sides insist on it.
+pub const ALPN: &[u8] = b"gshare/1";
+
 /// Milliseconds since the Unix epoch by the system clock: the `now` that callers hand to `proto`.
 pub fn unix_now() -> gshare_proto::UnixMillis {
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

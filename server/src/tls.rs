@@ -13,9 +13,6 @@ use rustls::server::WebPkiClientVerifier;
 
 use crate::identity::ServerIdentity;
 
-/// The ALPN protocol name of gshare's TLS sessions.
-pub const ALPN: &[u8] = b"gshare/1";
-
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS configuration: {0}")]
@@ -40,6 +37,6 @@ pub(crate) fn server_config(identity: &ServerIdentity) -> Result<Arc<rustls::Ser
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(vec![server_certificate, ca], server_key)
         .map_err(|e| error(&e))?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![gshare_common::ALPN.to_vec()];
     Ok(Arc::new(config))
 }
