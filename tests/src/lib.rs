@@ -126,6 +126,8 @@ pub struct ServerProcess {
     child: Child,
     pub dir: TempDir,
     pub config: PathBuf,
+    /// `HOST:PORT` of the TLS listener, when the helper chose it.
+    pub tls_address: Option<String>,
     log: Arc<Mutex<Vec<String>>>,
     lines: Receiver<String>,
 }
@@ -133,7 +135,10 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts a server with groups Developers and Designers and waits until it is ready.
     pub fn start(net: &TestNet) -> Self {
-        Self::start_with(net, &default_server_toml(net, free_tcp_port()), &[])
+        let port = free_tcp_port();
+        let mut server = Self::start_with(net, &default_server_toml(net, port), &[]);
+        server.tls_address = Some(format!("127.0.0.1:{port}"));
+        server
     }
 
     /// Starts a server with `config_text` as server.toml, run through `wrapper` (for example
@@ -158,7 +163,7 @@ impl ServerProcess {
 
     fn spawn(dir: TempDir, config: PathBuf, wrapper: &[&str]) -> Self {
         let (child, log, lines) = Self::launch(&config, wrapper);
-        Self { child, dir, config, log, lines }
+        Self { child, dir, config, tls_address: None, log, lines }
     }
 
     #[allow(clippy::type_complexity)]
@@ -232,6 +237,35 @@ impl ServerProcess {
         String::from_utf8(output.stdout).unwrap().trim().to_owned()
     }
 
+    /// Runs `gshare-server --config CONFIG ARGS...` to completion, with `stdin` as its input.
+    pub fn command(&self, args: &[&str], stdin: &str) -> Output {
+        run_with_stdin(Command::new(server_bin()).arg("--config").arg(&self.config).args(args), stdin)
+    }
+
+    /// Adds a user with `user add --password-stdin` and waits until the running server has
+    /// reloaded its user store.
+    pub fn add_user(&mut self, name: &str, groups: &str, password: &str) {
+        let output =
+            self.command(&["user", "add", name, "--groups", groups, "--password-stdin"], &format!("{password}\n"));
+        assert!(output.status.success(), "user add failed: {}", text(&output.stderr));
+        self.wait_for_log("user store reloaded", STARTUP_TIMEOUT);
+    }
+
+    /// The members of `group`, from `status --json`.
+    pub fn members(&self, group: &str) -> Vec<String> {
+        let output = self.command(&["status", "--json"], "");
+        assert!(output.status.success(), "status failed: {}", text(&output.stderr));
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let groups = status["groups"].as_array().unwrap();
+        let entry =
+            groups.iter().find(|g| g["name"] == group).unwrap_or_else(|| panic!("no group {group} in {status}"));
+        entry["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap().to_owned()).collect()
+    }
+
+    pub fn users_file(&self) -> PathBuf {
+        self.dir.path().join("users.toml")
+    }
+
     /// The CA certificate and key, read from the state directory, for crafting datagrams.
     pub fn certificate_authority(&self) -> gshare_certs::CertificateAuthority {
         let dir = self.state_dir().join("identity");
@@ -289,6 +323,38 @@ impl ClientHome {
     pub fn run(&self, args: &[&str]) -> Output {
         self.command().args(args).output().unwrap()
     }
+
+    /// Runs `gshare-client --home HOME ARGS...` with `stdin` as its input.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        run_with_stdin(self.command().args(args), stdin)
+    }
+
+    /// Enrolls `user` with `server`, pinning its fingerprint, password from stdin.
+    pub fn enroll(&self, server: &ServerProcess, user: &str, password: &str) -> Output {
+        let address = server.tls_address.clone().expect("server started by ServerProcess::start");
+        let fingerprint = server.fingerprint();
+        self.run_with_stdin(
+            &["enroll", "--user", user, "--server", &address, "--ca-fingerprint", &fingerprint, "--password-stdin"],
+            &format!("{password}\n"),
+        )
+    }
+
+    /// Enrolls and fails the test if that fails.
+    pub fn enrolled(net: &TestNet, server: &ServerProcess, user: &str, password: &str) -> Self {
+        let home = Self::new(net);
+        let output = home.enroll(server, user, password);
+        assert!(output.status.success(), "enroll {user} failed: {}\n{}", text(&output.stderr), server.log());
+        home
+    }
+}
+
+/// Runs `command` with `stdin` written to its standard input, and collects its output.
+pub fn run_with_stdin(command: &mut Command, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // A process that exits before reading its input closes the pipe; that is not our failure.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
 }
 
 /// Text of a process's output, for assertions and failure messages.
