@@ -186,3 +186,23 @@ fn a_user_removed_by_hand_can_no_longer_join_and_a_bad_edit_keeps_the_last_good_
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("revoked"), "{}", text(&output.stderr));
 }
+
+#[test]
+fn disabling_a_user_by_hand_revokes_them() {
+    let (_net, mut server, alice) = alice_enrolled();
+    assert!(alice.run(&["join", "--group", "Developers"]).status.success());
+    let users = std::fs::read_to_string(server.users_file()).unwrap();
+    std::fs::write(
+        server.users_file(),
+        users.replace("groups = [\"Developers\"]", "groups = [\"Developers\"]\ndisabled = true"),
+    )
+    .unwrap();
+    server.wait_for_log("revoked: disabled in the user store", STARTUP_TIMEOUT);
+    assert!(server.members("Developers").is_empty());
+    let output = alice.run(&["join", "--group", "Developers"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("was revoked"), "{}", text(&output.stderr));
+    // Enrolling again is refused too: a disabled user is treated as absent.
+    let output = alice.enroll(&server, "alice", PASSWORD);
+    assert!(text(&output.stderr).contains("wrong user name or password"), "{}", text(&output.stderr));
+}

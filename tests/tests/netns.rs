@@ -69,15 +69,28 @@ fn build_lan(prefix: &str, hosts: &[(&str, &str)]) -> Result<Namespaces, String>
     Ok(namespaces)
 }
 
+/// `gshare-client --home HOME ARGS...` inside namespace `namespace`, with `stdin` as input.
+fn client_in(namespace: &str, home: &ClientHome, args: &[&str], stdin: &str) -> std::process::Output {
+    gshare_tests::run_with_stdin(
+        Command::new("ip")
+            .args(["netns", "exec", namespace])
+            .arg(gshare_tests::client_bin())
+            .arg("--home")
+            .arg(home.path())
+            .args(args),
+        stdin,
+    )
+}
+
 #[test]
-fn clients_on_other_hosts_discover_the_server() {
+fn clients_on_other_hosts_discover_enroll_and_join() {
     let prefix = format!("gsh{}", std::process::id());
     let hosts = [("server", "192.0.2.1"), ("alice", "192.0.2.2"), ("bob", "192.0.2.3")];
     let _namespaces = match build_lan(&prefix, &hosts) {
         Ok(namespaces) => namespaces,
         Err(reason) => {
             eprintln!(
-                "SKIPPED clients_on_other_hosts_discover_the_server: cannot create network namespaces ({reason})"
+                "SKIPPED clients_on_other_hosts_discover_enroll_and_join: cannot create network namespaces ({reason})"
             );
             return;
         }
@@ -94,21 +107,16 @@ fn clients_on_other_hosts_discover_the_server() {
         server_net.multicast_toml().replace("ttl = 0", "ttl = 1").replace("loop = true", "loop = false")
     );
     let server_ns = format!("{prefix}-server");
-    let server = ServerProcess::start_with(&server_net, &config, &["ip", "netns", "exec", &server_ns]);
+    let mut server = ServerProcess::start_with(&server_net, &config, &["ip", "netns", "exec", &server_ns]);
     let fingerprint = server.fingerprint();
+    server.add_user("alice", "Developers", "correct horse battery staple");
 
     for (host, address) in &hosts[1..] {
         let home = ClientHome::new(&lan(address));
         let toml = std::fs::read_to_string(home.path().join("client.toml")).unwrap().replace("ttl = 0", "ttl = 1");
         std::fs::write(home.path().join("client.toml"), toml).unwrap();
-        let output = Command::new("ip")
-            .args(["netns", "exec", &format!("{prefix}-{host}")])
-            .arg(gshare_tests::client_bin())
-            .arg("--home")
-            .arg(home.path())
-            .args(["groups", "--wait", "1s"])
-            .output()
-            .unwrap();
+        let namespace = format!("{prefix}-{host}");
+        let output = client_in(&namespace, &home, &["groups", "--wait", "1s"], "");
         let stdout = text(&output.stdout);
         assert!(output.status.success(), "{host}: {}\nserver log:\n{}", text(&output.stderr), server.log());
         assert!(stdout.contains("server 192.0.2.1:7443"), "{host}: {stdout}");
@@ -116,5 +124,15 @@ fn clients_on_other_hosts_discover_the_server() {
             stdout.contains(&fingerprint) && stdout.contains("Developers") && stdout.contains("Designers"),
             "{host}: {stdout}"
         );
+
+        if *host == "alice" {
+            // Enrollment over TLS, and a join whose reply comes back unicast across the bridge.
+            let enroll = ["enroll", "--user", "alice", "--ca-fingerprint", &fingerprint, "--password-stdin"];
+            let output = client_in(&namespace, &home, &enroll, "correct horse battery staple\n");
+            assert!(output.status.success(), "enroll: {}\n{}", text(&output.stderr), server.log());
+            let output = client_in(&namespace, &home, &["join", "--group", "Developers"], "");
+            assert_eq!(text(&output.stdout).trim(), "joined Developers", "{}\n{}", text(&output.stderr), server.log());
+        }
     }
+    assert_eq!(server.members("Developers"), ["alice"]);
 }
