@@ -109,7 +109,8 @@ pub async fn enroll(settings: &ClientSettings, options: EnrollOptions) -> Result
         (Ok(_), _, None) => return Err(EnrollError::Protocol("the server presented no CA".into())),
     };
     if expected.is_none() {
-        let confirmed = tokio::task::spawn_blocking(move || confirm(&server_label(&options.server), fingerprint))
+        let label = server.to_string();
+        let confirmed = tokio::task::spawn_blocking(move || confirm(&label, fingerprint))
             .await
             .map_err(|e| EnrollError::Terminal(std::io::Error::other(e)))??;
         if !confirmed {
@@ -150,10 +151,6 @@ pub async fn enroll(settings: &ClientSettings, options: EnrollOptions) -> Result
     enrollment.save(&settings.home)?;
     record_enrollment(&settings.home, &server, fingerprint)?;
     Ok(Enrolled { server, ca_fingerprint: fingerprint, certificate_fingerprint: enrollment.certificate_fingerprint() })
-}
-
-fn server_label(server: &Option<ServerAddress>) -> String {
-    server.as_ref().map_or_else(|| "the announced server".to_owned(), |s| s.to_string())
 }
 
 /// The one server whose announcement verifies (against `pinned` if given).

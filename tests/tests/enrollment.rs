@@ -114,3 +114,35 @@ fn enrollment_finds_the_server_from_its_announcement() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains(server.tls_address.as_deref().unwrap()));
 }
+
+/// Runs `gshare-client --home HOME ARGS` on a pseudo-terminal (with `script`), typing `input`.
+fn at_a_terminal(home: &ClientHome, args: &str, input: &str) -> Option<std::process::Output> {
+    let client = format!("{} --home {} {args}", gshare_tests::client_bin().display(), home.path().display());
+    let mut command = Command::new("script");
+    command.args(["-qec", &client, "/dev/null"]);
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: `script` (util-linux) is not installed, so no pseudo-terminal");
+        return None;
+    }
+    Some(gshare_tests::run_with_stdin(&mut command, input))
+}
+
+#[test]
+fn at_a_terminal_the_person_confirms_the_fingerprint() {
+    let (net, server) = started_with_alice();
+    let address = server.tls_address.clone().unwrap();
+    let args = format!("enroll --user alice --server {address}");
+
+    let declined = ClientHome::new(&net);
+    let Some(output) = at_a_terminal(&declined, &args, "n\n") else { return };
+    let screen = text(&output.stdout);
+    assert!(screen.contains(&server.fingerprint()) && screen.contains("[y/N]"), "{screen}");
+    assert!(screen.contains("error: the CA fingerprint was not confirmed; nothing was sent"), "{screen}");
+    assert!(!server.log().contains("user=alice"), "the server saw a request:\n{}", server.log());
+
+    let accepted = ClientHome::new(&net);
+    let output = at_a_terminal(&accepted, &args, &format!("y\n{PASSWORD}\n")).unwrap();
+    let screen = text(&output.stdout);
+    assert!(screen.contains("Password for alice:") && screen.contains("enrolled with"), "{screen}");
+    assert!(accepted.path().join("client.crt").exists());
+}
