@@ -88,9 +88,17 @@ fn the_password_never_appears_in_the_process_arguments() {
         .spawn()
         .unwrap();
     // While it waits for the password, everyone on the machine can read its command line.
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    assert!(cmdline.contains("user add carol"), "{cmdline}");
+    // Wait for the exec to finish: until then /proc shows the forking parent's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let cmdline = loop {
+        let raw = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains("user add carol") {
+            break cmdline;
+        }
+        assert!(std::time::Instant::now() < deadline, "the process never showed its command line: {cmdline:?}");
+        std::thread::yield_now();
+    };
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
     drop(stdin);
