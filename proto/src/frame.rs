@@ -14,7 +14,7 @@
 use std::fmt;
 
 use crate::datagram::DecodeError;
-use crate::names::UserName;
+use crate::names::{GroupName, UserName};
 use crate::wire::{Reader, put_long_bytes, put_short_bytes};
 
 /// Largest frame (type + payload), in bytes.
@@ -25,6 +25,11 @@ pub const MAX_CERTIFICATE_LEN: usize = 4096;
 pub const MAX_PASSWORD_LEN: usize = 1024;
 /// Longest refusal text, in bytes.
 pub const MAX_REFUSAL_LEN: usize = 512;
+/// Most bytes of file data in one frame. Large enough that framing costs nothing measurable,
+/// small enough to bound each buffer.
+pub const MAX_CHUNK_LEN: usize = 256 * 1024;
+/// Most groups one session subscribes to.
+pub const MAX_SUBSCRIPTIONS: usize = 64;
 
 const LENGTH_PREFIX: usize = 4;
 
@@ -37,6 +42,51 @@ pub enum Frame {
     EnrollAccepted { certificate: Vec<u8>, ca_certificate: Vec<u8> },
     /// Either way: the request was refused, with a reason for a person to read.
     Refused { reason: Text },
+    /// Member → server, first frame of a session: send me the files of these groups.
+    Subscribe { groups: Vec<GroupName> },
+    /// Server → member: the session is open; offers follow.
+    Subscribed,
+    /// Server → member: a file is waiting.
+    Offer(Offer),
+    /// Member → server: send the offered file from `offset` (0 for all of it; its size when
+    /// the member already holds all of it).
+    Resume { delivery: DeliveryId, offset: u64 },
+    /// Member → server: this offer is refused (an unsafe name, for instance) and never will be
+    /// accepted; do not offer it again.
+    Decline { delivery: DeliveryId, reason: Text },
+    /// Server → member: the next bytes of the file being sent.
+    Data { delivery: DeliveryId, bytes: Vec<u8> },
+    /// Member → server: the file is stored under its final name, verified.
+    Ack { delivery: DeliveryId },
+    /// Member → server: what arrived did not verify and was thrown away; offer it again.
+    Failed { delivery: DeliveryId, reason: Text },
+    /// Either way: are you there?
+    Ping,
+    /// Either way: yes.
+    Pong,
+}
+
+/// The server's number for one file to one member; stable across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeliveryId(pub u64);
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A file offered to a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub delivery: DeliveryId,
+    pub group: GroupName,
+    /// The name as sent, unchecked: the receiver parses it into a `FileName` and declines the
+    /// offer if that fails, so that a bad name is refused and reported, not a broken frame.
+    pub name: Vec<u8>,
+    /// Bytes.
+    pub size: u64,
+    pub sha256: [u8; 32],
 }
 
 /// Why bytes are not a frame.
@@ -109,6 +159,16 @@ impl Frame {
             Frame::EnrollRequest { .. } => 1,
             Frame::EnrollAccepted { .. } => 2,
             Frame::Refused { .. } => 3,
+            Frame::Subscribe { .. } => 4,
+            Frame::Subscribed => 5,
+            Frame::Offer(_) => 6,
+            Frame::Resume { .. } => 7,
+            Frame::Decline { .. } => 8,
+            Frame::Data { .. } => 9,
+            Frame::Ack { .. } => 10,
+            Frame::Failed { .. } => 11,
+            Frame::Ping => 12,
+            Frame::Pong => 13,
         }
     }
 
@@ -136,6 +196,44 @@ impl Frame {
                 }
             }
             Frame::Refused { reason } => put_long_bytes(&mut out, reason.0.as_bytes()),
+            Frame::Subscribe { groups } => {
+                let count = u8::try_from(groups.len())
+                    .ok()
+                    .filter(|&n| usize::from(n) <= MAX_SUBSCRIPTIONS)
+                    .ok_or(too_long("group list", groups.len()))?;
+                out.push(count);
+                for group in groups {
+                    put_short_bytes(&mut out, group.as_str().as_bytes());
+                }
+            }
+            Frame::Subscribed | Frame::Ping | Frame::Pong => {}
+            Frame::Offer(offer) => {
+                if offer.name.len() > crate::names::MAX_FILE_NAME_LEN {
+                    return Err(too_long("file name", offer.name.len()));
+                }
+                out.extend_from_slice(&offer.delivery.0.to_be_bytes());
+                put_short_bytes(&mut out, offer.group.as_str().as_bytes());
+                put_short_bytes(&mut out, &offer.name);
+                out.extend_from_slice(&offer.size.to_be_bytes());
+                out.extend_from_slice(&offer.sha256);
+            }
+            Frame::Resume { delivery, offset } => {
+                out.extend_from_slice(&delivery.0.to_be_bytes());
+                out.extend_from_slice(&offset.to_be_bytes());
+            }
+            Frame::Decline { delivery, reason } | Frame::Failed { delivery, reason } => {
+                out.extend_from_slice(&delivery.0.to_be_bytes());
+                put_long_bytes(&mut out, reason.0.as_bytes());
+            }
+            Frame::Data { delivery, bytes } => {
+                if bytes.len() > MAX_CHUNK_LEN {
+                    return Err(too_long("data chunk", bytes.len()));
+                }
+                out.extend_from_slice(&delivery.0.to_be_bytes());
+                out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+            Frame::Ack { delivery } => out.extend_from_slice(&delivery.0.to_be_bytes()),
         }
         let len = u32::try_from(out.len() - LENGTH_PREFIX).map_err(|_| too_long("frame", out.len()))?;
         out[..LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
@@ -170,17 +268,57 @@ pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             let ca_certificate = reader.long_bytes("CA certificate", MAX_CERTIFICATE_LEN)?.to_vec();
             Frame::EnrollAccepted { certificate, ca_certificate }
         }
-        3 => {
-            let text = reader.long_bytes("refusal", MAX_REFUSAL_LEN)?;
-            if !text.iter().all(|&b| b.is_ascii_graphic() || b == b' ') {
-                return Err(DecodeError::invalid("refusal", "not printable ASCII").into());
+        3 => Frame::Refused { reason: read_text(&mut reader)? },
+        4 => {
+            let count = usize::from(reader.u8()?);
+            if count > MAX_SUBSCRIPTIONS {
+                return Err(DecodeError::invalid("group list", format!("{count} groups")).into());
             }
-            Frame::Refused { reason: Text(String::from_utf8_lossy(text).into_owned()) }
+            let mut groups = Vec::with_capacity(count);
+            for _ in 0..count {
+                let name = std::str::from_utf8(reader.short_bytes()?)
+                    .map_err(|_| DecodeError::invalid("group name", "not UTF-8"))?;
+                groups.push(GroupName::new(name).map_err(|e| DecodeError::invalid("group name", e))?);
+            }
+            Frame::Subscribe { groups }
         }
+        5 => Frame::Subscribed,
+        6 => {
+            let delivery = DeliveryId(reader.u64()?);
+            let group = std::str::from_utf8(reader.short_bytes()?)
+                .map_err(|_| DecodeError::invalid("group name", "not UTF-8"))
+                .and_then(|name| GroupName::new(name).map_err(|e| DecodeError::invalid("group name", e)))?;
+            let name = reader.short_bytes()?.to_vec();
+            let size = reader.u64()?;
+            let sha256 = reader.array()?;
+            Frame::Offer(Offer { delivery, group, name, size, sha256 })
+        }
+        7 => Frame::Resume { delivery: DeliveryId(reader.u64()?), offset: reader.u64()? },
+        8 => Frame::Decline { delivery: DeliveryId(reader.u64()?), reason: read_text(&mut reader)? },
+        9 => {
+            let delivery = DeliveryId(reader.u64()?);
+            let len = u32::from_be_bytes(reader.array()?) as usize;
+            if len > MAX_CHUNK_LEN {
+                return Err(DecodeError::invalid("data chunk", format!("{len} bytes")).into());
+            }
+            Frame::Data { delivery, bytes: reader.take(len)?.to_vec() }
+        }
+        10 => Frame::Ack { delivery: DeliveryId(reader.u64()?) },
+        11 => Frame::Failed { delivery: DeliveryId(reader.u64()?), reason: read_text(&mut reader)? },
+        12 => Frame::Ping,
+        13 => Frame::Pong,
         other => return Err(FrameError::UnknownType(other)),
     };
     reader.finish()?;
     Ok(Some((frame, LENGTH_PREFIX + len)))
+}
+
+fn read_text(reader: &mut Reader<'_>) -> Result<Text, DecodeError> {
+    let text = reader.long_bytes("text", MAX_REFUSAL_LEN)?;
+    if !text.iter().all(|&b| b.is_ascii_graphic() || b == b' ') {
+        return Err(DecodeError::invalid("text", "not printable ASCII"));
+    }
+    Ok(Text(String::from_utf8_lossy(text).into_owned()))
 }
 
 #[cfg(test)]
@@ -202,6 +340,22 @@ mod tests {
             enroll(),
             Frame::EnrollAccepted { certificate: vec![1; 500], ca_certificate: vec![2; 400] },
             Frame::Refused { reason: Text::new("wrong user name or password") },
+            Frame::Subscribe { groups: vec!["Developers".parse().unwrap(), "Designers".parse().unwrap()] },
+            Frame::Subscribed,
+            Frame::Offer(Offer {
+                delivery: DeliveryId(7),
+                group: "Developers".parse().unwrap(),
+                name: b"../../etc/passwd".to_vec(),
+                size: 1 << 40,
+                sha256: [9; 32],
+            }),
+            Frame::Resume { delivery: DeliveryId(7), offset: 12345 },
+            Frame::Decline { delivery: DeliveryId(7), reason: Text::new("unsafe name") },
+            Frame::Data { delivery: DeliveryId(7), bytes: vec![0xab; MAX_CHUNK_LEN] },
+            Frame::Ack { delivery: DeliveryId(7) },
+            Frame::Failed { delivery: DeliveryId(7), reason: Text::new("hash mismatch") },
+            Frame::Ping,
+            Frame::Pong,
         ] {
             let bytes = frame.encode().unwrap();
             assert_eq!(decode(&bytes).unwrap(), Some((frame.clone(), bytes.len())));
@@ -227,6 +381,11 @@ mod tests {
         let mut control = Frame::Refused { reason: Text::new("x") }.encode().unwrap();
         *control.last_mut().unwrap() = 0x1b;
         assert!(matches!(decode(&control), Err(FrameError::Payload(DecodeError::InvalidField { .. }))));
+        // A data frame larger than a chunk, even if the frame length would allow it.
+        let mut big = Frame::Data { delivery: DeliveryId(1), bytes: vec![0; 8] }.encode().unwrap();
+        big[13..17].copy_from_slice(&((MAX_CHUNK_LEN + 1) as u32).to_be_bytes());
+        assert!(matches!(decode(&big), Err(FrameError::Payload(DecodeError::InvalidField { .. }))));
+        assert!(Frame::Data { delivery: DeliveryId(1), bytes: vec![0; MAX_CHUNK_LEN + 1] }.encode().is_err());
         assert!(Password::new(String::new()).is_err());
         assert!(Password::new("x".repeat(MAX_PASSWORD_LEN + 1)).is_err());
         assert_eq!(format!("{:?}", Password::new("secret".into()).unwrap()), "Password(..)");

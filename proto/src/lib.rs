@@ -58,4 +58,4 @@ pub use datagram::{
 };
 pub use fingerprint::Fingerprint;
 pub use freshness::{Rejection, ReplayGuard};
-pub use names::{GroupName, ServerAddress, UserName};
+pub use names::{FileName, GroupName, ServerAddress, UserName};

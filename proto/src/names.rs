@@ -113,6 +113,101 @@ impl fmt::Display for UserName {
     }
 }
 
+/// Longest file name, in bytes (the usual file system limit).
+pub const MAX_FILE_NAME_LEN: usize = 255;
+
+/// Prefix of the receiver's own temporary files; no delivered file may use it.
+pub const RESERVED_FILE_PREFIX: &str = ".gshare-";
+
+/// Why a file name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileNameError {
+    #[error("the name is empty")]
+    Empty,
+    #[error("the name is {0} bytes long, the limit is {MAX_FILE_NAME_LEN}")]
+    TooLong(usize),
+    #[error("the name is not UTF-8")]
+    NotUtf8,
+    #[error("the name is a path, not a single component (it holds '/' or '\\')")]
+    Separator,
+    #[error("the name holds a NUL or control character")]
+    Control,
+    #[error("the name is '.' or '..'")]
+    Dots,
+    #[error("the name starts with a drive prefix")]
+    Drive,
+    #[error("the name starts with the reserved prefix {RESERVED_FILE_PREFIX}")]
+    Reserved,
+}
+
+/// The name of a delivered file: exactly one path component, safe to create inside a
+/// directory. Not empty, at most 255 bytes of UTF-8, no `/`, `\`, NUL or control characters
+/// (so no terminal escapes either), not `.` or `..`, no drive prefix such as `C:`, and not
+/// starting with the receiver's reserved `.gshare-`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileName(String);
+
+impl FileName {
+    pub fn new(name: &str) -> Result<Self, FileNameError> {
+        if name.is_empty() {
+            return Err(FileNameError::Empty);
+        }
+        if name.len() > MAX_FILE_NAME_LEN {
+            return Err(FileNameError::TooLong(name.len()));
+        }
+        if name.contains(['/', '\\']) {
+            return Err(FileNameError::Separator);
+        }
+        if name.chars().any(char::is_control) {
+            return Err(FileNameError::Control);
+        }
+        if name == "." || name == ".." {
+            return Err(FileNameError::Dots);
+        }
+        let bytes = name.as_bytes();
+        if bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' {
+            return Err(FileNameError::Drive);
+        }
+        if name.starts_with(RESERVED_FILE_PREFIX) {
+            return Err(FileNameError::Reserved);
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// Parses a name received as bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FileNameError> {
+        if bytes.len() > MAX_FILE_NAME_LEN {
+            return Err(FileNameError::TooLong(bytes.len()));
+        }
+        Self::new(std::str::from_utf8(bytes).map_err(|_| FileNameError::NotUtf8)?)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name with ` (n)` before its extension: `report.pdf` → `report (1).pdf`. The result
+    /// is still a valid name; a name too long to take the suffix is cut first.
+    pub fn numbered(&self, n: u32) -> Self {
+        let (stem, extension) = match self.0.rfind('.') {
+            Some(dot) if dot > 0 => self.0.split_at(dot),
+            _ => (self.0.as_str(), ""),
+        };
+        let suffix = format!(" ({n}){extension}");
+        let mut stem = stem.to_owned();
+        while stem.len() + suffix.len() > MAX_FILE_NAME_LEN {
+            stem.pop();
+        }
+        Self(format!("{stem}{suffix}"))
+    }
+}
+
+impl fmt::Display for FileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Where members reach the server over TLS: `HOST:PORT`, HOST an IP address (IPv6 in brackets)
 /// or a DNS name. Announced over multicast and stored by clients at enrollment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -196,6 +291,43 @@ mod tests {
             assert!(UserName::new(bad).is_err(), "{bad:?}");
         }
         assert!(UserName::new(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn file_names() {
+        for good in ["report.pdf", "a", "ünïcödé 文件.txt", ".hidden", "..x", "x..", "a b"] {
+            assert!(FileName::new(good).is_ok(), "{good}");
+        }
+        let cases: [(&str, FileNameError); 11] = [
+            ("", FileNameError::Empty),
+            ("../x", FileNameError::Separator),
+            ("/etc/passwd", FileNameError::Separator),
+            ("a/b", FileNameError::Separator),
+            ("a\\b", FileNameError::Separator),
+            ("..", FileNameError::Dots),
+            (".", FileNameError::Dots),
+            ("a\0b", FileNameError::Control),
+            ("a\u{1b}[31mred", FileNameError::Control),
+            ("C:evil", FileNameError::Drive),
+            (".gshare-1.part", FileNameError::Reserved),
+        ];
+        for (name, error) in cases {
+            assert_eq!(FileName::new(name), Err(error), "{name:?}");
+        }
+        assert_eq!(FileName::new(&"x".repeat(256)), Err(FileNameError::TooLong(256)));
+        assert_eq!(FileName::from_bytes(&[0xff, 0xfe]), Err(FileNameError::NotUtf8));
+        assert_eq!(FileName::new("a\n").unwrap_err(), FileNameError::Control);
+    }
+
+    #[test]
+    fn numbered_names_keep_the_extension_and_stay_valid() {
+        assert_eq!(FileName::new("report.pdf").unwrap().numbered(1).as_str(), "report (1).pdf");
+        assert_eq!(FileName::new("README").unwrap().numbered(2).as_str(), "README (2)");
+        assert_eq!(FileName::new(".bashrc").unwrap().numbered(1).as_str(), ".bashrc (1)");
+        let long = FileName::new(&format!("{}.txt", "x".repeat(251))).unwrap();
+        let numbered = long.numbered(10);
+        assert!(numbered.as_str().len() <= MAX_FILE_NAME_LEN && numbered.as_str().ends_with(" (10).txt"));
+        assert!(FileName::new(numbered.as_str()).is_ok());
     }
 
     #[test]
