@@ -4,6 +4,8 @@
 //!
 //! - [`home`]: the client's home directory and `client.toml`.
 //! - [`identity`]: the enrolled key, certificate and pinned CA in the home.
+//! - [`inbox`]: writing received files safely into the out directory.
+//! - [`listen`]: the member session that receives files, with reconnection.
 //! - [`discover`]: finding servers and their groups from verified multicast announcements.
 //! - [`enroll`]: getting a certificate over TLS with a password.
 //! - [`membership`]: joining and leaving groups with signed multicast requests.
@@ -14,6 +16,8 @@ pub mod discover;
 pub mod enroll;
 pub mod home;
 pub mod identity;
+pub mod inbox;
+pub mod listen;
 pub mod membership;
 pub mod report;
 pub mod tls;

@@ -61,6 +61,19 @@ enum Command {
         #[arg(long)]
         group: GroupName,
     },
+    /// Receive every file sent to the groups, until stopped (joins them first).
+    ///
+    /// Files are verified by SHA-256 before they take their name; an existing file of the same
+    /// name is kept and the new one saved as "name (1).ext". Reconnects when the server goes
+    /// away.
+    Listen {
+        /// A group to receive; repeat for several.
+        #[arg(long, required = true)]
+        group: Vec<GroupName>,
+        /// Where to put the files of every group [default: ~/gshare/<group> for each group].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// List the groups of the gshare servers on the network, from their signed announcements.
     Groups {
         /// How long to listen for announcements, such as 2s or 500ms.
@@ -95,6 +108,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Join { group } => change_membership(&settings, Direction::Join, &group),
         Command::Leave { group } => change_membership(&settings, Direction::Leave, &group),
+        Command::Listen { group, out } => {
+            let enrollment = Enrollment::load(&settings.home)?;
+            let options = gshare_client::listen::ListenOptions { groups: group, out };
+            runtime()?.block_on(async {
+                tokio::select! {
+                    result = gshare_client::listen::listen(&settings, &enrollment, &options) => result.map_err(anyhow::Error::from),
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
+            })
+        }
     }
 }
 

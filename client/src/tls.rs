@@ -100,6 +100,25 @@ pub fn enrollment_config(verifier: Arc<PinnedCaVerifier>) -> Result<Arc<rustls::
     Ok(Arc::new(config))
 }
 
+/// A client configuration for member sessions: the member's certificate, the server checked
+/// against the pinned CA.
+pub fn session_config(
+    verifier: Arc<PinnedCaVerifier>,
+    certificate_der: &[u8],
+    key_pem: &str,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![CertificateDer::from(certificate_der.to_vec())], key)?;
+    config.alpn_protocols = vec![gshare_common::ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The name every gshare server certificate is issued for.
 pub fn server_name() -> ServerName<'static> {
     // SERVER_NAME is a valid DNS name; the fallback is never taken.

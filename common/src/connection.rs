@@ -7,10 +7,10 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use gshare_proto::frame::{self, Frame, FrameError};
+use gshare_proto::frame::{self, DeliveryId, Frame, FrameError};
 
 /// Bytes asked of the stream per read.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -30,38 +30,37 @@ pub enum ConnectionError {
 pub struct Connection<S> {
     stream: S,
     buffer: Vec<u8>,
+    /// Where each read lands before it joins `buffer`.
+    chunk: Box<[u8]>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn new(stream: S) -> Self {
-        Self { stream, buffer: Vec::with_capacity(READ_CHUNK) }
+        Self { stream, buffer: Vec::with_capacity(READ_CHUNK), chunk: vec![0; READ_CHUNK].into_boxed_slice() }
     }
 
     /// The next frame; `None` when the peer closed the stream cleanly between frames.
+    ///
+    /// Cancel-safe: bytes are added to the buffer only once a read has returned them, so this
+    /// can sit in a `select!` beside other work.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
         loop {
             if let Some((frame, used)) = frame::decode(&self.buffer)? {
                 self.buffer.drain(..used);
                 return Ok(Some(frame));
             }
-            let start = self.buffer.len();
-            self.buffer.resize(start + READ_CHUNK, 0);
-            let read = self.stream.read(&mut self.buffer[start..]).await;
-            let read = match read {
+            let read = match self.stream.read(&mut self.chunk[..]).await {
                 Ok(read) => read,
-                Err(error) => {
-                    self.buffer.truncate(start);
-                    // A TLS peer that vanishes without close_notify looks like this.
-                    if error.kind() == std::io::ErrorKind::UnexpectedEof && start == 0 {
-                        return Ok(None);
-                    }
-                    return Err(error.into());
+                // A TLS peer that vanishes without close_notify looks like this.
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && self.buffer.is_empty() => {
+                    return Ok(None);
                 }
+                Err(error) => return Err(error.into()),
             };
-            self.buffer.truncate(start + read);
             if read == 0 {
                 return if self.buffer.is_empty() { Ok(None) } else { Err(ConnectionError::Truncated) };
             }
+            self.buffer.extend_from_slice(&self.chunk[..read]);
         }
     }
 
@@ -69,6 +68,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
         let bytes = frame.encode()?;
         self.stream.write_all(&bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Writes a data frame straight from `bytes`, without building it in memory first.
+    /// Not flushed: the next write or [`Connection::flush`] sends it.
+    pub async fn write_data(&mut self, delivery: DeliveryId, bytes: &[u8]) -> Result<(), ConnectionError> {
+        let header = frame::data_header(delivery, bytes.len())?;
+        self.stream.write_all(&header).await?;
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
         self.stream.flush().await?;
         Ok(())
     }
@@ -81,6 +94,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     pub fn stream(&self) -> &S {
         &self.stream
+    }
+
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
     }
 }
 

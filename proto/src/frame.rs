@@ -241,6 +241,21 @@ impl Frame {
     }
 }
 
+/// The bytes that precede `len` bytes of file data in a data frame, for senders that write the
+/// data from their own buffer. The same layout [`Frame::encode`] produces.
+pub fn data_header(delivery: DeliveryId, len: usize) -> Result<[u8; 17], crate::EncodeError> {
+    if len > MAX_CHUNK_LEN {
+        return Err(crate::EncodeError::FieldTooLong { field: "data chunk", len });
+    }
+    let mut header = [0u8; 17];
+    let frame_len = (1 + 8 + 4 + len) as u32; // at most 1 + 8 + 4 + MAX_CHUNK_LEN
+    header[..4].copy_from_slice(&frame_len.to_be_bytes());
+    header[4] = 9;
+    header[5..13].copy_from_slice(&delivery.0.to_be_bytes());
+    header[13..17].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(header)
+}
+
 /// Decodes one frame from the start of `buffer`: `Ok(None)` if more bytes are needed, else the
 /// frame and how many bytes it took.
 pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
@@ -386,6 +401,9 @@ mod tests {
         big[13..17].copy_from_slice(&((MAX_CHUNK_LEN + 1) as u32).to_be_bytes());
         assert!(matches!(decode(&big), Err(FrameError::Payload(DecodeError::InvalidField { .. }))));
         assert!(Frame::Data { delivery: DeliveryId(1), bytes: vec![0; MAX_CHUNK_LEN + 1] }.encode().is_err());
+        let mut by_header = data_header(DeliveryId(3), 5).unwrap().to_vec();
+        by_header.extend_from_slice(b"hello");
+        assert_eq!(by_header, Frame::Data { delivery: DeliveryId(3), bytes: b"hello".to_vec() }.encode().unwrap());
         assert!(Password::new(String::new()).is_err());
         assert!(Password::new("x".repeat(MAX_PASSWORD_LEN + 1)).is_err());
         assert_eq!(format!("{:?}", Password::new("secret".into()).unwrap()), "Password(..)");

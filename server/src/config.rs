@@ -28,6 +28,12 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 pub const DEFAULT_PASSWORD_CHECKS: u32 = 2;
 /// Default seconds a TLS peer has to complete its handshake and first request.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Default largest file `send` accepts, in bytes (1 TiB).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 40;
+/// Default days an undelivered file is kept for members who have not received it.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+/// Default attempts at a delivery whose data fails verification before it is failed for good.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -50,6 +56,24 @@ struct ServerToml {
     certificates: CertificatesToml,
     #[serde(default)]
     limits: LimitsToml,
+    #[serde(default)]
+    delivery: DeliveryToml,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DeliveryToml {
+    retention_days: Spanned<u32>,
+    max_attempts: Spanned<u32>,
+}
+
+impl Default for DeliveryToml {
+    fn default() -> Self {
+        Self {
+            retention_days: Spanned::new(0..0, DEFAULT_RETENTION_DAYS),
+            max_attempts: Spanned::new(0..0, DEFAULT_MAX_ATTEMPTS),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +112,7 @@ struct LimitsToml {
     max_connections: Spanned<u32>,
     password_checks: Spanned<u32>,
     handshake_timeout_secs: Spanned<u64>,
+    max_file_bytes: Spanned<u64>,
 }
 
 impl Default for LimitsToml {
@@ -96,6 +121,7 @@ impl Default for LimitsToml {
             max_connections: Spanned::new(0..0, DEFAULT_MAX_CONNECTIONS),
             password_checks: Spanned::new(0..0, DEFAULT_PASSWORD_CHECKS),
             handshake_timeout_secs: Spanned::new(0..0, DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            max_file_bytes: Spanned::new(0..0, DEFAULT_MAX_FILE_BYTES),
         }
     }
 }
@@ -174,6 +200,13 @@ pub struct Config {
     pub password_checks: usize,
     /// Time a TLS peer has to complete its handshake and send its first request.
     pub handshake_timeout: Duration,
+    /// Largest file `send` accepts, in bytes.
+    pub max_file_bytes: u64,
+    /// How long a file waits for members who have not received it; then its deliveries expire
+    /// and its spool entry is deleted.
+    pub retention: Duration,
+    /// Attempts at a delivery whose data fails verification before it is failed for good.
+    pub max_attempts: u32,
 }
 
 impl Config {
@@ -274,6 +307,19 @@ impl Config {
             return Err(error(limits.handshake_timeout_secs.span(), "must be between 1 and 300 seconds".into()));
         }
 
+        let max_file_bytes = *limits.max_file_bytes.get_ref();
+        if max_file_bytes == 0 {
+            return Err(error(limits.max_file_bytes.span(), "must be at least 1".into()));
+        }
+        let retention_days = *raw.delivery.retention_days.get_ref();
+        if !(1..=3650).contains(&retention_days) {
+            return Err(error(raw.delivery.retention_days.span(), "must be between 1 and 3650 days".into()));
+        }
+        let max_attempts = *raw.delivery.max_attempts.get_ref();
+        if !(1..=100).contains(&max_attempts) {
+            return Err(error(raw.delivery.max_attempts.span(), "must be between 1 and 100".into()));
+        }
+
         Ok(Config {
             path: path.to_owned(),
             state_dir: base.join(raw.state_dir),
@@ -289,6 +335,9 @@ impl Config {
             max_connections,
             password_checks,
             handshake_timeout: Duration::from_secs(timeout),
+            max_file_bytes,
+            retention: Duration::from_secs(u64::from(retention_days) * 86_400),
+            max_attempts,
         })
     }
 }

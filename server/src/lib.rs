@@ -16,6 +16,7 @@
 //! - `ratelimit`: delays after failed password attempts.
 //! - `state`: what the tasks share.
 
+pub mod admin;
 pub mod config;
 mod discovery;
 mod enroll;
@@ -24,6 +25,9 @@ mod listener;
 mod membership;
 mod ratelimit;
 mod reload;
+
+mod session;
+pub mod spool;
 mod state;
 pub mod store;
 mod tls;
@@ -72,6 +76,16 @@ pub enum ServerError {
     /// Signing or random number generation failed.
     #[error(transparent)]
     Crypto(#[from] gshare_certs::CertError),
+    /// The spool directory could not be opened.
+    #[error(transparent)]
+    Spool(spool::SpoolError),
+    /// The admin socket could not be opened.
+    #[error("cannot open the admin socket {}", path.display())]
+    Admin {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The dummy password hash could not be made.
     #[error(transparent)]
     Hash(#[from] users::HashError),
@@ -91,6 +105,29 @@ pub fn load_identity(config: &Config) -> Result<ServerIdentity, IdentityError> {
     Ok(identity)
 }
 
+/// How often deliveries past their retention are expired.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Expires deliveries past the retention period, deletes spool entries nobody needs (also
+/// leftovers of a crash), at start and every [`SWEEP_INTERVAL`].
+async fn sweep(server: Arc<state::Server>) {
+    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let now = session::unix_now();
+        let cutoff = now - i64::try_from(server.config.retention.as_secs()).unwrap_or(i64::MAX);
+        match state::blocking(&server, move |store| store.expire_before(cutoff, now)).await {
+            Ok(0) => {}
+            Ok(expired) => tracing::warn!(expired, "deliveries expired: retention period ended"),
+            Err(error) => tracing::error!(%error, "cannot expire deliveries"),
+        }
+        session::release_spool(&server).await;
+        if let Ok(needed) = state::blocking(&server, |store| store.needed_hashes()).await {
+            server.spool.remove_unneeded(&needed);
+        }
+    }
+}
+
 /// Runs the server until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let identity = load_identity(&config)?;
@@ -108,7 +145,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(|source| ServerError::Listen { address: config.tls_listen, source })?;
     let channel = MulticastChannel::open(&config.multicast)?;
-    let server = Arc::new(state::Server::new(config, identity, store, users, dummy_hash));
+    let admin_socket = admin::bind(&config.state_dir).await?;
+    let spool = spool::Spool::open(&config.state_dir).map_err(ServerError::Spool)?;
+    let server = Arc::new(state::Server::new(config, identity, store, users, dummy_hash, spool));
     // A user removed while the server was down loses access before anything else happens.
     reload::reconcile(&server).await?;
 
@@ -125,10 +164,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let discovery = discovery::Discovery::new(Arc::clone(&server), channel, announcements);
     let serving = listener::serve(Arc::clone(&server), listener, tokio_rustls::TlsAcceptor::from(tls));
     let watching = reload::watch_users(Arc::clone(&server));
+    let administering = admin::serve(Arc::clone(&server), admin_socket);
+    let sweeping = sweep(Arc::clone(&server));
     tokio::select! {
         result = discovery.run() => result,
         () = serving => Ok(()),
         () = watching => Ok(()),
+        () = administering => Ok(()),
+        () = sweeping => Ok(()),
         () = shutdown => {
             tracing::info!("shutting down");
             Ok(())

@@ -12,8 +12,11 @@ use tokio_rustls::TlsAcceptor;
 use gshare_common::Connection;
 use gshare_proto::frame::{Frame, Text};
 
+use gshare_proto::{GroupName, UserName};
+
 use crate::enroll::enroll;
-use crate::state::Server;
+use crate::session;
+use crate::state::{Server, blocking};
 
 /// Accepts connections until the task is dropped.
 pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, acceptor: TlsAcceptor) {
@@ -68,8 +71,31 @@ async fn handle_connection(server: &Arc<Server>, acceptor: TlsAcceptor, tcp: Tcp
     };
     let answer = match request {
         Frame::EnrollRequest { user, password, csr } => enroll(server, peer, user, password, csr).await,
+        Frame::Subscribe { groups } => {
+            let certificate =
+                connection.stream().get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| c.to_vec());
+            match authorize(server, certificate, &groups).await {
+                Ok(user) => {
+                    if connection.write_frame(&Frame::Subscribed).await.is_err() {
+                        return;
+                    }
+                    let names: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
+                    tracing::info!(%peer, %user, groups = %names.join(","), "member connected");
+                    match session::serve(server, &mut connection, user.clone(), groups).await {
+                        Ok(()) => tracing::info!(%peer, %user, "member disconnected"),
+                        Err(error) => tracing::warn!(%peer, %user, %error, "member session ended"),
+                    }
+                    let _ = connection.shutdown().await;
+                    return;
+                }
+                Err(reason) => {
+                    tracing::warn!(%peer, "session refused: {reason}");
+                    Frame::Refused { reason: Text::new(&reason) }
+                }
+            }
+        }
         other => {
-            tracing::warn!(%peer, frame = ?std::mem::discriminant(&other), "unexpected request");
+            tracing::warn!(%peer, "unexpected request: {}", session::frame_name(&other));
             Frame::Refused { reason: Text::new("unexpected request") }
         }
     };
@@ -78,4 +104,44 @@ async fn handle_connection(server: &Arc<Server>, acceptor: TlsAcceptor, tcp: Tcp
         return;
     }
     let _ = connection.shutdown().await;
+}
+
+/// The member a session speaks for, if its certificate and standing allow the subscription.
+/// The TLS layer already verified the certificate chains to our CA; this checks what only the
+/// state store knows (revocation, expiry) and the user store (present, enabled), and that
+/// every group is one the member joined.
+async fn authorize(
+    server: &Arc<Server>,
+    certificate: Option<Vec<u8>>,
+    groups: &[GroupName],
+) -> Result<UserName, String> {
+    let certificate = certificate.ok_or("a session needs the member's client certificate; enroll first")?;
+    if groups.is_empty() {
+        return Err("subscribe to at least one group".into());
+    }
+    let fingerprint = gshare_certs::fingerprint(&certificate);
+    let record = blocking(server, move |store| store.certificate(&fingerprint))
+        .await
+        .map_err(|error| format!("the server cannot check the certificate now: {error}"))?
+        .ok_or("this server has no record of the certificate; enroll again")?;
+    if record.revoked_at.is_some() {
+        return Err(format!("the certificate of user \"{}\" was revoked", record.user));
+    }
+    if record.expires_at < session::unix_now() {
+        return Err(format!("the certificate of user \"{}\" has expired; enroll again", record.user));
+    }
+    let user = record.user;
+    if server.users().active(&user).is_none() {
+        return Err(format!("user \"{user}\" is not allowed on this server"));
+    }
+    let who = user.clone();
+    let memberships = blocking(server, move |store| store.memberships())
+        .await
+        .map_err(|error| format!("the server cannot check memberships now: {error}"))?;
+    for group in groups {
+        if !memberships.iter().any(|m| m.user == who && &m.group == group) {
+            return Err(format!("user \"{user}\" is not a member of \"{group}\"; join it first"));
+        }
+    }
+    Ok(user)
 }

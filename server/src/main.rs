@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use gshare_common::password::PasswordPrompt;
 use gshare_proto::UserName;
 use gshare_server::Config;
+use gshare_server::admin::{self, Answer, Request};
 use gshare_server::store::Store;
 use gshare_server::users::{self, Edit, UserStore};
 
@@ -38,7 +39,22 @@ enum Command {
     /// Manage the user store (users.toml). A running server picks up changes by itself.
     #[command(subcommand)]
     User(UserCommand),
-    /// Show groups and their members.
+    /// Send files to every member of a group, through the running server.
+    ///
+    /// Returns once the deliveries are recorded (they survive a restart); with --wait, shows
+    /// progress per member and returns when every connected member has the files.
+    Send {
+        /// The group to send to.
+        #[arg(long)]
+        group: String,
+        /// Files to send; each is delivered under its own file name.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Wait until every connected member has acknowledged; list the others as pending.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show groups, members (online or not, last seen) and each file's state per member.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -94,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::User(command)) => user(&config, command),
         Some(Command::Status { json }) => status(&config, json),
+        Some(Command::Send { group, files, wait }) => send(&config, group, files, wait),
     }
 }
 
@@ -154,39 +171,216 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Talks to the running server over its admin socket: one request, then answers until the
+/// connection closes.
+fn admin_request(
+    config: &Config,
+    request: &Request,
+    mut on_answer: impl FnMut(Answer) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let path = config.state_dir.join(admin::SOCKET_FILE);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!("cannot reach the running server at {}; is gshare-server running with this config?", path.display())
+    })?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    for line in BufReader::new(stream).lines() {
+        let answer: Answer = serde_json::from_str(&line?).context("unexpected answer from the server")?;
+        on_answer(answer)?;
+    }
+    Ok(())
+}
+
+fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyhow::Result<()> {
+    let mut absolute = Vec::new();
+    for file in files {
+        let path = std::path::absolute(&file).with_context(|| format!("{}", file.display()))?;
+        if !path.is_file() {
+            bail!("{}: not a readable file", file.display());
+        }
+        absolute.push(path);
+    }
+    let names: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    let mut names = names;
+    let mut failed = false;
+    admin_request(config, &Request::Send { group: group.clone(), files: absolute, wait }, |answer| {
+        match answer {
+            Answer::Recorded { name, size, sha256, deliveries } => {
+                let ids: Vec<String> = deliveries.iter().map(|d| d.id.to_string()).collect();
+                if deliveries.is_empty() {
+                    println!("{name}: {size} bytes, sha256 {sha256}; no member of {group} yet, nothing to deliver");
+                } else {
+                    println!(
+                        "{name}: {size} bytes, sha256 {sha256}; deliveries {} to {} member(s)",
+                        ids.join(", "),
+                        deliveries.len()
+                    );
+                }
+                for delivery in deliveries {
+                    names.insert(delivery.id, name.clone());
+                }
+            }
+            Answer::Progress { delivery, user, bytes, size } => {
+                let percent = (bytes * 100).checked_div(size).unwrap_or(100);
+                println!(
+                    "  {user}: {} {percent}% ({bytes} of {size} bytes)",
+                    names.get(&delivery).map_or("", String::as_str)
+                );
+            }
+            Answer::Delivered { delivery, user } => {
+                println!("  {user}: delivered {}", names.get(&delivery).map_or("", String::as_str));
+            }
+            Answer::Failed { delivery, user, reason, retrying } => {
+                let next = if retrying { "; trying again" } else { "" };
+                println!("  {user}: {} failed: {reason}{next}", names.get(&delivery).map_or("", String::as_str));
+                failed |= !retrying;
+            }
+            Answer::Done { pending } => {
+                if wait && !pending.is_empty() {
+                    let users: Vec<String> = pending.iter().map(|d| d.user.clone()).collect();
+                    println!("pending (not connected; they receive it when they connect): {}", users.join(", "));
+                }
+            }
+            Answer::Error { message } => bail!("{message}"),
+            Answer::Online { .. } => {}
+        }
+        Ok(())
+    })?;
+    if failed {
+        bail!("some deliveries failed");
+    }
+    Ok(())
+}
+
 fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
-    let memberships = Store::open(&config.state_dir)?.memberships()?;
-    let groups: Vec<(String, Vec<(String, i64)>)> = config
+    let store = Store::open(&config.state_dir)?;
+    let memberships = store.memberships()?;
+    let seen: std::collections::HashMap<String, i64> = store.last_seen()?.into_iter().collect();
+    let deliveries = store.delivery_status()?;
+    // Who is connected is known only to the running server; without it, nobody is.
+    let mut online: Option<Vec<String>> = None;
+    let _ = admin_request(config, &Request::Online, |answer| {
+        if let Answer::Online { users } = answer {
+            online = Some(users);
+        }
+        Ok(())
+    });
+    let server_running = online.is_some();
+    let online = online.unwrap_or_default();
+
+    let groups: Vec<serde_json::Value> = config
         .groups
         .iter()
         .map(|group| {
-            let members = memberships
+            let members: Vec<serde_json::Value> = memberships
                 .iter()
                 .filter(|m| &m.group == group)
-                .map(|m| (m.user.as_str().to_owned(), m.joined_at))
+                .map(|m| {
+                    let user = m.user.as_str();
+                    serde_json::json!({
+                        "user": user,
+                        "online": online.iter().any(|u| u == user),
+                        "joined_at": m.joined_at,
+                        "last_seen": seen.get(user),
+                    })
+                })
                 .collect();
-            (group.as_str().to_owned(), members)
+            serde_json::json!({ "name": group.as_str(), "members": members })
         })
         .collect();
+    let mut files: Vec<serde_json::Value> = Vec::new();
+    for delivery in &deliveries {
+        let entry = serde_json::json!({
+            "delivery": delivery.delivery,
+            "user": delivery.user,
+            "state": delivery.state,
+            "bytes_done": delivery.bytes_done,
+            "updated_at": delivery.updated_at,
+            "reason": delivery.reason,
+        });
+        match files.last_mut().filter(|f| f["id"] == delivery.file_id) {
+            Some(file) => {
+                if let Some(list) = file["deliveries"].as_array_mut() {
+                    list.push(entry);
+                }
+            }
+            None => files.push(serde_json::json!({
+                "id": delivery.file_id,
+                "name": delivery.name,
+                "size": delivery.size,
+                "sha256": delivery.sha256,
+                "group": delivery.group,
+                "created_at": delivery.created_at,
+                "deliveries": [entry],
+            })),
+        }
+    }
+    let retention_days = config.retention.as_secs() / 86_400;
     if json {
         let value = serde_json::json!({
-            "groups": groups.iter().map(|(name, members)| serde_json::json!({
-                "name": name,
-                "members": members.iter().map(|(user, joined)| serde_json::json!({"user": user, "joined_at": joined})).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
+            "server_running": server_running,
+            "retention_days": retention_days,
+            "groups": groups,
+            "files": files,
         });
         println!("{value:#}");
-    } else {
-        for (name, members) in &groups {
-            println!("{name}: {} member(s)", members.len());
-            for (user, _) in members {
-                println!("  {user}");
-            }
+        return Ok(());
+    }
+    if !server_running {
+        println!("(the server is not running: nobody is shown online)");
+    }
+    for group in &groups {
+        let members = group["members"].as_array().map_or(&[][..], Vec::as_slice);
+        println!("{}: {} member(s)", group["name"].as_str().unwrap_or(""), members.len());
+        for member in members {
+            let state = if member["online"].as_bool() == Some(true) { "online" } else { "offline" };
+            let last = member["last_seen"]
+                .as_i64()
+                .map_or_else(|| "never connected".to_owned(), |t| format!("last seen {}", when(t)));
+            println!("  {:<20} {state:<8} {last}", member["user"].as_str().unwrap_or(""));
+        }
+    }
+    println!("files (kept up to {retention_days} days for members who have not received them):");
+    if files.is_empty() {
+        println!("  none");
+    }
+    for file in &files {
+        println!(
+            "  #{} {} ({} bytes) to {}, sent {}",
+            file["id"],
+            file["name"].as_str().unwrap_or(""),
+            file["size"],
+            file["group"].as_str().unwrap_or(""),
+            when(file["created_at"].as_i64().unwrap_or(0))
+        );
+        for delivery in file["deliveries"].as_array().map_or(&[][..], Vec::as_slice) {
+            let user = delivery["user"].as_str().unwrap_or("");
+            let state = delivery["state"].as_str().unwrap_or("");
+            let detail = match state {
+                "pending" if delivery["bytes_done"].as_u64().unwrap_or(0) > 0 => {
+                    format!("transferring, {} of {} bytes", delivery["bytes_done"], file["size"])
+                }
+                "delivered" => format!("at {}", when(delivery["updated_at"].as_i64().unwrap_or(0))),
+                _ => delivery["reason"].as_str().map(|r| format!("({r})")).unwrap_or_default(),
+            };
+            println!("    {user:<20} {state:<10} {detail}");
         }
     }
     Ok(())
+}
+
+/// A Unix time as `2026-11-24 01:02:03 UTC`.
+fn when(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC")).ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

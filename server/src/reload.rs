@@ -62,8 +62,8 @@ pub(crate) async fn watch_users(server: Arc<Server>) {
 pub(crate) async fn reconcile(server: &Arc<Server>) -> Result<usize, StoreError> {
     let users = server.users();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    blocking(server, move |store| {
-        let mut revoked = 0;
+    let revoked_users = blocking(server, move |store| {
+        let mut revoked = Vec::new();
         for user in store.users_with_valid_certificates()? {
             let reason = match users.users.get(&user) {
                 None => "removed from the user store",
@@ -72,7 +72,7 @@ pub(crate) async fn reconcile(server: &Arc<Server>) -> Result<usize, StoreError>
             };
             let certificates = store.revoke_user(&user, reason, now)?;
             tracing::warn!(%user, certificates, "revoked: {reason}");
-            revoked += 1;
+            revoked.push(user);
         }
         for membership in store.memberships()? {
             let allowed = users.active(&membership.user).is_some_and(|account| account.groups.contains(&membership.group));
@@ -83,5 +83,9 @@ pub(crate) async fn reconcile(server: &Arc<Server>) -> Result<usize, StoreError>
         }
         Ok(revoked)
     })
-    .await
+    .await?;
+    for user in &revoked_users {
+        server.close_sessions(user);
+    }
+    Ok(revoked_users.len())
 }

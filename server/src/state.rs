@@ -1,18 +1,43 @@
 //! What the server's tasks share: configuration, identity, the state store, the current user
 //! store, and the limits on password checking.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, broadcast, watch};
+
+use gshare_proto::{GroupName, UserName};
 
 use crate::config::Config;
 use crate::identity::ServerIdentity;
 use crate::ratelimit::FailureLimiter;
+use crate::spool::Spool;
 use crate::store::{Store, StoreError};
 use crate::users::UserStore;
 
 /// Most subjects the enrollment failure limiter remembers.
 const LIMITER_CAPACITY: usize = 10_000;
+/// Events buffered for slow listeners (`send --wait`) before they miss some.
+const EVENT_BUFFER: usize = 1024;
+
+/// What happens to deliveries and sessions, for `send --wait` to follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Event {
+    Progress { delivery: u64, user: UserName, bytes: u64, size: u64 },
+    Delivered { delivery: u64, user: UserName },
+    Failed { delivery: u64, user: UserName, reason: String, retrying: bool },
+    Online(UserName),
+    Offline(UserName),
+}
+
+/// An open member session, as the registry knows it.
+#[derive(Debug)]
+struct SessionEntry {
+    id: u64,
+    groups: Vec<GroupName>,
+    close: watch::Sender<bool>,
+}
 
 /// State shared by the server's tasks.
 #[derive(Debug)]
@@ -26,12 +51,30 @@ pub(crate) struct Server {
     pub dummy_hash: String,
     pub limiter: Mutex<FailureLimiter>,
     pub password_checks: Semaphore,
+    pub spool: Spool,
+    sessions: Mutex<HashMap<UserName, Vec<SessionEntry>>>,
+    next_session: AtomicU64,
+    /// Bumped whenever deliveries are recorded, so idle sessions look for work.
+    work: watch::Sender<u64>,
+    pub events: broadcast::Sender<Event>,
 }
 
 impl Server {
-    pub fn new(config: Config, identity: ServerIdentity, store: Store, users: UserStore, dummy_hash: String) -> Self {
+    pub fn new(
+        config: Config,
+        identity: ServerIdentity,
+        store: Store,
+        users: UserStore,
+        dummy_hash: String,
+        spool: Spool,
+    ) -> Self {
         let password_checks = Semaphore::new(config.password_checks);
         Self {
+            spool,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            work: watch::Sender::new(0),
+            events: broadcast::Sender::new(EVENT_BUFFER),
             config,
             identity,
             store,
@@ -54,6 +97,66 @@ impl Server {
 
     pub fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
         self.limiter.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<UserName, Vec<SessionEntry>>> {
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers an open session; the receiver turns true when the session must close.
+    pub fn register_session(&self, user: &UserName, groups: &[GroupName]) -> (u64, watch::Receiver<bool>) {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (close, closed) = watch::channel(false);
+        self.sessions().entry(user.clone()).or_default().push(SessionEntry { id, groups: groups.to_vec(), close });
+        self.emit(Event::Online(user.clone()));
+        (id, closed)
+    }
+
+    pub fn unregister_session(&self, user: &UserName, id: u64) {
+        let mut sessions = self.sessions();
+        if let Some(entries) = sessions.get_mut(user) {
+            entries.retain(|entry| entry.id != id);
+            if entries.is_empty() {
+                sessions.remove(user);
+                drop(sessions);
+                self.emit(Event::Offline(user.clone()));
+            }
+        }
+    }
+
+    /// Users with a session open now.
+    pub fn online_users(&self) -> Vec<UserName> {
+        let mut users: Vec<UserName> = self.sessions().keys().cloned().collect();
+        users.sort();
+        users
+    }
+
+    /// Whether `user` has a session open now that receives `group`'s files.
+    pub fn is_receiving(&self, user: &UserName, group: &GroupName) -> bool {
+        self.sessions().get(user).is_some_and(|entries| entries.iter().any(|entry| entry.groups.contains(group)))
+    }
+
+    /// Asks every open session of `user` to close (the user was removed or disabled).
+    pub fn close_sessions(&self, user: &UserName) {
+        if let Some(entries) = self.sessions().get(user) {
+            for entry in entries {
+                let _ = entry.close.send(true);
+            }
+        }
+    }
+
+    /// Tells idle sessions that new deliveries were recorded.
+    pub fn signal_work(&self) {
+        self.work.send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    pub fn watch_work(&self) -> watch::Receiver<u64> {
+        self.work.subscribe()
+    }
+
+    pub fn emit(&self, event: Event) {
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
     }
 }
 

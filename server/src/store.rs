@@ -19,7 +19,8 @@ use gshare_proto::{Fingerprint, GroupName, UserName};
 pub const DATABASE_FILE: &str = "gshare.db";
 
 /// Schema migrations, applied in order; entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE certificates (
         serial         TEXT PRIMARY KEY,          -- hex
         fingerprint    TEXT NOT NULL UNIQUE,      -- SHA256:hex of the DER
@@ -37,7 +38,70 @@ const MIGRATIONS: &[&str] = &[r#"
         joined_at  INTEGER NOT NULL,
         PRIMARY KEY (user_name, group_name)
     );
-"#];
+"#,
+    r#"
+    CREATE TABLE files (
+        id          INTEGER PRIMARY KEY,
+        sha256      TEXT NOT NULL,                -- hex; names the spool entry
+        name        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        group_name  TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        released_at INTEGER                       -- when the spool entry was let go
+    );
+    CREATE TABLE deliveries (
+        id         INTEGER PRIMARY KEY,
+        file_id    INTEGER NOT NULL REFERENCES files (id),
+        user_name  TEXT NOT NULL,
+        state      TEXT NOT NULL DEFAULT 'pending', -- pending, delivered, failed, dropped, expired
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL,
+        reason     TEXT,
+        UNIQUE (file_id, user_name)
+    );
+    CREATE INDEX deliveries_by_user_state ON deliveries (user_name, state);
+    CREATE TABLE seen (
+        user_name TEXT PRIMARY KEY,
+        last_seen INTEGER NOT NULL
+    );
+"#,
+];
+
+/// A delivery waiting for its member, with what the session needs to offer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDelivery {
+    pub id: u64,
+    pub sha256: String,
+    pub name: String,
+    pub size: u64,
+    pub group: GroupName,
+    pub attempts: u32,
+}
+
+/// One row of `status`: a file and how it stands with one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryStatus {
+    pub delivery: u64,
+    pub file_id: u64,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub group: String,
+    pub created_at: i64,
+    pub user: String,
+    pub state: String,
+    pub bytes_done: u64,
+    pub updated_at: i64,
+    pub reason: Option<String>,
+}
+
+/// A file recorded for a group, and the deliveries made for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedFile {
+    pub file_id: u64,
+    pub deliveries: Vec<(u64, UserName)>,
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +219,213 @@ impl Store {
             params![user.as_str(), now, reason],
         )?;
         transaction.execute("DELETE FROM memberships WHERE user_name = ?1", [user.as_str()])?;
+        transaction.execute(
+            "UPDATE deliveries SET state = 'dropped', reason = ?2, updated_at = ?3 WHERE user_name = ?1 AND state = 'pending'",
+            params![user.as_str(), reason, now],
+        )?;
         transaction.commit()?;
         Ok(revoked)
+    }
+
+    /// Records a spooled file for `group` and one pending delivery per current member, in one
+    /// transaction.
+    pub fn record_file(
+        &self,
+        sha256: &str,
+        name: &str,
+        size: u64,
+        group: &GroupName,
+        now: i64,
+    ) -> Result<RecordedFile, StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        transaction.execute(
+            "INSERT INTO files (sha256, name, size, group_name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![sha256, name, size_to_sql(size)?, group.as_str(), now],
+        )?;
+        let file_id = transaction.last_insert_rowid();
+        let members: Vec<String> = {
+            let mut statement =
+                transaction.prepare("SELECT user_name FROM memberships WHERE group_name = ?1 ORDER BY user_name")?;
+            let rows = statement.query_map([group.as_str()], |row| row.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut deliveries = Vec::with_capacity(members.len());
+        for member in members {
+            transaction.execute(
+                "INSERT INTO deliveries (file_id, user_name, updated_at) VALUES (?1, ?2, ?3)",
+                params![file_id, member, now],
+            )?;
+            let user = UserName::new(&member).map_err(|_| StoreError::Invalid("user name"))?;
+            deliveries.push((id_from_sql(transaction.last_insert_rowid())?, user));
+        }
+        transaction.commit()?;
+        Ok(RecordedFile { file_id: id_from_sql(file_id)?, deliveries })
+    }
+
+    /// Pending deliveries for `user` in `groups`, oldest first.
+    pub fn pending_for(&self, user: &UserName, groups: &[GroupName]) -> Result<Vec<PendingDelivery>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare(
+            "SELECT d.id, f.sha256, f.name, f.size, f.group_name, d.attempts FROM deliveries d JOIN files f ON f.id = d.file_id \
+             WHERE d.user_name = ?1 AND d.state = 'pending' ORDER BY d.id",
+        )?;
+        let rows = statement
+            .query_map([user.as_str()], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, i64>(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut pending = Vec::new();
+        for (id, sha256, name, size, group, attempts) in rows {
+            let group = GroupName::new(&group).map_err(|_| StoreError::Invalid("group name"))?;
+            if groups.contains(&group) {
+                pending.push(PendingDelivery {
+                    id: id_from_sql(id)?,
+                    sha256,
+                    name,
+                    size: id_from_sql(size)?,
+                    group,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        Ok(pending)
+    }
+
+    pub fn mark_delivered(&self, delivery: u64, now: i64) -> Result<(), StoreError> {
+        self.connection().execute(
+            "UPDATE deliveries SET state = 'delivered', bytes_done = (SELECT size FROM files WHERE files.id = file_id), \
+             updated_at = ?2, reason = NULL WHERE id = ?1",
+            params![size_to_sql(delivery)?, now],
+        )?;
+        Ok(())
+    }
+
+    /// Counts a failed attempt; after `max_attempts` the delivery is failed for good. Returns
+    /// whether it is still pending.
+    pub fn mark_attempt_failed(
+        &self,
+        delivery: u64,
+        reason: &str,
+        max_attempts: u32,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let connection = self.connection();
+        connection.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, reason = ?2, updated_at = ?3, \
+             state = CASE WHEN attempts + 1 >= ?4 THEN 'failed' ELSE state END WHERE id = ?1 AND state = 'pending'",
+            params![size_to_sql(delivery)?, reason, now, max_attempts],
+        )?;
+        let state: String =
+            connection
+                .query_row("SELECT state FROM deliveries WHERE id = ?1", [size_to_sql(delivery)?], |row| row.get(0))?;
+        Ok(state == "pending")
+    }
+
+    /// Fails a delivery for good (the member declined it).
+    pub fn mark_failed(&self, delivery: u64, reason: &str, now: i64) -> Result<(), StoreError> {
+        self.connection().execute(
+            "UPDATE deliveries SET state = 'failed', reason = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'pending'",
+            params![size_to_sql(delivery)?, reason, now],
+        )?;
+        Ok(())
+    }
+
+    /// Records how far a transfer got, for `status`.
+    pub fn set_progress(&self, delivery: u64, bytes_done: u64, now: i64) -> Result<(), StoreError> {
+        self.connection().execute(
+            "UPDATE deliveries SET bytes_done = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'pending'",
+            params![size_to_sql(delivery)?, size_to_sql(bytes_done)?, now],
+        )?;
+        Ok(())
+    }
+
+    /// Expires pending deliveries of files recorded before `cutoff`. Returns how many.
+    pub fn expire_before(&self, cutoff: i64, now: i64) -> Result<usize, StoreError> {
+        Ok(self.connection().execute(
+            "UPDATE deliveries SET state = 'expired', reason = 'retention period ended', updated_at = ?2 \
+             WHERE state = 'pending' AND file_id IN (SELECT id FROM files WHERE created_at < ?1)",
+            params![cutoff, now],
+        )?)
+    }
+
+    /// Spool entries no delivery needs any more: marks their files released and returns the
+    /// hashes whose spool entry can be deleted (no other unreleased file shares them).
+    pub fn release_finished_files(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        transaction.execute(
+            "UPDATE files SET released_at = ?1 WHERE released_at IS NULL AND NOT EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.file_id = files.id AND d.state = 'pending')",
+            [now],
+        )?;
+        let hashes: Vec<String> = {
+            let mut statement = transaction.prepare(
+                "SELECT DISTINCT sha256 FROM files f WHERE released_at = ?1 AND NOT EXISTS \
+                 (SELECT 1 FROM files g WHERE g.sha256 = f.sha256 AND g.released_at IS NULL)",
+            )?;
+            let rows = statement.query_map([now], |row| row.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        transaction.commit()?;
+        Ok(hashes)
+    }
+
+    /// Hashes of every spool entry still needed.
+    pub fn needed_hashes(&self) -> Result<Vec<String>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare("SELECT DISTINCT sha256 FROM files WHERE released_at IS NULL")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn touch_seen(&self, user: &UserName, now: i64) -> Result<(), StoreError> {
+        self.connection().execute(
+            "INSERT INTO seen (user_name, last_seen) VALUES (?1, ?2) ON CONFLICT (user_name) DO UPDATE SET last_seen = ?2",
+            params![user.as_str(), now],
+        )?;
+        Ok(())
+    }
+
+    /// When each member was last connected.
+    pub fn last_seen(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare("SELECT user_name, last_seen FROM seen ORDER BY user_name")?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every delivery with its file, newest file first.
+    pub fn delivery_status(&self) -> Result<Vec<DeliveryStatus>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare(
+            "SELECT d.id, f.id, f.name, f.size, f.sha256, f.group_name, f.created_at, d.user_name, d.state, d.bytes_done, \
+             d.updated_at, d.reason FROM deliveries d JOIN files f ON f.id = d.file_id ORDER BY f.id DESC, d.user_name",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok(DeliveryStatus {
+                delivery: row.get::<_, i64>(0)?.max(0) as u64,
+                file_id: row.get::<_, i64>(1)?.max(0) as u64,
+                name: row.get(2)?,
+                size: row.get::<_, i64>(3)?.max(0) as u64,
+                sha256: row.get(4)?,
+                group: row.get(5)?,
+                created_at: row.get(6)?,
+                user: row.get(7)?,
+                state: row.get(8)?,
+                bytes_done: row.get::<_, i64>(9)?.max(0) as u64,
+                updated_at: row.get(10)?,
+                reason: row.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Users holding at least one certificate that is not revoked.
@@ -204,6 +473,14 @@ impl Store {
             })
             .collect()
     }
+}
+
+fn size_to_sql(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Invalid("number too large"))
+}
+
+fn id_from_sql(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Invalid("negative number"))
 }
 
 fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -265,6 +542,46 @@ mod tests {
         assert_eq!(store.certificate(&Fingerprint([1; 32])).unwrap().unwrap().revoked_at, Some(10));
         assert!(store.memberships().unwrap().is_empty());
         assert_eq!(store.users_with_valid_certificates().unwrap(), vec!["bob".parse::<UserName>().unwrap()]);
+    }
+
+    #[test]
+    fn deliveries_follow_members_attempts_and_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let developers: GroupName = "Developers".parse().unwrap();
+        let (alice, bob): (UserName, UserName) = ("alice".parse().unwrap(), "bob".parse().unwrap());
+        store.add_membership(&alice, &developers, 1).unwrap();
+        store.add_membership(&bob, &developers, 1).unwrap();
+        let recorded = store.record_file("aa", "report.pdf", 10, &developers, 2).unwrap();
+        assert_eq!(recorded.deliveries.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
+        let pending = store.pending_for(&alice, std::slice::from_ref(&developers)).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert!(store.pending_for(&alice, &[]).unwrap().is_empty(), "only subscribed groups");
+        let (alice_delivery, bob_delivery) = (recorded.deliveries[0].0, recorded.deliveries[1].0);
+
+        assert!(store.mark_attempt_failed(alice_delivery, "hash mismatch", 2, 3).unwrap());
+        assert!(!store.mark_attempt_failed(alice_delivery, "hash mismatch", 2, 4).unwrap(), "failed for good");
+        assert!(store.pending_for(&alice, std::slice::from_ref(&developers)).unwrap().is_empty());
+        assert!(store.release_finished_files(5).unwrap().is_empty(), "bob still needs it");
+        store.mark_delivered(bob_delivery, 6).unwrap();
+        assert_eq!(store.release_finished_files(7).unwrap(), ["aa"]);
+        assert!(store.needed_hashes().unwrap().is_empty());
+        let states: Vec<_> =
+            store.delivery_status().unwrap().into_iter().map(|d| (d.user, d.state, d.bytes_done)).collect();
+        assert_eq!(states, [("alice".into(), "failed".into(), 0), ("bob".into(), "delivered".into(), 10)]);
+    }
+
+    #[test]
+    fn revoking_a_user_drops_their_pending_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let developers: GroupName = "Developers".parse().unwrap();
+        let alice: UserName = "alice".parse().unwrap();
+        store.add_membership(&alice, &developers, 1).unwrap();
+        store.record_file("aa", "a", 1, &developers, 2).unwrap();
+        store.revoke_user(&alice, "removed", 3).unwrap();
+        assert!(store.pending_for(&alice, &[developers]).unwrap().is_empty());
+        assert_eq!(store.delivery_status().unwrap()[0].state, "dropped");
     }
 
     #[test]

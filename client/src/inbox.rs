@@ -1,0 +1,235 @@
+//! Where received files are written, safely: the out directory, opened once, and every file
+//! operation relative to that directory handle.
+//!
+//! - Data goes into `.gshare-<delivery>.part`, opened with `O_NOFOLLOW` (a symlink planted
+//!   under that name is removed, never followed) and mode 0600. An interrupted transfer leaves
+//!   it behind, and the next offer of the same delivery resumes from its length, re-hashing
+//!   what is already there.
+//! - Only a file whose size and SHA-256 match the offer is renamed to its final name, with
+//!   `RENAME_NOREPLACE`: an existing file or symlink under that name is never replaced; the new
+//!   file takes `name (1).ext`, `name (2).ext`, ... instead.
+//! - Before the rename, a journal entry in the client's home records which name the delivery
+//!   takes, so a delivery offered again (the acknowledgement was lost in a crash) is completed
+//!   or acknowledged without a second copy.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+
+use gshare_proto::FileName;
+use gshare_proto::frame::DeliveryId;
+
+/// Most numbered variants tried for a name that is taken.
+const MAX_NUMBERED: u32 = 10_000;
+
+/// An out directory and the journal of what was delivered into it.
+#[derive(Debug)]
+pub struct Inbox {
+    dir: OwnedFd,
+    path: PathBuf,
+    journal: PathBuf,
+}
+
+/// A delivery being received: its temporary file, the bytes held, and their running hash.
+pub struct Partial {
+    file: File,
+    pub held: u64,
+    hash: ring::digest::Context,
+}
+
+impl std::fmt::Debug for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partial").field("held", &self.held).finish_non_exhaustive()
+    }
+}
+
+impl Partial {
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.hash.update(bytes);
+        self.held += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes to disk and returns the SHA-256 of everything held.
+    pub fn finish(self) -> io::Result<[u8; 32]> {
+        self.file.sync_all()?;
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(self.hash.finish().as_ref());
+        Ok(digest)
+    }
+}
+
+fn temporary_name(delivery: DeliveryId) -> String {
+    format!("{}{}.part", gshare_proto::names::RESERVED_FILE_PREFIX, delivery.0)
+}
+
+impl Inbox {
+    /// Opens (creating if needed) the out directory; `journal` is a directory in the client's
+    /// home for this server's deliveries.
+    pub fn open(path: &Path, journal: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        std::fs::create_dir_all(journal)?;
+        let dir = rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(Self { dir, path: path.to_owned(), journal: journal.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn journal_entry(&self, delivery: DeliveryId) -> PathBuf {
+        self.journal.join(delivery.0.to_string())
+    }
+
+    /// The name a delivery was stored under, if it was.
+    pub fn delivered_name(&self, delivery: DeliveryId) -> Option<String> {
+        std::fs::read_to_string(self.journal_entry(delivery)).ok()
+    }
+
+    /// Opens the temporary file of `delivery` to receive a file of `size` bytes, keeping and
+    /// re-hashing what an earlier, interrupted attempt left.
+    pub fn prepare(&self, delivery: DeliveryId, size: u64) -> io::Result<Partial> {
+        let name = temporary_name(delivery);
+        let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&self.dir, name.as_str(), flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => fd,
+            // A symlink (or something else odd) sits under our name: remove it, never follow it.
+            Err(rustix::io::Errno::LOOP) => {
+                rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty())?;
+                rustix::fs::openat(&self.dir, name.as_str(), flags | OFlags::EXCL, Mode::from_raw_mode(0o600))?
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let mut file = File::from(fd);
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(io::Error::other(format!("{name} in {} is not a regular file", self.path.display())));
+        }
+        let mut held = metadata.len();
+        if held > size {
+            file.set_len(0)?;
+            held = 0;
+        }
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buffer = vec![0u8; 256 * 1024];
+        let mut rehashed = 0u64;
+        file.seek(SeekFrom::Start(0))?;
+        while rehashed < held {
+            let want = usize::try_from(held - rehashed).unwrap_or(buffer.len()).min(buffer.len());
+            let read = file.read(&mut buffer[..want])?;
+            if read == 0 {
+                break;
+            }
+            hash.update(&buffer[..read]);
+            rehashed += read as u64;
+        }
+        file.seek(SeekFrom::Start(rehashed))?;
+        file.set_len(rehashed)?;
+        Ok(Partial { file, held: rehashed, hash })
+    }
+
+    /// Throws away the temporary file of `delivery`.
+    pub fn discard(&self, delivery: DeliveryId) {
+        let _ = rustix::fs::unlinkat(&self.dir, temporary_name(delivery).as_str(), AtFlags::empty());
+    }
+
+    /// Whether the verified temporary file of `delivery` is still waiting for its rename.
+    pub fn has_temporary(&self, delivery: DeliveryId) -> bool {
+        rustix::fs::statat(&self.dir, temporary_name(delivery).as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    }
+
+    /// Gives the verified temporary file of `delivery` its final name: `name`, or the first
+    /// free numbered variant. Returns the name used.
+    pub fn store(&self, delivery: DeliveryId, name: &FileName) -> io::Result<FileName> {
+        let temporary = temporary_name(delivery);
+        for n in 0..=MAX_NUMBERED {
+            let candidate = if n == 0 { name.clone() } else { name.numbered(n) };
+            gshare_common::files::atomic_write(&self.journal_entry(delivery), candidate.as_str().as_bytes(), 0o600)?;
+            match rustix::fs::renameat_with(
+                &self.dir,
+                temporary.as_str(),
+                &self.dir,
+                candidate.as_str(),
+                RenameFlags::NOREPLACE,
+            ) {
+                Ok(()) => {
+                    rustix::fs::fsync(&self.dir)?;
+                    return Ok(candidate);
+                }
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(io::Error::other(format!("{MAX_NUMBERED} files named like {name} already exist")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbox() -> (tempfile::TempDir, Inbox) {
+        let root = tempfile::tempdir().unwrap();
+        let inbox = Inbox::open(&root.path().join("out"), &root.path().join("journal")).unwrap();
+        (root, inbox)
+    }
+
+    fn sha256(bytes: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        out
+    }
+
+    #[test]
+    fn a_resumed_file_hashes_as_a_whole_and_keeps_an_existing_name() {
+        let (root, inbox) = inbox();
+        let delivery = DeliveryId(7);
+        let mut partial = inbox.prepare(delivery, 10).unwrap();
+        partial.write(b"hello").unwrap();
+        drop(partial); // interrupted
+        let mut partial = inbox.prepare(delivery, 10).unwrap();
+        assert_eq!(partial.held, 5);
+        partial.write(b"world").unwrap();
+        assert_eq!(partial.finish().unwrap(), sha256(b"helloworld"));
+
+        let out = root.path().join("out");
+        std::fs::write(out.join("greeting.txt"), b"mine").unwrap();
+        let stored = inbox.store(delivery, &FileName::new("greeting.txt").unwrap()).unwrap();
+        assert_eq!(stored.as_str(), "greeting (1).txt");
+        assert_eq!(std::fs::read(out.join("greeting.txt")).unwrap(), b"mine", "the existing file is kept");
+        assert_eq!(std::fs::read(out.join("greeting (1).txt")).unwrap(), b"helloworld");
+        assert_eq!(inbox.delivered_name(delivery).as_deref(), Some("greeting (1).txt"));
+        assert!(!inbox.has_temporary(delivery));
+    }
+
+    #[test]
+    fn symlinks_are_never_followed_or_replaced() {
+        let (root, inbox) = inbox();
+        let out = root.path().join("out");
+        let outside = root.path().join("outside.txt");
+        std::fs::write(&outside, b"precious").unwrap();
+        // A symlink where the temporary file goes, and one under the final name.
+        std::os::unix::fs::symlink(&outside, out.join(temporary_name(DeliveryId(1)))).unwrap();
+        std::os::unix::fs::symlink(&outside, out.join("report.pdf")).unwrap();
+        let mut partial = inbox.prepare(DeliveryId(1), 3).unwrap();
+        partial.write(b"new").unwrap();
+        partial.finish().unwrap();
+        let stored = inbox.store(DeliveryId(1), &FileName::new("report.pdf").unwrap()).unwrap();
+        assert_eq!(stored.as_str(), "report (1).pdf");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(out.join("report.pdf")).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn a_longer_leftover_is_started_over() {
+        let (_root, inbox) = inbox();
+        let mut partial = inbox.prepare(DeliveryId(2), 100).unwrap();
+        partial.write(&[1; 50]).unwrap();
+        drop(partial);
+        assert_eq!(inbox.prepare(DeliveryId(2), 10).unwrap().held, 0);
+    }
+}

@@ -1,0 +1,275 @@
+//! `listen`: receive every file sent to our groups, until stopped.
+//!
+//! The member joins its groups first (harmless if already joined), then keeps a session open:
+//! TLS with its client certificate, a subscription, and offers answered one by one (see the
+//! server's `session` module for the exchange). When the server goes away the client
+//! reconnects after a delay that doubles up to [`MAX_BACKOFF`], with jitter so that many
+//! members do not return at the same instant. A refusal that will not change by retrying
+//! (revoked, not a member) ends `listen` with the reason.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use gshare_common::{Connection, ConnectionError};
+use gshare_proto::frame::{DeliveryId, Frame, Offer, Text};
+use gshare_proto::membership::Outcome;
+use gshare_proto::{FileName, GroupName, ServerAddress};
+
+use crate::home::ClientSettings;
+use crate::identity::Enrollment;
+use crate::inbox::Inbox;
+use crate::membership::{self, Direction};
+use crate::tls::{PinnedCaVerifier, server_name, session_config};
+
+/// First delay before reconnecting.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest delay before reconnecting.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A session that lasted this long resets the delay.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// Silence after which the server is taken for gone (it pings every 15 s when idle).
+const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Why `listen` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("server refused {verb}: {reason}")]
+    Refused { verb: &'static str, reason: String },
+    #[error("enrollment recorded no server address; run `gshare-client enroll` again")]
+    NoServer,
+    #[error(transparent)]
+    Membership(#[from] membership::MembershipError),
+    #[error("{}: {source}", path.display())]
+    OutDir { path: PathBuf, source: std::io::Error },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A session failure worth retrying.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error("the server broke the protocol: {0}")]
+    Protocol(String),
+    #[error("no word from the server for {0:?}")]
+    Silent(Duration),
+    #[error("cannot write a received file: {0}")]
+    Disk(#[from] std::io::Error),
+    #[error("server refused the session: {0}")]
+    Refused(String),
+}
+
+/// What to listen for and where to put it.
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    pub groups: Vec<GroupName>,
+    /// One directory for every group's files; default `~/gshare/<group>` per group.
+    pub out: Option<PathBuf>,
+}
+
+/// The default out directory of `group`: `~/gshare/<group>`.
+pub fn default_out_dir(group: &GroupName) -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join("gshare").join(group.as_str())
+}
+
+/// Joins, then receives files until a refusal that retrying cannot fix.
+pub async fn listen(
+    settings: &ClientSettings,
+    enrollment: &Enrollment,
+    options: &ListenOptions,
+) -> Result<(), ListenError> {
+    let server = settings.server.clone().ok_or(ListenError::NoServer)?;
+    for group in &options.groups {
+        match membership::request(settings, enrollment, Direction::Join, group).await? {
+            Outcome::Accepted => tracing::info!(%group, "joined"),
+            Outcome::Refused { message, .. } => {
+                return Err(ListenError::Refused { verb: "join", reason: message.as_str().to_owned() });
+            }
+        }
+    }
+    let journal = settings.home.join("received").join(hex_prefix(&enrollment.ca_fingerprint().0));
+    let mut inboxes = HashMap::new();
+    for group in &options.groups {
+        let path = options.out.clone().unwrap_or_else(|| default_out_dir(group));
+        let inbox =
+            Inbox::open(&path, &journal).map_err(|source| ListenError::OutDir { path: path.clone(), source })?;
+        inboxes.insert(group.clone(), inbox);
+    }
+    let verifier = PinnedCaVerifier::new(Some(enrollment.ca_fingerprint()));
+    let config = session_config(verifier, &enrollment.certificate_der, &enrollment.key_pem)?;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = Instant::now();
+        match session(&server, Arc::clone(&config), &options.groups, &inboxes).await {
+            Ok(()) => tracing::info!(%server, "the server closed the session"),
+            Err(SessionError::Refused(reason)) => return Err(ListenError::Refused { verb: "the session", reason }),
+            Err(error) => tracing::warn!(%server, %error, "session lost"),
+        }
+        if started.elapsed() >= STABLE_SESSION {
+            backoff = MIN_BACKOFF;
+        }
+        let delay = jittered(backoff);
+        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        tokio::time::sleep(delay).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// `base` plus or minus up to a fifth, at random.
+fn jittered(base: Duration) -> Duration {
+    let random: [u8; 2] = gshare_certs::random_bytes().unwrap_or([0x80, 0]);
+    let fraction = f64::from(u16::from_be_bytes(random)) / f64::from(u16::MAX); // 0..=1
+    base.mul_f64(0.8 + 0.4 * fraction)
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+async fn session(
+    server: &ServerAddress,
+    config: Arc<rustls::ClientConfig>,
+    groups: &[GroupName],
+    inboxes: &HashMap<GroupName, Inbox>,
+) -> Result<(), SessionError> {
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(server.as_str()))
+        .await
+        .map_err(|_| SessionError::Connect("timed out".into()))?
+        .map_err(|e| SessionError::Connect(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = TlsConnector::from(config)
+        .connect(server_name(), tcp)
+        .await
+        .map_err(|e| SessionError::Connect(e.to_string()))?;
+    let mut connection = Connection::new(tls);
+    connection.write_frame(&Frame::Subscribe { groups: groups.to_vec() }).await?;
+    match read(&mut connection).await? {
+        Some(Frame::Subscribed) => {}
+        Some(Frame::Refused { reason }) => return Err(SessionError::Refused(reason.to_string())),
+        Some(_) => return Err(SessionError::Protocol("an unexpected answer to the subscription".into())),
+        None => return Err(SessionError::Protocol("closed before answering the subscription".into())),
+    }
+    let names: Vec<&str> = groups.iter().map(GroupName::as_str).collect();
+    tracing::info!(%server, groups = %names.join(","), "connected; waiting for files");
+    loop {
+        match read(&mut connection).await? {
+            None => return Ok(()),
+            Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
+            Some(Frame::Pong) => {}
+            Some(Frame::Offer(offer)) => receive(&mut connection, offer, inboxes).await?,
+            Some(Frame::Refused { reason }) => return Err(SessionError::Refused(reason.to_string())),
+            Some(_) => return Err(SessionError::Protocol("an unexpected frame between deliveries".into())),
+        }
+    }
+}
+
+async fn read<S>(connection: &mut Connection<S>) -> Result<Option<Frame>, SessionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::time::timeout(SILENCE_LIMIT, connection.read_frame())
+        .await
+        .map_err(|_| SessionError::Silent(SILENCE_LIMIT))?
+        .map_err(Into::into)
+}
+
+/// Answers one offer: decline it, acknowledge it as already held, or receive it.
+async fn receive<S>(
+    connection: &mut Connection<S>,
+    offer: Offer,
+    inboxes: &HashMap<GroupName, Inbox>,
+) -> Result<(), SessionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let id = offer.delivery;
+    let decline = |reason: String| Frame::Decline { delivery: id, reason: Text::new(&reason) };
+    let name = match FileName::from_bytes(&offer.name) {
+        Ok(name) => name,
+        Err(error) => {
+            let shown = String::from_utf8_lossy(&offer.name).escape_debug().to_string();
+            tracing::warn!(delivery = id.0, name = %shown, "refused a file: {error}");
+            eprintln!("refused a file named \"{shown}\": {error}");
+            return Ok(connection.write_frame(&decline(error.to_string())).await?);
+        }
+    };
+    let Some(inbox) = inboxes.get(&offer.group) else {
+        tracing::warn!(delivery = id.0, group = %offer.group, "refused a file for a group not subscribed");
+        return Ok(connection.write_frame(&decline(format!("not subscribed to {}", offer.group))).await?);
+    };
+
+    // Already stored (our acknowledgement was lost): finish the rename if a crash interrupted
+    // it, and acknowledge without taking the data again.
+    if let Some(stored) = inbox.delivered_name(id) {
+        if inbox.has_temporary(id) {
+            inbox.store(id, &FileName::new(&stored).unwrap_or(name.clone()))?;
+        }
+        connection.write_frame(&Frame::Resume { delivery: id, offset: offer.size }).await?;
+        connection.write_frame(&Frame::Ack { delivery: id }).await?;
+        tracing::info!(delivery = id.0, file = %stored, "already received; acknowledged again");
+        return Ok(());
+    }
+
+    let mut partial = inbox.prepare(id, offer.size)?;
+    if partial.held > 0 {
+        tracing::info!(delivery = id.0, file = %name, offset = partial.held, "resuming");
+    }
+    connection.write_frame(&Frame::Resume { delivery: id, offset: partial.held }).await?;
+    while partial.held < offer.size {
+        match read(connection).await? {
+            Some(Frame::Data { delivery, bytes }) if delivery == id => {
+                if partial.held + bytes.len() as u64 > offer.size {
+                    drop(partial);
+                    inbox.discard(id);
+                    tracing::warn!(delivery = id.0, file = %name, "the server sent more data than it offered");
+                    connection
+                        .write_frame(&Frame::Failed { delivery: id, reason: Text::new("more data than offered") })
+                        .await?;
+                    return Err(SessionError::Protocol("more data than offered".into()));
+                }
+                partial.write(&bytes)?;
+            }
+            Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
+            None => return Err(SessionError::Protocol("closed in the middle of a file".into())),
+            Some(_) => return Err(SessionError::Protocol("an unexpected frame in the middle of a file".into())),
+        }
+    }
+    let digest = partial.finish()?;
+    if digest != offer.sha256 {
+        inbox.discard(id);
+        tracing::warn!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
+        eprintln!("{}/{name}: SHA-256 mismatch; thrown away, the server will offer it again", offer.group);
+        let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
+        return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
+    }
+    let stored = inbox.store(id, &name)?;
+    connection.write_frame(&Frame::Ack { delivery: id }).await?;
+    if stored != name {
+        tracing::warn!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
+    }
+    tracing::info!(delivery = id.0, file = %stored, size = offer.size, "received and verified");
+    println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
+    Ok(())
+}
+
+/// The delivery id of a frame, for tests and messages.
+pub fn delivery_of(frame: &Frame) -> Option<DeliveryId> {
+    match frame {
+        Frame::Offer(offer) => Some(offer.delivery),
+        Frame::Resume { delivery, .. }
+        | Frame::Decline { delivery, .. }
+        | Frame::Data { delivery, .. }
+        | Frame::Ack { delivery }
+        | Frame::Failed { delivery, .. } => Some(*delivery),
+        _ => None,
+    }
+}

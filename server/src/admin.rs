@@ -1,0 +1,216 @@
+//! The local admin socket, `<state_dir>/admin.sock` (mode 0600, in a 0700 directory): how
+//! `gshare-server send` hands files to the running server.
+//!
+//! One JSON object per line each way. The request:
+//!
+//! ```json
+//! {"send": {"group": "Developers", "files": ["/abs/report.pdf"], "wait": true}}
+//! ```
+//!
+//! Answers, in order: one `recorded` per file (its deliveries, one per member), then with
+//! `wait` any number of `progress`, `delivered` and `failed`, and finally `done` listing the
+//! deliveries still pending (members offline); or a single `error`. Only the server's own user
+//! can reach the socket, so it is trusted, but its input is still parsed with care.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use gshare_proto::{FileName, GroupName, UserName};
+
+use crate::ServerError;
+use crate::session::unix_now;
+use crate::state::{Event, Server, blocking};
+
+/// File name of the socket inside the state directory.
+pub const SOCKET_FILE: &str = "admin.sock";
+/// Longest request line accepted, in bytes.
+const MAX_REQUEST: u64 = 1 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Send { group: String, files: Vec<PathBuf>, wait: bool },
+    Online,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Recorded { name: String, size: u64, sha256: String, deliveries: Vec<DeliveryRef> },
+    Progress { delivery: u64, user: String, bytes: u64, size: u64 },
+    Delivered { delivery: u64, user: String },
+    Failed { delivery: u64, user: String, reason: String, retrying: bool },
+    Done { pending: Vec<DeliveryRef> },
+    Online { users: Vec<String> },
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryRef {
+    pub id: u64,
+    pub user: String,
+}
+
+/// Binds the socket, refusing to steal it from another running server.
+pub(crate) async fn bind(state_dir: &Path) -> Result<UnixListener, ServerError> {
+    let path = state_dir.join(SOCKET_FILE);
+    let error = |source| ServerError::Admin { path: path.clone(), source };
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(error(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another gshare-server is running with this state directory",
+            )));
+        }
+        std::fs::remove_file(&path).map_err(error)?;
+    }
+    let listener = UnixListener::bind(&path).map_err(error)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
+    Ok(listener)
+}
+
+/// Serves admin connections until the task is dropped.
+pub(crate) async fn serve(server: Arc<Server>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let server = Arc::clone(&server);
+                tokio::spawn(async move {
+                    if let Err(error) = handle(&server, stream).await {
+                        tracing::warn!(%error, "admin connection failed");
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot accept an admin connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(server: &Arc<Server>, stream: UnixStream) -> std::io::Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(reader, MAX_REQUEST));
+    // A request longer than the limit is cut and then fails to parse.
+    reader.read_line(&mut line).await?;
+    let request: Request = match serde_json::from_str(&line) {
+        Ok(request) => request,
+        Err(error) => return write(&mut writer, &Answer::Error { message: format!("bad request: {error}") }).await,
+    };
+    match request {
+        Request::Send { group, files, wait } => send(server, &mut writer, &group, &files, wait).await,
+        Request::Online => {
+            let users = server.online_users().into_iter().map(|u| u.to_string()).collect();
+            write(&mut writer, &Answer::Online { users }).await
+        }
+    }
+}
+
+async fn write(writer: &mut (impl AsyncWrite + Unpin), answer: &Answer) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    writer.write_all(&line).await
+}
+
+async fn send(
+    server: &Arc<Server>,
+    writer: &mut (impl AsyncWrite + Unpin),
+    group: &str,
+    files: &[PathBuf],
+    wait: bool,
+) -> std::io::Result<()> {
+    let fail = |message: String| Answer::Error { message };
+    let Some(group) = GroupName::new(group).ok().filter(|g| server.config.groups.contains(g)) else {
+        return write(writer, &fail(format!("there is no group {group:?} on this server"))).await;
+    };
+    // Check every name before spooling anything, so a bad one sends nothing.
+    let mut named = Vec::new();
+    for path in files {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match FileName::new(&name) {
+            Ok(name) => named.push((path.clone(), name)),
+            Err(error) => return write(writer, &fail(format!("{}: cannot be sent: {error}", path.display()))).await,
+        }
+    }
+    // Subscribe before recording, so no event about these deliveries is missed.
+    let mut events = server.events.subscribe();
+    let mut outstanding: HashMap<u64, UserName> = HashMap::new();
+    for (path, name) in named {
+        let spool = server.spool.clone();
+        let max = server.config.max_file_bytes;
+        let source = path.clone();
+        let spooled = match tokio::task::spawn_blocking(move || spool.ingest(&source, max)).await {
+            Ok(Ok(spooled)) => spooled,
+            Ok(Err(error)) => return write(writer, &fail(error.to_string())).await,
+            Err(error) => return write(writer, &fail(format!("spooling failed: {error}"))).await,
+        };
+        let (hex, size, file_group, file_name) = (spooled.hex(), spooled.size, group.clone(), name.to_string());
+        let recorded =
+            match blocking(server, move |store| store.record_file(&hex, &file_name, size, &file_group, unix_now()))
+                .await
+            {
+                Ok(recorded) => recorded,
+                Err(error) => return write(writer, &fail(format!("cannot record {name}: {error}"))).await,
+            };
+        tracing::info!(file = %name, size, sha256 = %spooled.hex(), group = %group, members = recorded.deliveries.len(), "file recorded");
+        let deliveries: Vec<DeliveryRef> =
+            recorded.deliveries.iter().map(|(id, user)| DeliveryRef { id: *id, user: user.to_string() }).collect();
+        outstanding.extend(recorded.deliveries);
+        write(writer, &Answer::Recorded { name: name.to_string(), size, sha256: spooled.hex(), deliveries }).await?;
+        server.signal_work();
+    }
+    if wait {
+        follow(server, writer, &group, &mut events, &mut outstanding).await?;
+    }
+    let mut pending: Vec<DeliveryRef> =
+        outstanding.into_iter().map(|(id, user)| DeliveryRef { id, user: user.to_string() }).collect();
+    pending.sort_by_key(|d| d.id);
+    write(writer, &Answer::Done { pending }).await
+}
+
+/// Reports events about `outstanding` deliveries until each is finished or belongs to a member
+/// who is not connected (and so will get it later).
+async fn follow(
+    server: &Arc<Server>,
+    writer: &mut (impl AsyncWrite + Unpin),
+    group: &GroupName,
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    outstanding: &mut HashMap<u64, UserName>,
+) -> std::io::Result<()> {
+    loop {
+        if outstanding.values().all(|user| !server.is_receiving(user, group)) {
+            return Ok(());
+        }
+        let event = match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
+            Err(_) => continue, // look again: a member may have gone offline without an event
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Ok(()),
+            Ok(Ok(event)) => event,
+        };
+        let answer = match event {
+            Event::Progress { delivery, user, bytes, size } if outstanding.contains_key(&delivery) => {
+                Answer::Progress { delivery, user: user.to_string(), bytes, size }
+            }
+            Event::Delivered { delivery, user } if outstanding.remove(&delivery).is_some() => {
+                Answer::Delivered { delivery, user: user.to_string() }
+            }
+            Event::Failed { delivery, user, reason, retrying } if outstanding.contains_key(&delivery) => {
+                if !retrying {
+                    outstanding.remove(&delivery);
+                }
+                Answer::Failed { delivery, user: user.to_string(), reason, retrying }
+            }
+            _ => continue,
+        };
+        write(writer, &answer).await?;
+    }
+}

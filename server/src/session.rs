@@ -1,0 +1,316 @@
+//! Member sessions: how files reach members.
+//!
+//! A member opens TLS with its client certificate; before anything else the server checks the
+//! certificate against the state store (issued here, not revoked, not expired) and the user
+//! against the user store (present, not disabled). The member subscribes to groups it has
+//! joined, and then, one delivery at a time, oldest first:
+//!
+//! ```text
+//!  server                         member
+//!    Offer (id, group, name, size, SHA-256) ─▶
+//!                               ◀─ Resume (offset it already holds; 0 for a new file)
+//!                                  or Decline (name unsafe: never offered again)
+//!    Data … Data (from offset) ─▶
+//!                               ◀─ Ack (stored under its final name, verified)
+//!                                  or Failed (did not verify: offered again, a few times)
+//! ```
+//!
+//! Only an ack makes a delivery delivered. Idle sessions wait for new deliveries and exchange
+//! keepalives; a session whose user is revoked is closed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite};
+
+use gshare_common::{Connection, ConnectionError};
+use gshare_proto::frame::{DeliveryId, Frame, MAX_CHUNK_LEN, Offer, Text};
+use gshare_proto::{GroupName, UserName};
+
+use crate::state::{Event, Server, blocking};
+use crate::store::{PendingDelivery, StoreError};
+
+/// Idle time after which the server pings the member.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// Silence after which a member is taken for gone.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+/// Time the member has to answer an offer.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time the member has to verify, store and acknowledge a file once its data is sent.
+const ACK_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often progress is recorded while sending.
+const PROGRESS_STEP: u64 = 16 * 1024 * 1024;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("member broke the protocol: {0}")]
+    Protocol(String),
+    #[error("member did not answer in time")]
+    Timeout,
+    #[error("access revoked")]
+    Revoked,
+    #[error("spool: {0}")]
+    Spool(std::io::Error),
+}
+
+/// Serves a subscribed member until it leaves, breaks the protocol, or is revoked.
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Arc<Server>,
+    connection: &mut Connection<S>,
+    user: UserName,
+    groups: Vec<GroupName>,
+) -> Result<(), SessionError> {
+    let (id, mut closed) = server.register_session(&user, &groups);
+    let seen_user = user.clone();
+    let _ = blocking(server, move |store| store.touch_seen(&seen_user, unix_now())).await;
+    let result = session_loop(server, connection, &user, &groups, &mut closed).await;
+    server.unregister_session(&user, id);
+    let seen_user = user.clone();
+    let _ = blocking(server, move |store| store.touch_seen(&seen_user, unix_now())).await;
+    if matches!(result, Err(SessionError::Revoked)) {
+        let _ = connection.write_frame(&Frame::Refused { reason: Text::new("access revoked") }).await;
+    }
+    result
+}
+
+async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Arc<Server>,
+    connection: &mut Connection<S>,
+    user: &UserName,
+    groups: &[GroupName],
+    closed: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let mut work = server.watch_work();
+    let mut last_heard = Instant::now();
+    loop {
+        if *closed.borrow() {
+            return Err(SessionError::Revoked);
+        }
+        // Mark the signal seen before looking, so work recorded after the look wakes us.
+        work.borrow_and_update();
+        let (who, subscribed) = (user.clone(), groups.to_vec());
+        let pending = blocking(server, move |store| store.pending_for(&who, &subscribed)).await?;
+        if let Some(delivery) = pending.into_iter().next() {
+            deliver(server, connection, user, delivery, closed).await?;
+            last_heard = Instant::now();
+            continue;
+        }
+        tokio::select! {
+            changed = work.changed() => {
+                if changed.is_err() {
+                    return Ok(()); // the server is shutting down
+                }
+            }
+            _ = closed.changed() => {}
+            () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
+                if last_heard.elapsed() > SILENCE_LIMIT {
+                    return Err(SessionError::Timeout);
+                }
+                connection.write_frame(&Frame::Ping).await?;
+            }
+            frame = connection.read_frame() => {
+                last_heard = Instant::now();
+                match frame? {
+                    None => return Ok(()),
+                    Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
+                    Some(Frame::Pong) => {}
+                    Some(other) => return Err(SessionError::Protocol(format!("unexpected {} while idle", frame_name(&other)))),
+                }
+            }
+        }
+    }
+}
+
+/// Reads the member's next frame that is not a keepalive.
+async fn next_answer<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    limit: Duration,
+) -> Result<Frame, SessionError> {
+    let answer = async {
+        loop {
+            match connection.read_frame().await? {
+                None => return Err(SessionError::Protocol("closed the session in the middle of a delivery".into())),
+                Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
+                Some(Frame::Pong) => {}
+                Some(frame) => return Ok(frame),
+            }
+        }
+    };
+    tokio::time::timeout(limit, answer).await.map_err(|_| SessionError::Timeout)?
+}
+
+async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Arc<Server>,
+    connection: &mut Connection<S>,
+    user: &UserName,
+    delivery: PendingDelivery,
+    closed: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let id = DeliveryId(delivery.id);
+    let sha256 = parse_hex(&delivery.sha256).ok_or(StoreError::Invalid("file hash"))?;
+    let offer = Offer {
+        delivery: id,
+        group: delivery.group.clone(),
+        name: delivery.name.clone().into_bytes(),
+        size: delivery.size,
+        sha256,
+    };
+    connection.write_frame(&Frame::Offer(offer)).await?;
+    let offset = match next_answer(connection, OFFER_TIMEOUT).await? {
+        Frame::Resume { delivery: resumed, offset } if resumed == id && offset <= delivery.size => offset,
+        other => return handle_non_resume(server, user, id, other).await,
+    };
+    send_data(server, connection, user, &delivery, offset, closed).await?;
+    match next_answer(connection, ACK_TIMEOUT).await? {
+        Frame::Ack { delivery: acked } if acked == id => {
+            let now = unix_now();
+            blocking(server, move |store| store.mark_delivered(id.0, now)).await?;
+            tracing::info!(%user, delivery = id.0, file = %delivery.name, size = delivery.size, "delivered");
+            server.emit(Event::Delivered { delivery: id.0, user: user.clone() });
+            release_spool(server).await;
+            Ok(())
+        }
+        Frame::Failed { delivery: failed, reason } if failed == id => {
+            let (max, reason_text, now) = (server.config.max_attempts, reason.to_string(), unix_now());
+            let retrying =
+                blocking(server, move |store| store.mark_attempt_failed(id.0, &reason_text, max, now)).await?;
+            tracing::warn!(%user, delivery = id.0, file = %delivery.name, retrying, "member could not verify the file: {reason}");
+            server.emit(Event::Failed { delivery: id.0, user: user.clone(), reason: reason.to_string(), retrying });
+            if !retrying {
+                release_spool(server).await;
+            }
+            Ok(())
+        }
+        other => Err(SessionError::Protocol(format!("expected an ack for delivery {id}, got {}", frame_name(&other)))),
+    }
+}
+
+/// The member answered an offer with something other than a resume.
+async fn handle_non_resume(
+    server: &Arc<Server>,
+    user: &UserName,
+    id: DeliveryId,
+    answer: Frame,
+) -> Result<(), SessionError> {
+    match answer {
+        Frame::Decline { delivery, reason } if delivery == id => {
+            let (reason_text, now) = (reason.to_string(), unix_now());
+            blocking(server, move |store| store.mark_failed(id.0, &format!("declined: {reason_text}"), now)).await?;
+            tracing::warn!(%user, delivery = id.0, "member declined the file: {reason}");
+            server.emit(Event::Failed {
+                delivery: id.0,
+                user: user.clone(),
+                reason: reason.to_string(),
+                retrying: false,
+            });
+            release_spool(server).await;
+            Ok(())
+        }
+        Frame::Resume { delivery, offset } => Err(SessionError::Protocol(format!(
+            "resume of delivery {delivery} at offset {offset} does not fit the offer {id}"
+        ))),
+        other => {
+            Err(SessionError::Protocol(format!("expected a resume for delivery {id}, got {}", frame_name(&other))))
+        }
+    }
+}
+
+/// Streams the spooled file from `offset` in chunks, recording progress now and then.
+async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Arc<Server>,
+    connection: &mut Connection<S>,
+    user: &UserName,
+    delivery: &PendingDelivery,
+    offset: u64,
+    closed: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let id = DeliveryId(delivery.id);
+    tracing::info!(%user, delivery = id.0, file = %delivery.name, size = delivery.size, offset, "sending");
+    if offset == delivery.size {
+        return Ok(());
+    }
+    let path = server.spool.path(&delivery.sha256);
+    let mut file = tokio::fs::File::open(&path).await.map_err(SessionError::Spool)?;
+    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(SessionError::Spool)?;
+    let mut buffer = vec![0u8; MAX_CHUNK_LEN];
+    let mut sent = offset;
+    let mut next_progress = offset + PROGRESS_STEP;
+    while sent < delivery.size {
+        if *closed.borrow() {
+            return Err(SessionError::Revoked);
+        }
+        let want = usize::try_from(delivery.size - sent).unwrap_or(MAX_CHUNK_LEN).min(MAX_CHUNK_LEN);
+        let read = file.read(&mut buffer[..want]).await.map_err(SessionError::Spool)?;
+        if read == 0 {
+            return Err(SessionError::Spool(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("spool entry {} is shorter than recorded", delivery.sha256),
+            )));
+        }
+        connection.write_data(id, &buffer[..read]).await?;
+        sent += read as u64;
+        if sent >= next_progress || sent == delivery.size {
+            next_progress = sent + PROGRESS_STEP;
+            let now = unix_now();
+            blocking(server, move |store| store.set_progress(id.0, sent, now)).await?;
+            server.emit(Event::Progress { delivery: id.0, user: user.clone(), bytes: sent, size: delivery.size });
+        }
+    }
+    connection.flush().await?;
+    tracing::info!(%user, delivery = id.0, bytes = sent - offset, "sent");
+    Ok(())
+}
+
+/// Deletes spool entries that no pending delivery needs any more.
+pub(crate) async fn release_spool(server: &Arc<Server>) {
+    let now = unix_now();
+    match blocking(server, move |store| store.release_finished_files(now)).await {
+        Ok(hashes) => {
+            for hash in hashes {
+                server.spool.remove(&hash);
+                tracing::info!(entry = %hash, "spool entry released");
+            }
+        }
+        Err(error) => tracing::error!(%error, "cannot release spool entries"),
+    }
+}
+
+fn parse_hex(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub(crate) fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A frame's name for messages, without its (possibly large or hostile) contents.
+pub(crate) fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::EnrollRequest { .. } => "an enrollment request",
+        Frame::EnrollAccepted { .. } => "an enrollment acceptance",
+        Frame::Refused { .. } => "a refusal",
+        Frame::Subscribe { .. } => "a subscription",
+        Frame::Subscribed => "a subscription acceptance",
+        Frame::Offer(_) => "an offer",
+        Frame::Resume { .. } => "a resume",
+        Frame::Decline { .. } => "a decline",
+        Frame::Data { .. } => "data",
+        Frame::Ack { .. } => "an ack",
+        Frame::Failed { .. } => "a failure report",
+        Frame::Ping => "a ping",
+        Frame::Pong => "a pong",
+    }
+}

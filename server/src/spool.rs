@@ -1,0 +1,168 @@
+//! The content-addressed spool: `<state_dir>/spool/<sha256 hex>` holds the bytes of every file
+//! some member still needs.
+//!
+//! [`Spool::ingest`] reads a file once, hashing while it copies into a temporary file beside
+//! the spool, fsyncs, and renames it to its hash: so a spool entry is always whole, the hash is
+//! computed once however many members receive the file, and sending the same file twice stores
+//! it once. Blocking: call it on a blocking thread.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes read per step while ingesting.
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// Why a file could not be spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("{}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{} is {size} bytes, larger than the {limit}-byte limit (limits.max_file_bytes)", path.display())]
+    TooLarge { path: PathBuf, size: u64, limit: u64 },
+    #[error("{} is not a regular file", .0.display())]
+    NotAFile(PathBuf),
+}
+
+/// A file in the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spooled {
+    pub sha256: [u8; 32],
+    pub size: u64,
+}
+
+impl Spooled {
+    pub fn hex(&self) -> String {
+        hex(&self.sha256)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    /// Opens (creating, mode 0700) the spool in `state_dir`, removing temporary files left by a
+    /// crash: they were never recorded, so nothing refers to them.
+    pub fn open(state_dir: &Path) -> Result<Self, SpoolError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = state_dir.join("spool");
+        let io_error = |source| SpoolError::Io { path: dir.clone(), source };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_error)?;
+        for entry in fs::read_dir(&dir).map_err(io_error)? {
+            let entry = entry.map_err(io_error)?;
+            if entry.file_name().to_string_lossy().starts_with(".ingest-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self, sha256_hex: &str) -> PathBuf {
+        self.dir.join(sha256_hex)
+    }
+
+    /// Copies `source` into the spool, hashing it on the way.
+    pub fn ingest(&self, source: &Path, max_size: u64) -> Result<Spooled, SpoolError> {
+        let io_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SpoolError::Io { path, source }
+        };
+        let mut input = File::open(source).map_err(io_error(source))?;
+        let metadata = input.metadata().map_err(io_error(source))?;
+        if !metadata.is_file() {
+            return Err(SpoolError::NotAFile(source.to_owned()));
+        }
+        if metadata.len() > max_size {
+            return Err(SpoolError::TooLarge { path: source.to_owned(), size: metadata.len(), limit: max_size });
+        }
+        let random: [u8; 8] = gshare_certs::random_bytes().unwrap_or_default();
+        let temporary = self.dir.join(format!(".ingest-{}", hex(&random)));
+        let result = (|| {
+            let mut output = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temporary)
+                .map_err(io_error(&temporary))?;
+            let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut buffer = vec![0u8; COPY_BUFFER];
+            let mut size = 0u64;
+            loop {
+                let read = input.read(&mut buffer).map_err(io_error(source))?;
+                if read == 0 {
+                    break;
+                }
+                size += read as u64;
+                if size > max_size {
+                    return Err(SpoolError::TooLarge { path: source.to_owned(), size, limit: max_size });
+                }
+                context.update(&buffer[..read]);
+                output.write_all(&buffer[..read]).map_err(io_error(&temporary))?;
+            }
+            output.sync_all().map_err(io_error(&temporary))?;
+            let mut sha256 = [0u8; 32];
+            sha256.copy_from_slice(context.finish().as_ref());
+            let spooled = Spooled { sha256, size };
+            let target = self.path(&spooled.hex());
+            fs::rename(&temporary, &target).map_err(io_error(&target))?;
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_error(&self.dir))?;
+            Ok(spooled)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temporary);
+        }
+        result
+    }
+
+    /// Deletes every entry whose hash is not in `needed`: files whose deliveries all finished
+    /// while the server was down, or whose record a crash prevented.
+    pub fn remove_unneeded(&self, needed: &[String]) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_entry = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_entry && !needed.contains(&name) {
+                self.remove(&name);
+                tracing::info!(entry = %name, "unneeded spool entry deleted");
+            }
+        }
+    }
+
+    /// Deletes a spool entry no longer needed.
+    pub fn remove(&self, sha256_hex: &str) {
+        if let Err(error) = fs::remove_file(self.path(sha256_hex)) {
+            if error.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(%error, entry = sha256_hex, "cannot delete a spool entry");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_hashes_copies_and_deduplicates() {
+        let state = tempfile::tempdir().unwrap();
+        let spool = Spool::open(state.path()).unwrap();
+        let source = state.path().join("abc.txt");
+        fs::write(&source, b"abc").unwrap();
+        let spooled = spool.ingest(&source, 10).unwrap();
+        assert_eq!(spooled.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(fs::read(spool.path(&spooled.hex())).unwrap(), b"abc");
+        assert_eq!(spool.ingest(&source, 10).unwrap(), spooled);
+        assert_eq!(fs::read_dir(state.path().join("spool")).unwrap().count(), 1, "one entry, no temporaries");
+        assert!(matches!(spool.ingest(&source, 2), Err(SpoolError::TooLarge { .. })));
+        assert!(matches!(spool.ingest(state.path(), 10), Err(SpoolError::NotAFile(_))));
+        assert!(matches!(spool.ingest(&state.path().join("missing"), 10), Err(SpoolError::Io { .. })));
+    }
+}
