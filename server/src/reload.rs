@@ -87,5 +87,14 @@ pub(crate) async fn reconcile(server: &Arc<Server>) -> Result<usize, StoreError>
     for user in &revoked_users {
         server.close_sessions(user);
     }
+    // `user remove` revokes in the database itself, so a connected user may have nothing left
+    // to revoke here; their sessions must close all the same.
+    let users = server.users();
+    for user in server.online_users() {
+        if users.active(&user).is_none() {
+            tracing::warn!(%user, "closing the sessions of a user no longer allowed");
+            server.close_sessions(&user);
+        }
+    }
     Ok(revoked_users.len())
 }

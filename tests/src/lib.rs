@@ -262,6 +262,37 @@ impl ServerProcess {
         entry["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap().to_owned()).collect()
     }
 
+    /// `gshare-server send --group GROUP FILES... [--wait]`.
+    pub fn send(&self, group: &str, files: &[&Path], wait: bool) -> Output {
+        let mut args: Vec<String> = vec!["send".into(), "--group".into(), group.into()];
+        args.extend(files.iter().map(|f| f.display().to_string()));
+        if wait {
+            args.push("--wait".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.command(&args, "")
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again after [`ServerProcess::kill`].
+    pub fn start_again(&mut self) {
+        let (child, log, lines) = Self::launch(&self.config, &[]);
+        (self.child, self.log, self.lines) = (child, log, lines);
+        self.wait_for_log("gshare-server ready", STARTUP_TIMEOUT);
+    }
+
+    /// The server's peak resident memory so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     pub fn users_file(&self) -> PathBuf {
         self.dir.path().join("users.toml")
     }
@@ -346,6 +377,111 @@ impl ClientHome {
         assert!(output.status.success(), "enroll {user} failed: {}\n{}", text(&output.stderr), server.log());
         home
     }
+}
+
+/// A running `gshare-client listen`, its output collected; killed on drop.
+#[derive(Debug)]
+pub struct Listener {
+    child: Child,
+    output: Arc<Mutex<Vec<String>>>,
+    lines: Receiver<String>,
+}
+
+impl Listener {
+    /// Starts `gshare-client --home HOME listen --group G... --out OUT`.
+    pub fn start(home: &ClientHome, groups: &[&str], out: &Path) -> Self {
+        let mut command = home.command();
+        command.arg("listen");
+        for group in groups {
+            command.args(["--group", group]);
+        }
+        command.arg("--out").arg(out).env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (sender, lines) = channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (shared, sender) = (Arc::clone(&output), sender.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    shared.lock().unwrap().push(line.clone());
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        Self { child, output, lines }
+    }
+
+    /// Waits until the listener prints a line containing `needle`, and returns it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("listener did not print {needle:?} in {timeout:?}:\n{}", self.output()),
+            }
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    /// Kills the listener with SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the listener to exit by itself and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "listener still running after {timeout:?}:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
+
+/// A file of `size` pseudo-random bytes (xorshift from `seed`), so corruption cannot hide.
+pub fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(size);
+    while bytes.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(size);
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
 }
 
 /// Runs `command` with `stdin` written to its standard input, and collects its output.

@@ -1,0 +1,240 @@
+//! File delivery end to end: what is sent reaches exactly the members, verified, across
+//! offline periods, interrupted transfers and server crashes, and never anyone else.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
+
+use std::path::Path;
+use std::time::Duration;
+
+use gshare_tests::{ClientHome, Listener, ServerProcess, TestNet, random_file, text, wait_until};
+
+const PASSWORD: &str = "correct horse battery staple";
+const LONG: Duration = Duration::from_secs(60);
+
+/// A server with `users` (name, groups), each enrolled, in the order given.
+fn server_with(users: &[(&str, &str)]) -> (TestNet, ServerProcess, Vec<ClientHome>) {
+    let net = TestNet::loopback();
+    let mut server = ServerProcess::start(&net);
+    for (user, groups) in users {
+        server.add_user(user, groups, PASSWORD);
+    }
+    let homes = users.iter().map(|(user, _)| ClientHome::enrolled(&net, &server, user, PASSWORD)).collect();
+    (net, server, homes)
+}
+
+fn join(home: &ClientHome, group: &str) {
+    let output = home.run(&["join", "--group", group]);
+    assert!(output.status.success(), "join: {}", text(&output.stderr));
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn part_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn status(server: &ServerProcess) -> serde_json::Value {
+    let output = server.command(&["status", "--json"], "");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The state of every delivery, as `user:state`.
+fn delivery_states(server: &ServerProcess) -> Vec<String> {
+    let status = status(server);
+    let mut states = Vec::new();
+    for file in status["files"].as_array().unwrap() {
+        for delivery in file["deliveries"].as_array().unwrap() {
+            states.push(format!("{}:{}", delivery["user"].as_str().unwrap(), delivery["state"].as_str().unwrap()));
+        }
+    }
+    states
+}
+
+#[test]
+fn one_file_reaches_three_members_and_nobody_else() {
+    let users = [
+        ("alice", "Developers"),
+        ("bob", "Developers"),
+        ("carol", "Developers"),
+        ("dave", "Designers"),
+        ("eve", "Designers"),
+    ];
+    let (_net, server, homes) = server_with(&users);
+    let outs: Vec<tempfile::TempDir> = homes.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut listeners = Vec::new();
+    for (i, (_, group)) in users.iter().enumerate().take(4) {
+        let mut listener = Listener::start(&homes[i], &[group], outs[i].path());
+        listener.wait_for("waiting for files", LONG);
+        listeners.push(listener);
+    }
+    // eve holds a valid certificate but may not join Developers.
+    let mut eve = Listener::start(&homes[4], &["Developers"], outs[4].path());
+    assert!(!eve.wait_exit(LONG).success());
+    assert!(eve.output().contains("server refused join: user \"eve\" may not join \"Developers\""), "{}", eve.output());
+
+    let source = tempfile::tempdir().unwrap();
+    let file = random_file(source.path(), "report.bin", 3 * 1024 * 1024 + 17, 1);
+    let output = server.send("Developers", &[&file], true);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}\n{}", text(&output.stderr), server.log());
+    for user in ["alice", "bob", "carol"] {
+        assert!(stdout.contains(&format!("{user}: delivered report.bin")), "{stdout}");
+    }
+    let sent = std::fs::read(&file).unwrap();
+    for out in &outs[..3] {
+        assert_eq!(files_in(out.path()), ["report.bin"]);
+        assert!(std::fs::read(out.path().join("report.bin")).unwrap() == sent, "bytes differ");
+    }
+    assert!(files_in(outs[3].path()).is_empty(), "a member of another group received it");
+    assert!(files_in(outs[4].path()).is_empty(), "a non-member received it");
+    assert!(std::fs::read_dir(server.state_dir().join("spool")).unwrap().next().is_none(), "spool entry released");
+}
+
+#[test]
+fn an_offline_member_receives_its_files_when_it_connects_even_after_a_server_restart() {
+    let (_net, mut server, homes) = server_with(&[("alice", "Developers")]);
+    join(&homes[0], "Developers");
+    let source = tempfile::tempdir().unwrap();
+    let first = random_file(source.path(), "first.txt", 1000, 2);
+    let second = random_file(source.path(), "second.txt", 0, 3);
+    let output = server.send("Developers", &[&first, &second], false);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(delivery_states(&server), ["alice:pending", "alice:pending"]);
+
+    server.restart();
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
+    listener.wait_for("received first.txt", LONG);
+    listener.wait_for("received second.txt", LONG);
+    assert_eq!(std::fs::read(out.path().join("first.txt")).unwrap(), std::fs::read(&first).unwrap());
+    assert_eq!(std::fs::read(out.path().join("second.txt")).unwrap(), b"");
+    assert!(wait_until(LONG, || delivery_states(&server) == ["alice:delivered", "alice:delivered"]));
+}
+
+#[test]
+fn data_that_does_not_match_the_offered_hash_never_takes_the_final_name() {
+    let (_net, server, homes) = server_with(&[("alice", "Developers")]);
+    join(&homes[0], "Developers");
+    let source = tempfile::tempdir().unwrap();
+    let file = random_file(source.path(), "ledger.csv", 100_000, 4);
+    assert!(server.send("Developers", &[&file], false).status.success());
+    // Corrupt the spooled copy: the server streams it as it is; the member must notice.
+    let spool = std::fs::read_dir(server.state_dir().join("spool")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&spool).unwrap();
+    bytes[50_000] ^= 0x01;
+    std::fs::write(&spool, bytes).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
+    listener.wait_for("SHA-256 mismatch", LONG);
+    assert!(wait_until(LONG, || delivery_states(&server) == ["alice:failed"]), "{}", server.log());
+    let status = status(&server);
+    let reason = status["files"][0]["deliveries"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("SHA-256 mismatch"), "{reason}");
+    assert_eq!(listener.output().matches("SHA-256 mismatch; thrown away").count(), 3, "offered max_attempts times");
+    assert!(files_in(out.path()).is_empty(), "{:?}", files_in(out.path()));
+}
+
+#[test]
+fn a_killed_listener_resumes_where_it_stopped() {
+    let (_net, server, homes) = server_with(&[("alice", "Developers")]);
+    join(&homes[0], "Developers");
+    let source = tempfile::tempdir().unwrap();
+    let size = 256 * 1024 * 1024;
+    let file = random_file(source.path(), "image.iso", size, 5);
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    assert!(server.send("Developers", &[&file], false).status.success());
+    assert!(wait_until(LONG, || part_size(out.path()) >= 16 * 1024 * 1024), "the transfer never started");
+    listener.kill();
+    let held = part_size(out.path());
+    assert!(held < size as u64, "the transfer finished before the kill");
+
+    let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
+    listener.wait_for("received image.iso", LONG);
+    assert!(std::fs::read(out.path().join("image.iso")).unwrap() == std::fs::read(&file).unwrap(), "bytes differ");
+    let log = server.log();
+    let sending: Vec<&str> = log.lines().filter(|l| l.contains(" sending ")).collect();
+    let second = sending.last().unwrap();
+    let offset: u64 = second.split("offset=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(offset > 0 && offset <= held, "the second session started at {offset}, the member held {held}:\n{log}");
+    let sent_lines: Vec<&str> = log.lines().filter(|l| l.contains(" sent ")).collect();
+    let carried: u64 =
+        sent_lines.last().unwrap().split("bytes=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(carried < size as u64, "the second session carried {carried} bytes, the whole file is {size}");
+    assert_eq!(files_in(out.path()), ["image.iso"]);
+}
+
+#[test]
+fn a_server_crash_right_after_recording_loses_nothing() {
+    let (_net, mut server, homes) = server_with(&[("alice", "Developers")]);
+    join(&homes[0], "Developers");
+    let source = tempfile::tempdir().unwrap();
+    let file = random_file(source.path(), "minutes.txt", 4096, 6);
+    assert!(server.send("Developers", &[&file], false).status.success());
+    server.kill();
+    server.start_again();
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
+    listener.wait_for("received minutes.txt", LONG);
+    assert_eq!(std::fs::read(out.path().join("minutes.txt")).unwrap(), std::fs::read(&file).unwrap());
+    assert_eq!(files_in(out.path()), ["minutes.txt"]);
+}
+
+#[test]
+fn a_server_crash_in_the_middle_of_a_transfer_delivers_every_file_once() {
+    let (_net, mut server, homes) = server_with(&[("alice", "Developers")]);
+    join(&homes[0], "Developers");
+    let source = tempfile::tempdir().unwrap();
+    let size = 256 * 1024 * 1024;
+    let big = random_file(source.path(), "big.bin", size, 7);
+    let small = random_file(source.path(), "small.bin", 10, 8);
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    assert!(server.send("Developers", &[&big, &small], false).status.success());
+    assert!(wait_until(LONG, || part_size(out.path()) >= 16 * 1024 * 1024), "the transfer never started");
+    server.kill();
+    assert!(part_size(out.path()) < size as u64, "the transfer finished before the crash");
+    server.start_again();
+    listener.wait_for("received big.bin", LONG);
+    listener.wait_for("received small.bin", LONG);
+    assert!(std::fs::read(out.path().join("big.bin")).unwrap() == std::fs::read(&big).unwrap(), "bytes differ");
+    assert_eq!(files_in(out.path()), ["big.bin", "small.bin"], "each file exactly once");
+    assert!(wait_until(LONG, || delivery_states(&server) == ["alice:delivered", "alice:delivered"]));
+}
+
+#[test]
+fn removing_a_user_closes_their_session_and_drops_their_pending_deliveries() {
+    let (_net, server, homes) = server_with(&[("alice", "Developers"), ("bob", "Developers")]);
+    join(&homes[1], "Developers");
+    let out = tempfile::tempdir().unwrap();
+    let mut alice = Listener::start(&homes[0], &["Developers"], out.path());
+    alice.wait_for("waiting for files", LONG);
+    let source = tempfile::tempdir().unwrap();
+    let file = random_file(source.path(), "notes.txt", 10, 9);
+    assert!(server.send("Developers", &[&file], true).status.success());
+    assert!(server.command(&["user", "remove", "bob"], "").status.success());
+    assert!(delivery_states(&server).contains(&"bob:dropped".to_owned()), "{:?}", delivery_states(&server));
+
+    assert!(server.command(&["user", "remove", "alice"], "").status.success());
+    let status = alice.wait_exit(LONG);
+    assert!(!status.success());
+    assert!(alice.output().contains("access revoked"), "{}", alice.output());
+}
