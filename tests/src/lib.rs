@@ -286,6 +286,11 @@ impl ServerProcess {
         self.wait_for_log("gshare-server ready", STARTUP_TIMEOUT);
     }
 
+    /// Resets the peak resident memory the kernel reports (VmHWM), to measure one phase.
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
+    }
+
     /// The server's peak resident memory so far, in KiB (VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
