@@ -171,8 +171,9 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
             let now = unix_now();
             blocking(server, move |store| store.mark_delivered(id.0, now)).await?;
             tracing::info!(%user, delivery = id.0, file = %delivery.name, size = delivery.size, "delivered");
-            server.emit(Event::Delivered { delivery: id.0, user: user.clone() });
+            // Release before telling `send --wait`, so that when it returns the books are done.
             release_spool(server).await;
+            server.emit(Event::Delivered { delivery: id.0, user: user.clone() });
             Ok(())
         }
         Frame::Failed { delivery: failed, reason } if failed == id => {
@@ -180,10 +181,10 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
             let retrying =
                 blocking(server, move |store| store.mark_attempt_failed(id.0, &reason_text, max, now)).await?;
             tracing::warn!(%user, delivery = id.0, file = %delivery.name, retrying, "member could not verify the file: {reason}");
-            server.emit(Event::Failed { delivery: id.0, user: user.clone(), reason: reason.to_string(), retrying });
             if !retrying {
                 release_spool(server).await;
             }
+            server.emit(Event::Failed { delivery: id.0, user: user.clone(), reason: reason.to_string(), retrying });
             Ok(())
         }
         other => Err(SessionError::Protocol(format!("expected an ack for delivery {id}, got {}", frame_name(&other)))),
@@ -202,13 +203,14 @@ async fn handle_non_resume(
             let (reason_text, now) = (reason.to_string(), unix_now());
             blocking(server, move |store| store.mark_failed(id.0, &format!("declined: {reason_text}"), now)).await?;
             tracing::warn!(%user, delivery = id.0, "member declined the file: {reason}");
+            release_spool(server).await;
             server.emit(Event::Failed {
                 delivery: id.0,
                 user: user.clone(),
                 reason: reason.to_string(),
                 retrying: false,
             });
-            release_spool(server).await;
+
             Ok(())
         }
         Frame::Resume { delivery, offset } => Err(SessionError::Protocol(format!(

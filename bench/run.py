@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""gshare's fan-out benchmark, beside the machine's ceiling and beside UFTP.
+
+It builds a LAN of its own out of network namespaces: a bridge in one namespace, a server host
+and up to 8 member hosts on TEST-NET-1 (192.0.2.0/24), MTU 1500, nothing in the root namespace,
+all removed at the end. On it, it runs the real gshare-server and gshare-client binaries (from
+target/release), enrolls and joins the members, and for each member count N and file size S
+sends a file with `send --wait`, measuring from the send until every member holds the verified
+file: wall time, aggregate and per-member throughput, CPU seconds and peak RSS of the server and
+of the members. Each case is run several times and the median reported.
+
+In the same run it measures the ceiling, what no implementation can beat on this CPU: the bytes
+that must be encrypted, decrypted and SHA-256 hashed (openssl speed, AES-256-GCM as rustls
+negotiates and SHA-256), spread over the cores, and UFTP 4 (Debian's uftp, installed if
+missing) with AES-256-GCM delivering the same file to the same hosts.
+
+Usage (root, from the repository root, after `cargo build --release`):
+
+    python3 bench/run.py                          # N in 1,4,8; S in 256M,1G; 3 runs
+    python3 bench/run.py --members 1,4 --sizes 64M --runs 1 --json bench/out/quick.json
+
+Every load is bounded: a fixed list of transfers, each with a time limit.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release"
+PREFIX = f"gsb{os.getpid()}"
+SERVER_IP = "192.0.2.1"
+MEMBER_IP = "192.0.2.{}"  # members are .11, .12, ...
+PASSWORD = "benchmark password 1"
+TRANSFER_TIMEOUT = 900  # seconds, per transfer
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+
+
+def sh(*args, check=True, **kwargs):
+    return subprocess.run([str(a) for a in args], check=check, capture_output=True, text=True, **kwargs)
+
+
+def ns(name):
+    return f"{PREFIX}-{name}"
+
+
+def in_ns(name, *args):
+    return ["ip", "netns", "exec", ns(name), *[str(a) for a in args]]
+
+
+class Lan:
+    """The bridge namespace, the server host and the member hosts."""
+
+    def __init__(self, members):
+        self.names = []
+        self.members = members
+
+    def __enter__(self):
+        hosts = [("server", SERVER_IP)] + [(f"m{i}", MEMBER_IP.format(10 + i)) for i in range(1, self.members + 1)]
+        for name in ["br"] + [h for h, _ in hosts]:
+            sh("ip", "netns", "add", ns(name))
+            self.names.append(name)
+        sh("ip", "-n", ns("br"), "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        sh("ip", "-n", ns("br"), "link", "set", "br0", "up")
+        for index, (host, address) in enumerate(hosts):
+            port = f"port{index}"
+            sh("ip", "-n", ns("br"), "link", "add", port, "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns", ns(host))
+            sh("ip", "-n", ns("br"), "link", "set", port, "master", "br0", "up")
+            sh("ip", "-n", ns(host), "addr", "add", f"{address}/24", "dev", "eth0")
+            sh("ip", "-n", ns(host), "link", "set", "eth0", "up")
+            sh("ip", "-n", ns(host), "link", "set", "lo", "up")
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.names:
+            sh("ip", "netns", "del", ns(name), check=False)
+
+
+def cpu_seconds(pid):
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+
+
+def reset_peak(pid):
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def wait_for_line(path, needle, timeout, process=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and needle in path.read_text(errors="replace"):
+            return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{path}: process exited before logging {needle!r}:\n{path.read_text(errors='replace')}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{path}: no {needle!r} within {timeout}s:\n{path.read_text(errors='replace') if path.exists() else ''}")
+
+
+def parse_size(text):
+    units = {"K": 1024, "M": MIB, "G": 1024 * MIB}
+    text = text.strip().upper()
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def human(size):
+    return f"{size // (1024 * MIB)} GiB" if size >= 1024 * MIB else f"{size // MIB} MiB"
+
+
+def make_file(directory, size):
+    path = directory / f"data-{size}"
+    with open(path, "wb") as out:
+        left = size
+        while left:
+            chunk = min(left, 16 * MIB)
+            out.write(os.urandom(chunk))
+            left -= chunk
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The ceiling
+
+
+def openssl_speed(algorithm):
+    """Bytes per second of one core for `algorithm` on 16 KiB blocks (TLS record size)."""
+    result = sh("openssl", "speed", "-elapsed", "-seconds", "2", "-bytes", "16384", "-evp", algorithm)
+    for line in result.stdout.splitlines():
+        if line.lower().startswith(algorithm.lower()):
+            value = line.split()[-1]
+            return float(value.rstrip("k")) * 1000
+    raise RuntimeError(f"cannot read openssl speed output:\n{result.stdout}")
+
+
+def ceiling_seconds(size, members, speeds, cores):
+    """CPU work that any secure fan-out must do, spread over every core: the server hashes the
+    file once and encrypts it once per member; each member decrypts and hashes it."""
+    aes, sha = speeds["aes-256-gcm"], speeds["sha256"]
+    work = size / sha + members * size / aes + members * (size / aes + size / sha)
+    return work / cores
+
+
+# ---------------------------------------------------------------------------------------------
+# gshare
+
+
+class Gshare:
+    def __init__(self, workdir, members):
+        self.dir = workdir / "gshare"
+        self.dir.mkdir()
+        self.members = members
+        self.listeners = {}
+        groups = {n: f"B{n}" for n in (1, 4, 8)}
+        self.group_of = groups
+        config = self.dir / "server.toml"
+        config.write_text(
+            f'groups = {json.dumps(list(groups.values()))}\n'
+            f'[tls]\nlisten = "{SERVER_IP}:7443"\n'
+            f'[multicast]\ninterface = "{SERVER_IP}"\nttl = 1\nloop = false\n'
+        )
+        self.config = config
+        for i in range(1, members + 1):
+            member_groups = ",".join(g for n, g in groups.items() if i <= n)
+            result = subprocess.run(
+                [BIN / "gshare-server", "--config", config, "user", "add", f"m{i}", "--groups", member_groups, "--password-stdin"],
+                input=PASSWORD + "\n", capture_output=True, text=True,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(result.stderr)
+        self.server_log = self.dir / "server.log"
+        self.server = subprocess.Popen(
+            in_ns("server", BIN / "gshare-server", "--config", config),
+            stdout=subprocess.DEVNULL, stderr=open(self.server_log, "w"), env={**os.environ, "RUST_LOG": "info"},
+        )
+        wait_for_line(self.server_log, "gshare-server ready", 30, self.server)
+        fingerprint = sh(BIN / "gshare-server", "--config", config, "fingerprint").stdout.strip()
+        for i in range(1, members + 1):
+            home = self.dir / f"home-m{i}"
+            home.mkdir()
+            (home / "client.toml").write_text(f'[multicast]\ninterface = "{MEMBER_IP.format(10 + i)}"\nttl = 1\nloop = false\n')
+            result = subprocess.run(
+                in_ns(f"m{i}", BIN / "gshare-client", "--home", home, "enroll", "--user", f"m{i}",
+                      "--server", f"{SERVER_IP}:7443", "--ca-fingerprint", fingerprint, "--password-stdin"),
+                input=PASSWORD + "\n", capture_output=True, text=True,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"enroll m{i}: {result.stderr}")
+            out = self.dir / f"out-m{i}"
+            log = self.dir / f"listen-m{i}.log"
+            args = ["listen", "--out", out] + [a for n, g in groups.items() if i <= n for a in ("--group", g)]
+            process = subprocess.Popen(
+                in_ns(f"m{i}", BIN / "gshare-client", "--home", home, *args),
+                stdout=subprocess.DEVNULL, stderr=open(log, "w"), env={**os.environ, "RUST_LOG": "info"},
+            )
+            wait_for_line(log, "waiting for files", 30, process)
+            self.listeners[i] = (process, out)
+
+    def send(self, path, members):
+        group = self.group_of[members]
+        pids = [self.server.pid] + [self.listeners[i][0].pid for i in range(1, members + 1)]
+        for pid in pids:
+            reset_peak(pid)
+        cpu_before = [cpu_seconds(pid) for pid in pids]
+        started = time.monotonic()
+        result = sh(BIN / "gshare-server", "--config", self.config, "send", "--group", group, path, "--wait",
+                    timeout=TRANSFER_TIMEOUT)
+        elapsed = time.monotonic() - started
+        delivered = result.stdout.count(": delivered ")
+        if delivered != members:
+            raise RuntimeError(f"{delivered} of {members} delivered:\n{result.stdout}")
+        cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before)]
+        peaks = [peak_rss_mib(pid) for pid in pids]
+        size = path.stat().st_size
+        for i in range(1, members + 1):
+            received = self.listeners[i][1] / path.name
+            if received.stat().st_size != size:
+                raise RuntimeError(f"m{i} holds {received.stat().st_size} bytes, not {size}")
+            received.unlink()
+        return {
+            "seconds": elapsed,
+            "server_cpu_seconds": cpu[0],
+            "member_cpu_seconds": sum(cpu[1:]),
+            "server_peak_rss_mib": peaks[0],
+            "member_peak_rss_mib": max(peaks[1:]),
+        }
+
+    def close(self):
+        for process, _ in self.listeners.values():
+            process.send_signal(signal.SIGINT)
+        self.server.send_signal(signal.SIGTERM)
+        for process in [self.server] + [p for p, _ in self.listeners.values()]:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# UFTP
+
+
+class Uftp:
+    """uftpd on every member host, uftp on the server host, AES-256-GCM with ECDH/ECDSA."""
+
+    GROUP = "239.255.71.71"
+
+    def __init__(self, workdir, members):
+        if shutil.which("uftp") is None:
+            sh("apt-get", "install", "-y", "-qq", "uftp")
+        self.dir = workdir / "uftp"
+        self.dir.mkdir()
+        self.daemons = {}
+        for i in range(1, members + 1):
+            out = self.dir / f"out-m{i}"
+            out.mkdir()
+            log = self.dir / f"uftpd-m{i}.log"
+            process = subprocess.Popen(
+                in_ns(f"m{i}", "uftpd", "-d", "-E", "-I", MEMBER_IP.format(10 + i), "-M", self.GROUP, "-D", out, "-B", "104857600"),
+                stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+            )
+            self.daemons[i] = (process, out)
+        time.sleep(0.5)  # uftpd has no readiness signal; it binds within milliseconds
+
+    def send(self, path, members):
+        clients = ",".join(f"0x{0xC0000200 + 10 + i:08x}" for i in range(1, members + 1))
+        pids = [self.daemons[i][0].pid for i in range(1, members + 1)]
+        cpu_before = [cpu_seconds(pid) for pid in pids]
+        started = time.monotonic()
+        log = self.dir / "uftp.log"
+        process = subprocess.Popen(
+            in_ns("server", "uftp", "-I", SERVER_IP, "-M", self.GROUP, "-P", "239.255.71.72", "-t", "1",
+                  "-Y", "aes256-gcm", "-h", "sha256", "-e", "ecdh_ecdsa", "-C", "tfmcc", "-B", "104857600",
+                  "-H", clients, "-x", "1", path),
+            stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+        )
+        # `ip netns exec` execs uftp in place, so the child's resource usage is uftp's.
+        deadline = time.monotonic() + TRANSFER_TIMEOUT
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("uftp: time limit reached")
+            time.sleep(0.005)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = time.monotonic() - started
+        server_cpu = usage.ru_utime + usage.ru_stime
+        stderr = log.read_text(errors="replace")
+        cpu = sum(cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before))
+        size = path.stat().st_size
+        for i in range(1, members + 1):
+            received = self.daemons[i][1] / path.name
+            if not received.exists() or received.stat().st_size != size:
+                raise RuntimeError(f"uftp: m{i} did not receive the file:\n{stderr[-2000:]}")
+            received.unlink()
+        return {"seconds": elapsed, "member_cpu_seconds": cpu, "server_cpu_seconds": server_cpu}
+
+    def close(self):
+        for process, _ in self.daemons.values():
+            process.kill()
+            process.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", default="1,4,8", help="member counts, e.g. 1,4,8")
+    parser.add_argument("--sizes", default="256M,1G", help="file sizes, e.g. 256M,1G")
+    parser.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "results.json"), help="where to write the results")
+    parser.add_argument("--skip-uftp", action="store_true", help="do not run UFTP")
+    args = parser.parse_args()
+    member_counts = [int(n) for n in args.members.split(",")]
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    if os.geteuid() != 0:
+        sys.exit("error: the benchmark creates network namespaces and must run as root")
+    for binary in ("gshare-server", "gshare-client"):
+        if not (BIN / binary).exists():
+            sys.exit(f"error: {BIN / binary} is missing; run `cargo build --release` first")
+    if any(n not in (1, 4, 8) for n in member_counts):
+        sys.exit("error: member counts are 1, 4 or 8")
+
+    cores = os.cpu_count() or 1
+    cpu_model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
+    speeds = {algorithm: openssl_speed(algorithm) for algorithm in ("aes-256-gcm", "sha256")}
+    print(f"machine: {cores} cores, {cpu_model}")
+    print(f"one core: AES-256-GCM {speeds['aes-256-gcm'] / 1e9:.2f} GB/s, SHA-256 {speeds['sha256'] / 1e9:.2f} GB/s (openssl speed, 16 KiB)")
+
+    results = []
+    workdir = Path(tempfile.mkdtemp(prefix="gshare-bench-"))
+    try:
+        with Lan(max(member_counts)):
+            gshare = Gshare(workdir, max(member_counts))
+            uftp = None if args.skip_uftp else Uftp(workdir, max(member_counts))
+            try:
+                for size in sizes:
+                    data = make_file(workdir, size)
+                    for members in member_counts:
+                        runs = [gshare.send(data, members) for _ in range(args.runs)]
+                        row = {
+                            "members": members,
+                            "size": size,
+                            "runs": args.runs,
+                            "gshare": {key: statistics.median(r[key] for r in runs) for key in runs[0]},
+                            "ceiling_seconds": ceiling_seconds(size, members, speeds, cores),
+                        }
+                        if uftp is not None:
+                            uftp_runs = [uftp.send(data, members) for _ in range(args.runs)]
+                            row["uftp"] = {key: statistics.median(r[key] for r in uftp_runs) for key in uftp_runs[0]}
+                        results.append(row)
+                        report_row(row)
+                    data.unlink()
+            finally:
+                gshare.close()
+                if uftp is not None:
+                    uftp.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    output = Path(args.json)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"cores": cores, "cpu": cpu_model, "speeds_bytes_per_second": speeds, "results": results}, indent=2))
+    print()
+    print_table(results)
+    print(f"\nresults written to {output}")
+
+
+def report_row(row):
+    g = row["gshare"]
+    line = (f"{human(row['size']):>8} x {row['members']} members: gshare {g['seconds']:.2f} s "
+            f"({row['size'] * row['members'] / g['seconds'] / MIB:.0f} MiB/s aggregate), "
+            f"ceiling {row['ceiling_seconds']:.2f} s")
+    if "uftp" in row:
+        line += f", uftp {row['uftp']['seconds']:.2f} s"
+    print(line, flush=True)
+
+
+def print_table(results):
+    columns = ["size", "members", "gshare s", "aggregate MiB/s", "per member MiB/s", "ceiling s",
+               "gshare / ceiling", "UFTP s", "UFTP / gshare", "server CPU s", "members CPU s",
+               "server peak RSS MiB", "member peak RSS MiB"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" for _ in columns) + "|")
+    for row in results:
+        g, size, members = row["gshare"], row["size"], row["members"]
+        uftp = row.get("uftp")
+        cells = [
+            human(size), str(members), f"{g['seconds']:.2f}",
+            f"{size * members / g['seconds'] / MIB:.0f}", f"{size / g['seconds'] / MIB:.0f}",
+            f"{row['ceiling_seconds']:.2f}", f"{g['seconds'] / row['ceiling_seconds']:.2f}",
+            f"{uftp['seconds']:.2f}" if uftp else "-", f"{uftp['seconds'] / g['seconds']:.1f}" if uftp else "-",
+            f"{g['server_cpu_seconds']:.2f}", f"{g['member_cpu_seconds']:.2f}",
+            f"{g['server_peak_rss_mib']:.0f}", f"{g['member_peak_rss_mib']:.0f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
