@@ -280,7 +280,7 @@ class Uftp:
             out.mkdir()
             log = self.dir / f"uftpd-m{i}.log"
             process = subprocess.Popen(
-                in_ns(f"m{i}", "uftpd", "-d", "-E", "-I", MEMBER_IP.format(10 + i), "-M", self.GROUP, "-D", out, "-B", "104857600"),
+                in_ns(f"m{i}", "uftpd", "-d", "-E", "-K", "ec:prime256v1", "-I", MEMBER_IP.format(10 + i), "-M", self.GROUP, "-D", out, "-B", "104857600"),
                 stdout=subprocess.DEVNULL, stderr=open(log, "w"),
             )
             self.daemons[i] = (process, out)
