@@ -38,6 +38,9 @@ pub struct EnrollOptions {
     pub server: Option<ServerAddress>,
     pub ca_fingerprint: Option<Fingerprint>,
     pub password_stdin: bool,
+    /// The password itself, for programs that enroll members in-process (benchmarks); the
+    /// command line never sets it.
+    pub password: Option<String>,
 }
 
 /// Why enrollment failed. Each message says what to do.
@@ -120,11 +123,14 @@ pub async fn enroll(settings: &ClientSettings, options: EnrollOptions) -> Result
 
     let prompt = format!("Password for {}: ", options.user);
     let from_stdin = options.password_stdin;
-    let password = tokio::task::spawn_blocking(move || {
-        PasswordPrompt { prompt: &prompt, from_stdin, confirm: false, min_chars: 0 }.read()
-    })
-    .await
-    .map_err(|e| EnrollError::Terminal(std::io::Error::other(e)))??;
+    let password = match options.password.clone() {
+        Some(password) => password,
+        None => tokio::task::spawn_blocking(move || {
+            PasswordPrompt { prompt: &prompt, from_stdin, confirm: false, min_chars: 0 }.read()
+        })
+        .await
+        .map_err(|e| EnrollError::Terminal(std::io::Error::other(e)))??,
+    };
     let password = Password::new(password).map_err(|e| EnrollError::Protocol(e.to_string()))?;
 
     let (key_pem, csr) = gshare_certs::authority::member_key_and_request(options.user.as_str())?;

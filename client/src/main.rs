@@ -100,7 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Groups { wait } => groups(&settings, wait),
         Command::Enroll { user, server, ca_fingerprint, password_stdin } => {
-            let options = EnrollOptions { user, server, ca_fingerprint, password_stdin };
+            let options = EnrollOptions { user, server, ca_fingerprint, password_stdin, password: None };
             let enrolled = runtime()?.block_on(enroll(&settings, options))?;
             println!("enrolled with {} (CA {})", enrolled.server, enrolled.ca_fingerprint);
             println!("certificate {} stored in {}", enrolled.certificate_fingerprint, settings.home.display());

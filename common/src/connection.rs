@@ -35,8 +35,15 @@ pub struct Connection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// A connection that reads up to 64 KiB at a time: for the side that receives file data.
     pub fn new(stream: S) -> Self {
-        Self { stream, buffer: Vec::with_capacity(READ_CHUNK), chunk: vec![0; READ_CHUNK].into_boxed_slice() }
+        Self::with_read_size(stream, READ_CHUNK)
+    }
+
+    /// A connection that reads up to `read_size` bytes at a time. A side that only receives
+    /// small frames (the server's end of a member session) keeps less memory per connection.
+    pub fn with_read_size(stream: S, read_size: usize) -> Self {
+        Self { stream, buffer: Vec::new(), chunk: vec![0; read_size.max(1)].into_boxed_slice() }
     }
 
     /// The next frame; `None` when the peer closed the stream cleanly between frames.

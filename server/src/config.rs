@@ -30,6 +30,8 @@ pub const DEFAULT_PASSWORD_CHECKS: u32 = 2;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 /// Default largest file `send` accepts, in bytes (1 TiB).
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 40;
+/// Default most file transfers streaming at once; other members wait their turn.
+pub const DEFAULT_CONCURRENT_TRANSFERS: u32 = 32;
 /// Default days an undelivered file is kept for members who have not received it.
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 /// Default attempts at a delivery whose data fails verification before it is failed for good.
@@ -113,6 +115,7 @@ struct LimitsToml {
     password_checks: Spanned<u32>,
     handshake_timeout_secs: Spanned<u64>,
     max_file_bytes: Spanned<u64>,
+    concurrent_transfers: Spanned<u32>,
 }
 
 impl Default for LimitsToml {
@@ -122,6 +125,7 @@ impl Default for LimitsToml {
             password_checks: Spanned::new(0..0, DEFAULT_PASSWORD_CHECKS),
             handshake_timeout_secs: Spanned::new(0..0, DEFAULT_HANDSHAKE_TIMEOUT_SECS),
             max_file_bytes: Spanned::new(0..0, DEFAULT_MAX_FILE_BYTES),
+            concurrent_transfers: Spanned::new(0..0, DEFAULT_CONCURRENT_TRANSFERS),
         }
     }
 }
@@ -202,6 +206,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Largest file `send` accepts, in bytes.
     pub max_file_bytes: u64,
+    /// Most transfers streaming data at once; each holds about half a MiB of buffers.
+    pub concurrent_transfers: usize,
     /// How long a file waits for members who have not received it; then its deliveries expire
     /// and its spool entry is deleted.
     pub retention: Duration,
@@ -307,6 +313,7 @@ impl Config {
             return Err(error(limits.handshake_timeout_secs.span(), "must be between 1 and 300 seconds".into()));
         }
 
+        let concurrent_transfers = bounded(&limits.concurrent_transfers, 10_000)?;
         let max_file_bytes = *limits.max_file_bytes.get_ref();
         if max_file_bytes == 0 {
             return Err(error(limits.max_file_bytes.span(), "must be at least 1".into()));
@@ -336,6 +343,7 @@ impl Config {
             password_checks,
             handshake_timeout: Duration::from_secs(timeout),
             max_file_bytes,
+            concurrent_transfers,
             retention: Duration::from_secs(u64::from(retention_days) * 86_400),
             max_attempts,
         })
@@ -389,6 +397,8 @@ mod tests {
             ("groups = [\"A\"]\n[passwords]\nmemory_kib = 1024\n", 3, "passwords.memory_kib", "safe minimum"),
             ("groups = [\"A\"]\n[certificates]\nvalidity_days = 0\n", 3, "certificates.validity_days", "between 1"),
             ("groups = [\"A\"]\n[limits]\npassword_checks = 0\n", 3, "limits.password_checks", "between 1"),
+            ("groups = [\"A\"]\n[limits]\nconcurrent_transfers = 0\n", 3, "limits.concurrent_transfers", "between 1"),
+            ("groups = [\"A\"]\n[delivery]\nmax_attempts = 0\n", 3, "delivery.max_attempts", "between 1"),
         ];
         for (text, line, key, fragment) in cases {
             let error = parse(text).unwrap_err();

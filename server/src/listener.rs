@@ -55,7 +55,8 @@ async fn handle_connection(server: &Arc<Server>, acceptor: TlsAcceptor, tcp: Tcp
             return;
         }
     };
-    let mut connection = Connection::new(tls);
+    // Members send only small frames; a small read size keeps idle sessions cheap.
+    let mut connection = Connection::with_read_size(tls, 4096);
     let request = match tokio::time::timeout(timeout, connection.read_frame()).await {
         Ok(Ok(Some(frame))) => frame,
         Ok(Ok(None)) => return,

@@ -165,7 +165,11 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
         Frame::Resume { delivery: resumed, offset } if resumed == id && offset <= delivery.size => offset,
         other => return handle_non_resume(server, user, id, other).await,
     };
-    send_data(server, connection, user, &delivery, offset, closed).await?;
+    {
+        // The semaphore is never closed; waiting here is a member's turn in a large fan-out.
+        let _turn = server.transfers.acquire().await.map_err(|_| SessionError::Revoked)?;
+        send_data(server, connection, user, &delivery, offset, closed).await?;
+    }
     match next_answer(connection, ACK_TIMEOUT).await? {
         Frame::Ack { delivery: acked } if acked == id => {
             let now = unix_now();

@@ -51,6 +51,8 @@ pub(crate) struct Server {
     pub dummy_hash: String,
     pub limiter: Mutex<FailureLimiter>,
     pub password_checks: Semaphore,
+    /// Bounds the transfers streaming at once, so memory does not grow with member count.
+    pub transfers: Semaphore,
     pub spool: Spool,
     sessions: Mutex<HashMap<UserName, Vec<SessionEntry>>>,
     next_session: AtomicU64,
@@ -69,7 +71,9 @@ impl Server {
         spool: Spool,
     ) -> Self {
         let password_checks = Semaphore::new(config.password_checks);
+        let transfers = Semaphore::new(config.concurrent_transfers);
         Self {
+            transfers,
             spool,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
