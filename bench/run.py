@@ -337,6 +337,9 @@ def main():
     parser.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "results.json"), help="where to write the results")
     parser.add_argument("--skip-uftp", action="store_true", help="do not run UFTP")
+    parser.add_argument("--workdir", default=None,
+                        help="where files, spool and received copies live (default: the system temp dir); "
+                             "/dev/shm measures without the disk")
     args = parser.parse_args()
     member_counts = [int(n) for n in args.members.split(",")]
     sizes = [parse_size(s) for s in args.sizes.split(",")]
@@ -355,7 +358,8 @@ def main():
     print(f"one core: AES-256-GCM {speeds['aes-256-gcm'] / 1e9:.2f} GB/s, SHA-256 {speeds['sha256'] / 1e9:.2f} GB/s (openssl speed, 16 KiB)")
 
     results = []
-    workdir = Path(tempfile.mkdtemp(prefix="gshare-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix="gshare-bench-", dir=args.workdir))
+    print(f"files under {workdir.parent}")
     try:
         with Lan(max(member_counts)):
             gshare = Gshare(workdir, max(member_counts))
@@ -387,7 +391,8 @@ def main():
 
     output = Path(args.json)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"cores": cores, "cpu": cpu_model, "speeds_bytes_per_second": speeds, "results": results}, indent=2))
+    output.write_text(json.dumps({"cores": cores, "cpu": cpu_model, "workdir": str(workdir.parent),
+                                  "speeds_bytes_per_second": speeds, "results": results}, indent=2))
     print()
     print_table(results)
     print(f"\nresults written to {output}")
