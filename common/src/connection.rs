@@ -30,8 +30,8 @@ pub enum ConnectionError {
 pub struct Connection<S> {
     stream: S,
     buffer: Vec<u8>,
-    /// Where each read lands before it joins `buffer`.
-    chunk: Box<[u8]>,
+    /// Bytes of free space asked for before each read.
+    read_size: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -43,20 +43,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A connection that reads up to `read_size` bytes at a time. A side that only receives
     /// small frames (the server's end of a member session) keeps less memory per connection.
     pub fn with_read_size(stream: S, read_size: usize) -> Self {
-        Self { stream, buffer: Vec::new(), chunk: vec![0; read_size.max(1)].into_boxed_slice() }
+        Self { stream, buffer: Vec::new(), read_size: read_size.max(1) }
     }
 
     /// The next frame; `None` when the peer closed the stream cleanly between frames.
     ///
-    /// Cancel-safe: bytes are added to the buffer only once a read has returned them, so this
-    /// can sit in a `select!` beside other work.
+    /// Cancel-safe: `read_buf` appends bytes only when a read completes, so this can sit in a
+    /// `select!` beside other work. Reads land directly in the frame buffer: no extra copy.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
         loop {
             if let Some((frame, used)) = frame::decode(&self.buffer)? {
                 self.buffer.drain(..used);
                 return Ok(Some(frame));
             }
-            let read = match self.stream.read(&mut self.chunk[..]).await {
+            self.buffer.reserve(self.read_size);
+            let read = match self.stream.read_buf(&mut self.buffer).await {
                 Ok(read) => read,
                 // A TLS peer that vanishes without close_notify looks like this.
                 Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && self.buffer.is_empty() => {
@@ -67,7 +68,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if read == 0 {
                 return if self.buffer.is_empty() { Ok(None) } else { Err(ConnectionError::Truncated) };
             }
-            self.buffer.extend_from_slice(&self.chunk[..read]);
         }
     }
 
