@@ -84,14 +84,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    gshare_common::cli::init_logging("warn");
+    gshare_common::cli::exit(run(cli))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -160,18 +154,4 @@ fn groups(settings: &ClientSettings, wait: Duration) -> anyhow::Result<()> {
     }
     print!("{}", report::servers(&found.servers));
     Ok(())
-}
-
-/// One line per event on stderr, filtered by `RUST_LOG` (default `warn`, so that command
-/// output stays clean).
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
 }

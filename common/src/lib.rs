@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: logging and exit status for the binaries.
 //! - [`connection`]: a byte stream read and written in whole frames.
 //! - [`config_file`]: reading TOML with `file: line N: key: message` errors.
 //! - [`files`]: atomic file replacement.
@@ -12,6 +13,7 @@
 //! - [`multicast`]: opening the group socket and the unicast socket beside it.
 //! - [`drops`]: counting dropped datagrams by reason, with rate-limited log lines.
 
+pub mod cli;
 pub mod config_file;
 pub mod connection;
 pub mod drops;

@@ -90,14 +90,8 @@ enum UserCommand {
 fn main() -> ExitCode {
     pin_mmap_threshold();
     let cli = Cli::parse();
-    init_logging();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    gshare_common::cli::init_logging("info");
+    gshare_common::cli::exit(run(cli))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -426,16 +420,3 @@ fn pin_mmap_threshold() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn pin_mmap_threshold() {}
-
-/// One line per event on stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
-}
