@@ -269,7 +269,10 @@ class Uftp:
 
     GROUP = "239.255.71.71"
 
-    def __init__(self, workdir, members):
+    def __init__(self, workdir, members, rate=None):
+        # TFMCC congestion control by default; a fixed rate in Kbps (-1: as fast as possible)
+        # when given.
+        self.rate_args = ["-C", "tfmcc"] if rate is None else ["-C", "none", "-R", str(rate)]
         if shutil.which("uftp") is None:
             sh("apt-get", "install", "-y", "-qq", "uftp")
         self.dir = workdir / "uftp"
@@ -294,7 +297,7 @@ class Uftp:
         log = self.dir / "uftp.log"
         process = subprocess.Popen(
             in_ns("server", "uftp", "-I", SERVER_IP, "-M", self.GROUP, "-P", "239.255.71.72", "-t", "1",
-                  "-Y", "aes256-gcm", "-h", "sha256", "-e", "ecdh_ecdsa", "-C", "tfmcc", "-B", "104857600",
+                  "-Y", "aes256-gcm", "-h", "sha256", "-e", "ecdh_ecdsa", *self.rate_args, "-B", "104857600",
                   "-H", clients, "-x", "1", path),
             stdout=subprocess.DEVNULL, stderr=open(log, "w"),
         )
@@ -337,6 +340,8 @@ def main():
     parser.add_argument("--runs", type=int, default=3, help="runs per case; the median is reported")
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "results.json"), help="where to write the results")
     parser.add_argument("--skip-uftp", action="store_true", help="do not run UFTP")
+    parser.add_argument("--uftp-rate", type=int, default=None,
+                        help="run UFTP at this fixed rate in Kbps (-1: as fast as possible) instead of TFMCC")
     parser.add_argument("--workdir", default=None,
                         help="where files, spool and received copies live (default: the system temp dir); "
                              "/dev/shm measures without the disk")
@@ -363,7 +368,7 @@ def main():
     try:
         with Lan(max(member_counts)):
             gshare = Gshare(workdir, max(member_counts))
-            uftp = None if args.skip_uftp else Uftp(workdir, max(member_counts))
+            uftp = None if args.skip_uftp else Uftp(workdir, max(member_counts), args.uftp_rate)
             try:
                 for size in sizes:
                     data = make_file(workdir, size)
