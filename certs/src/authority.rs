@@ -132,10 +132,6 @@ impl CertificateAuthority {
     /// (IP addresses or DNS names; wildcard addresses such as 0.0.0.0 are skipped).
     pub fn issue_server_identity(&self, hosts: &[String], now: OffsetDateTime) -> Result<IssuedIdentity, CertError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, SERVER_NAME);
-        params.distinguished_name = name;
         let mut names = vec![SanType::DnsName(SERVER_NAME.try_into()?)];
         for host in hosts {
             let san = match host.parse::<std::net::IpAddr>() {
@@ -147,14 +143,8 @@ impl CertificateAuthority {
                 names.push(san);
             }
         }
+        let (mut params, _) = leaf_params(SERVER_NAME, ExtendedKeyUsagePurpose::ServerAuth, SERVER_VALIDITY, now)?;
         params.subject_alt_names = names;
-        params.serial_number = Some(random_serial()?);
-        params.not_before = now - BACKDATE;
-        params.not_after = now + SERVER_VALIDITY;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
         let certificate = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedIdentity { certificate_pem: certificate.pem(), key_pem: key.serialize_pem() })
     }
@@ -174,18 +164,7 @@ impl CertificateAuthority {
     ) -> Result<IssuedCertificate, CertError> {
         let public_key = requested_public_key(csr_der)?;
         let validity = Duration::try_from(validity).map_err(|_| CertError::BadRequest("validity too long".into()))?;
-        let serial = random_serial()?;
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, user);
-        params.distinguished_name = name;
-        params.serial_number = Some(serial.clone());
-        params.not_before = now - BACKDATE;
-        params.not_after = now + validity;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
+        let (params, serial) = leaf_params(user, ExtendedKeyUsagePurpose::ClientAuth, validity, now)?;
         let certificate = params.signed_by(&public_key, &self.issuer)?;
         Ok(IssuedCertificate {
             der: certificate.der().to_vec(),
@@ -199,18 +178,32 @@ impl CertificateAuthority {
     /// the key belongs to the certificate.
     pub fn check_issued_identity(&self, identity: &IssuedIdentity) -> Result<(), CertError> {
         let der = pem_certificate_der(&identity.certificate_pem)?;
-        let key = KeyPair::from_pem(&identity.key_pem).map_err(|e| CertError::BadKey(e.to_string()))?;
-        let (_, parsed) = X509Certificate::from_der(&der).map_err(|e| CertError::BadCertificate(e.to_string()))?;
-        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(CertError::KeyMismatch);
-        }
-        let ca_key = VerifyingKey::from_certificate(&self.certificate_der)?;
-        let signed_part = parsed.tbs_certificate.as_ref();
-        if !ca_key.verify_asn1(signed_part, &parsed.signature_value.data) {
-            return Err(CertError::NotIssuedByCa);
-        }
-        Ok(())
+        check_member_certificate(&self.certificate_der, &der, &identity.key_pem)
     }
+}
+
+/// The fields every leaf certificate this CA issues shares: CN `common_name`, a random serial
+/// (also returned), valid from an hour ago until `validity` from now, not a CA, digital
+/// signatures only for `usage`, and the authority key identifier.
+fn leaf_params(
+    common_name: &str,
+    usage: ExtendedKeyUsagePurpose,
+    validity: Duration,
+    now: OffsetDateTime,
+) -> Result<(CertificateParams, SerialNumber), CertError> {
+    let serial = random_serial()?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.serial_number = Some(serial.clone());
+    params.not_before = now - BACKDATE;
+    params.not_after = now + validity;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    params.use_authority_key_identifier_extension = true;
+    Ok((params, serial))
 }
 
 /// The public key of a certificate signing request whose signature verifies. Nothing else of
@@ -245,7 +238,8 @@ pub fn member_key_and_request(user: &str) -> Result<(String, Vec<u8>), CertError
     Ok((key.serialize_pem(), request.der().to_vec()))
 }
 
-/// Checks that `certificate_der` was issued by the CA in `ca_der` for the key in `key_pem`.
+/// Checks that `certificate_der` was issued by the CA in `ca_der` for the key in `key_pem`
+/// (a member's certificate, or the server's own).
 pub fn check_member_certificate(ca_der: &[u8], certificate_der: &[u8], key_pem: &str) -> Result<(), CertError> {
     let key = KeyPair::from_pem(key_pem).map_err(|e| CertError::BadKey(e.to_string()))?;
     let (_, parsed) =
