@@ -15,6 +15,7 @@ use gshare_proto::frame::{Frame, Text};
 use gshare_proto::{GroupName, UserName};
 
 use crate::enroll::enroll;
+use crate::membership;
 use crate::session;
 use crate::state::{Server, blocking};
 
@@ -125,22 +126,15 @@ async fn authorize(
         .await
         .map_err(|error| format!("the server cannot check the certificate now: {error}"))?
         .ok_or("this server has no record of the certificate; enroll again")?;
-    if record.revoked_at.is_some() {
-        return Err(format!("the certificate of user \"{}\" was revoked", record.user));
-    }
-    if record.expires_at < session::unix_now() {
-        return Err(format!("the certificate of user \"{}\" has expired; enroll again", record.user));
-    }
+    let users = server.users();
+    membership::standing(&record, &users, session::unix_now()).map_err(|(_, reason)| reason)?;
     let user = record.user;
-    if server.users().active(&user).is_none() {
-        return Err(format!("user \"{user}\" is not allowed on this server"));
-    }
     let who = user.clone();
-    let memberships = blocking(server, move |store| store.memberships())
+    let joined = blocking(server, move |store| store.groups_of(&who))
         .await
         .map_err(|error| format!("the server cannot check memberships now: {error}"))?;
     for group in groups {
-        if !memberships.iter().any(|m| m.user == who && &m.group == group) {
+        if !joined.contains(group) {
             return Err(format!("user \"{user}\" is not a member of \"{group}\"; join it first"));
         }
     }

@@ -8,7 +8,7 @@ use gshare_proto::membership::RefusalCode;
 use gshare_proto::{GroupName, UserName};
 
 use crate::store::CertificateRecord;
-use crate::users::UserStore;
+use crate::users::{User, UserStore};
 
 /// Whether a member asks to join or to leave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,15 +20,14 @@ pub(crate) enum Direction {
 /// A refusal: a code for programs and a sentence for people.
 pub(crate) type Refusal = (RefusalCode, String);
 
-/// The user a verified request speaks for, if they may do what they ask.
-pub(crate) fn decide(
-    direction: Direction,
-    group: &GroupName,
+/// The account a certificate speaks for, if the certificate and the user are in good standing:
+/// not revoked, not expired, the user present in the user store and not disabled. Both joins
+/// and member sessions go through this.
+pub(crate) fn standing<'a>(
     certificate: &CertificateRecord,
-    users: &UserStore,
-    server_groups: &[GroupName],
+    users: &'a UserStore,
     now_secs: i64,
-) -> Result<UserName, Refusal> {
+) -> Result<&'a User, Refusal> {
     let user = &certificate.user;
     if certificate.revoked_at.is_some() {
         return Err((RefusalCode::Revoked, format!("the certificate of user \"{user}\" was revoked; enroll again")));
@@ -42,6 +41,20 @@ pub(crate) fn decide(
     if account.disabled {
         return Err((RefusalCode::Revoked, format!("user \"{user}\" is disabled")));
     }
+    Ok(account)
+}
+
+/// The user a verified request speaks for, if they may do what they ask.
+pub(crate) fn decide(
+    direction: Direction,
+    group: &GroupName,
+    certificate: &CertificateRecord,
+    users: &UserStore,
+    server_groups: &[GroupName],
+    now_secs: i64,
+) -> Result<UserName, Refusal> {
+    let user = &certificate.user;
+    let account = standing(certificate, users, now_secs)?;
     if !server_groups.contains(group) {
         return Err((RefusalCode::UnknownGroup, format!("there is no group \"{group}\" on this server")));
     }

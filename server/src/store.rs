@@ -455,6 +455,16 @@ impl Store {
         Ok(removed == 1)
     }
 
+    /// The groups `user` is a member of.
+    pub fn groups_of(&self, user: &UserName) -> Result<Vec<GroupName>, StoreError> {
+        let connection = self.connection();
+        let mut statement =
+            connection.prepare("SELECT group_name FROM memberships WHERE user_name = ?1 ORDER BY group_name")?;
+        let rows =
+            statement.query_map([user.as_str()], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        rows.iter().map(|group| GroupName::new(group).map_err(|_| StoreError::Invalid("group name"))).collect()
+    }
+
     /// Every membership, by group then user.
     pub fn memberships(&self) -> Result<Vec<Membership>, StoreError> {
         let connection = self.connection();
@@ -533,8 +543,9 @@ mod tests {
         assert_eq!(store.certificate(&Fingerprint([9; 32])).unwrap(), None);
         assert_eq!(
             store.memberships().unwrap(),
-            vec![Membership { user: alice.clone(), group: developers, joined_at: 5 }]
+            vec![Membership { user: alice.clone(), group: developers.clone(), joined_at: 5 }]
         );
+        assert_eq!(store.groups_of(&alice).unwrap(), [developers]);
         assert_eq!(store.users_with_valid_certificates().unwrap().len(), 2);
 
         assert_eq!(store.revoke_user(&alice, "removed", 10).unwrap(), 1);
