@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use gshare_common::{Connection, ConnectionError};
-use gshare_proto::frame::{DeliveryId, Frame, Offer, Text};
+use gshare_proto::frame::{Frame, Offer, Text};
 use gshare_proto::membership::Outcome;
 use gshare_proto::{FileName, GroupName, ServerAddress};
 
@@ -259,17 +259,4 @@ where
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, "received and verified");
     println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
     Ok(())
-}
-
-/// The delivery id of a frame, for tests and messages.
-pub fn delivery_of(frame: &Frame) -> Option<DeliveryId> {
-    match frame {
-        Frame::Offer(offer) => Some(offer.delivery),
-        Frame::Resume { delivery, .. }
-        | Frame::Decline { delivery, .. }
-        | Frame::Data { delivery, .. }
-        | Frame::Ack { delivery }
-        | Frame::Failed { delivery, .. } => Some(*delivery),
-        _ => None,
-    }
 }

@@ -165,14 +165,13 @@ impl Discovery {
                 tracing::warn!(%from, certificate = %fingerprint, group = %request.group, "{direction:?} refused: unknown certificate");
                 if self.may_answer_unknown() {
                     let message = "this server did not issue your certificate; enroll with it first";
-                    self.reply(nonce, &request, Outcome::refused(RefusalCode::UnknownCertificate, message), from)
-                        .await?;
+                    self.reply(nonce, &request, refused(RefusalCode::UnknownCertificate, message), from).await?;
                 }
                 return Ok(());
             }
             Err(error) => {
                 tracing::error!(%error, "cannot look up a certificate");
-                let outcome = Outcome::refused(RefusalCode::Internal, "the server cannot decide now; try again later");
+                let outcome = refused(RefusalCode::Internal, "the server cannot decide now; try again later");
                 return self.reply(nonce, &request, outcome, from).await;
             }
         };
@@ -207,13 +206,13 @@ impl Discovery {
                     }
                     Err(error) => {
                         tracing::error!(%error, "cannot record a membership");
-                        Outcome::refused(RefusalCode::Internal, "the server could not record it; try again later")
+                        refused(RefusalCode::Internal, "the server could not record it; try again later")
                     }
                 }
             }
             Err((code, reason)) => {
                 tracing::warn!(user = %certificate.user, group = %request.group, %from, "{direction:?} refused: {reason}");
-                Outcome::refused(code, &reason)
+                refused(code, &reason)
             }
         };
         self.reply(nonce, &request, outcome, from).await
@@ -245,13 +244,7 @@ impl Discovery {
     }
 }
 
-/// Convenience for building refusals from server text.
-trait Refuse {
-    fn refused(code: RefusalCode, message: &str) -> Self;
-}
-
-impl Refuse for Outcome {
-    fn refused(code: RefusalCode, message: &str) -> Self {
-        Outcome::Refused { code, message: RefusalMessage::new(message) }
-    }
+/// A refusal with the server's own text (made printable and cut to the limit).
+fn refused(code: RefusalCode, message: &str) -> Outcome {
+    Outcome::Refused { code, message: RefusalMessage::new(message) }
 }

@@ -197,8 +197,7 @@ fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyh
         }
         absolute.push(path);
     }
-    let names: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
-    let mut names = names;
+    let mut names: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
     let mut failed = false;
     admin_request(config, &Request::Send { group: group.clone(), files: absolute, wait }, |answer| {
         match answer {

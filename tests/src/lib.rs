@@ -122,6 +122,58 @@ impl TestNet {
     }
 }
 
+/// Every line a child process writes on the given streams: kept for failure messages, and
+/// handed over one by one for waiting on. Drained for the child's whole life, so it never
+/// blocks on a full pipe.
+#[derive(Debug)]
+pub struct OutputLines {
+    all: Arc<Mutex<Vec<String>>>,
+    lines: Receiver<String>,
+}
+
+/// Why [`OutputLines::wait_for`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFailure {
+    TimedOut,
+    Exited,
+}
+
+impl OutputLines {
+    pub fn collect(streams: Vec<Box<dyn std::io::Read + Send>>) -> Self {
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let (sender, lines) = channel();
+        for stream in streams {
+            let (shared, sender) = (Arc::clone(&all), sender.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    shared.lock().unwrap().push(line.clone());
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        Self { all, lines }
+    }
+
+    /// The next line containing `needle`, waiting up to `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String, WaitFailure> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => return Err(WaitFailure::TimedOut),
+                Err(RecvTimeoutError::Disconnected) => return Err(WaitFailure::Exited),
+            }
+        }
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        self.all.lock().unwrap().join("\n")
+    }
+}
+
 /// A running `gshare-server` with its own temporary config and state directory.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -130,8 +182,7 @@ pub struct ServerProcess {
     pub config: PathBuf,
     /// `HOST:PORT` of the TLS listener, when the helper chose it.
     pub tls_address: Option<String>,
-    log: Arc<Mutex<Vec<String>>>,
-    lines: Receiver<String>,
+    log: OutputLines,
 }
 
 impl ServerProcess {
@@ -158,18 +209,16 @@ impl ServerProcess {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, log, lines) = Self::launch(&self.config, &[]);
-        (self.child, self.log, self.lines) = (child, log, lines);
+        (self.child, self.log) = Self::launch(&self.config, &[]);
         self.wait_for_log("gshare-server ready", STARTUP_TIMEOUT);
     }
 
     fn spawn(dir: TempDir, config: PathBuf, wrapper: &[&str]) -> Self {
-        let (child, log, lines) = Self::launch(&config, wrapper);
-        Self { child, dir, config, tls_address: None, log, lines }
+        let (child, log) = Self::launch(&config, wrapper);
+        Self { child, dir, config, tls_address: None, log }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn launch(config: &Path, wrapper: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>, Receiver<String>) {
+    fn launch(config: &Path, wrapper: &[&str]) -> (Child, OutputLines) {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
@@ -187,41 +236,22 @@ impl ServerProcess {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (sender, lines) = channel();
-        let shared = Arc::clone(&log);
-        // Drain stderr for the server's whole life, so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                shared.lock().unwrap().push(line.clone());
-                let _ = sender.send(line);
-            }
-        });
-        (child, log, lines)
+        let log = OutputLines::collect(vec![Box::new(child.stderr.take().unwrap())]);
+        (child, log)
     }
 
     /// Waits until the server logs a line containing `needle`, and returns it.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("server did not log {needle:?} in {timeout:?}:\n{}", self.log())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("server exited before logging {needle:?}:\n{}", self.log())
-                }
-            }
+        match self.log.wait_for(needle, timeout) {
+            Ok(line) => line,
+            Err(WaitFailure::TimedOut) => panic!("server did not log {needle:?} in {timeout:?}:\n{}", self.log()),
+            Err(WaitFailure::Exited) => panic!("server exited before logging {needle:?}:\n{}", self.log()),
         }
     }
 
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.text()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -283,8 +313,7 @@ impl ServerProcess {
 
     /// Starts the server again after [`ServerProcess::kill`].
     pub fn start_again(&mut self) {
-        let (child, log, lines) = Self::launch(&self.config, &[]);
-        (self.child, self.log, self.lines) = (child, log, lines);
+        (self.child, self.log) = Self::launch(&self.config, &[]);
         self.wait_for_log("gshare-server ready", STARTUP_TIMEOUT);
     }
 
@@ -390,8 +419,7 @@ impl ClientHome {
 #[derive(Debug)]
 pub struct Listener {
     child: Child,
-    output: Arc<Mutex<Vec<String>>>,
-    lines: Receiver<String>,
+    output: OutputLines,
 }
 
 impl Listener {
@@ -404,38 +432,20 @@ impl Listener {
         }
         command.arg("--out").arg(out).env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (sender, lines) = channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let (shared, sender) = (Arc::clone(&output), sender.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    shared.lock().unwrap().push(line.clone());
-                    let _ = sender.send(line);
-                }
-            });
-        }
-        Self { child, output, lines }
+        let output =
+            OutputLines::collect(vec![Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())]);
+        Self { child, output }
     }
 
     /// Waits until the listener prints a line containing `needle`, and returns it.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("listener did not print {needle:?} in {timeout:?}:\n{}", self.output()),
-            }
-        }
+        self.output
+            .wait_for(needle, timeout)
+            .unwrap_or_else(|_| panic!("listener did not print {needle:?} in {timeout:?}:\n{}", self.output()))
     }
 
     pub fn output(&self) -> String {
-        self.output.lock().unwrap().join("\n")
+        self.output.text()
     }
 
     /// Kills the listener with SIGKILL.
