@@ -24,8 +24,8 @@ use tokio::net::{UnixListener, UnixStream};
 use gshare_proto::{FileName, GroupName, UserName};
 
 use crate::ServerError;
-use crate::session::unix_now;
 use crate::state::{Event, Server, blocking};
+use crate::store::unix_now;
 
 /// File name of the socket inside the state directory.
 pub const SOCKET_FILE: &str = "admin.sock";

@@ -189,7 +189,7 @@ impl Discovery {
         }
 
         let users = self.server.users();
-        let now_secs = time::OffsetDateTime::now_utc().unix_timestamp();
+        let now_secs = crate::store::unix_now();
         let decision = decide(direction, &request.group, &certificate, &users, &self.server.config.groups, now_secs);
         let outcome = match decision {
             Ok(user) => {

@@ -114,7 +114,7 @@ async fn sweep(server: Arc<state::Server>) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         ticker.tick().await;
-        let now = session::unix_now();
+        let now = store::unix_now();
         let cutoff = now - i64::try_from(server.config.retention.as_secs()).unwrap_or(i64::MAX);
         match state::blocking(&server, move |store| store.expire_before(cutoff, now)).await {
             Ok(0) => {}

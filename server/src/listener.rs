@@ -127,7 +127,7 @@ async fn authorize(
         .map_err(|error| format!("the server cannot check the certificate now: {error}"))?
         .ok_or("this server has no record of the certificate; enroll again")?;
     let users = server.users();
-    membership::standing(&record, &users, session::unix_now()).map_err(|(_, reason)| reason)?;
+    membership::standing(&record, &users, crate::store::unix_now()).map_err(|(_, reason)| reason)?;
     let user = record.user;
     let who = user.clone();
     let joined = blocking(server, move |store| store.groups_of(&who))

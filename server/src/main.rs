@@ -147,7 +147,7 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             std::fs::create_dir_all(&config.state_dir)
                 .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
             let store = Store::open(&config.state_dir)?;
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let now = gshare_server::store::unix_now();
             let revoked = store.revoke_user(&name, "removed with `user remove`", now)?;
             println!("removed user {name}; revoked {revoked} certificate(s)");
         }

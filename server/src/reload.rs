@@ -61,7 +61,7 @@ pub(crate) async fn watch_users(server: Arc<Server>) {
 /// Revokes what the user store no longer allows. Returns how many users were revoked.
 pub(crate) async fn reconcile(server: &Arc<Server>) -> Result<usize, StoreError> {
     let users = server.users();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = crate::store::unix_now();
     let revoked_users = blocking(server, move |store| {
         let mut revoked = Vec::new();
         for user in store.users_with_valid_certificates()? {

@@ -28,7 +28,7 @@ use gshare_proto::frame::{DeliveryId, Frame, MAX_CHUNK_LEN, Offer, Text};
 use gshare_proto::{GroupName, UserName};
 
 use crate::state::{Event, Server, blocking};
-use crate::store::{PendingDelivery, StoreError};
+use crate::store::{PendingDelivery, StoreError, unix_now};
 
 /// Idle time after which the server pings the member.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
@@ -296,10 +296,6 @@ fn parse_hex(text: &str) -> Option<[u8; 32]> {
         out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
     }
     Some(out)
-}
-
-pub(crate) fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// A frame's name for messages, without its (possibly large or hostile) contents.

@@ -485,6 +485,11 @@ impl Store {
     }
 }
 
+/// Now, in the Unix seconds every timestamp in the store uses.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
 fn size_to_sql(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Invalid("number too large"))
 }
