@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
+use gshare_common::files::WriteBehind;
 use gshare_proto::FileName;
 use gshare_proto::frame::DeliveryId;
 
@@ -33,11 +34,19 @@ pub struct Inbox {
     journal: PathBuf,
 }
 
-/// A delivery being received: its temporary file, the bytes held, and their running hash.
+/// Chunks queued for the writer thread before the network side waits for it.
+const WRITE_QUEUE: usize = 16;
+
+/// A delivery being received: its temporary file, fed through a writer thread.
+///
+/// The session decrypts on its own thread while the writer writes and hashes, so the two
+/// overlap. The writer writes behind ([`WriteBehind`]), dropping what is durable from the page
+/// cache: a large file never piles up as dirty memory for one long flush at the end.
 pub struct Partial {
-    file: File,
+    /// Bytes held: on disk before this attempt, plus everything handed to the writer.
     pub held: u64,
-    hash: ring::digest::Context,
+    chunks: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    writer: Option<std::thread::JoinHandle<io::Result<[u8; 32]>>>,
 }
 
 impl std::fmt::Debug for Partial {
@@ -47,20 +56,70 @@ impl std::fmt::Debug for Partial {
 }
 
 impl Partial {
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.hash.update(bytes);
-        self.held += bytes.len() as u64;
+    fn start(file: File, held: u64, hash: ring::digest::Context) -> io::Result<Self> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("gshare-writer".into())
+            .spawn(move || write_behind(file, held, hash, receiver))?;
+        Ok(Self { held, chunks: Some(sender), writer: Some(writer) })
+    }
+
+    /// Hands `bytes` to the writer, waiting while its queue is full. An error is the writer's:
+    /// the disk refused a write.
+    pub async fn write(&mut self, bytes: Vec<u8>) -> io::Result<()> {
+        let len = bytes.len() as u64;
+        let sent = match &self.chunks {
+            Some(chunks) => chunks.send(bytes).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer stopped early: only an error does that.
+            return Err(self.stop().err().unwrap_or_else(|| io::Error::other("the writer thread stopped")));
+        }
+        self.held += len;
         Ok(())
     }
 
-    /// Flushes to disk and returns the SHA-256 of everything held.
-    pub fn finish(self) -> io::Result<[u8; 32]> {
-        self.file.sync_all()?;
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(self.hash.finish().as_ref());
-        Ok(digest)
+    /// Waits for every byte to be on disk and returns the SHA-256 of the whole file.
+    pub fn finish(mut self) -> io::Result<[u8; 32]> {
+        self.stop()
     }
+
+    /// Closes the queue and waits for the writer to drain it.
+    fn stop(&mut self) -> io::Result<[u8; 32]> {
+        self.chunks = None;
+        match self.writer.take() {
+            Some(writer) => writer.join().unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked"))),
+            None => Err(io::Error::other("the writer thread already stopped")),
+        }
+    }
+}
+
+impl Drop for Partial {
+    /// An interrupted transfer: wait for the writer (at most [`WRITE_QUEUE`] chunks), so that a
+    /// retry never finds it still appending to the file it resumes.
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// The writer thread: appends and hashes until the queue closes, then flushes everything.
+fn write_behind(
+    mut file: File,
+    held: u64,
+    mut hash: ring::digest::Context,
+    mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> io::Result<[u8; 32]> {
+    let mut behind = WriteBehind::new(held, true);
+    while let Some(chunk) = chunks.blocking_recv() {
+        file.write_all(&chunk)?;
+        hash.update(&chunk);
+        behind.wrote(&file, chunk.len())?;
+    }
+    behind.finish(&file)?;
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(hash.finish().as_ref());
+    Ok(digest)
 }
 
 fn temporary_name(delivery: DeliveryId) -> String {
@@ -129,7 +188,7 @@ impl Inbox {
         }
         file.seek(SeekFrom::Start(rehashed))?;
         file.set_len(rehashed)?;
-        Ok(Partial { file, held: rehashed, hash })
+        Partial::start(file, rehashed, hash)
     }
 
     /// Throws away the temporary file of `delivery`.
@@ -184,16 +243,16 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_resumed_file_hashes_as_a_whole_and_keeps_an_existing_name() {
+    #[tokio::test]
+    async fn a_resumed_file_hashes_as_a_whole_and_keeps_an_existing_name() {
         let (root, inbox) = inbox();
         let delivery = DeliveryId(7);
         let mut partial = inbox.prepare(delivery, 10).unwrap();
-        partial.write(b"hello").unwrap();
+        partial.write(b"hello".to_vec()).await.unwrap();
         drop(partial); // interrupted
         let mut partial = inbox.prepare(delivery, 10).unwrap();
         assert_eq!(partial.held, 5);
-        partial.write(b"world").unwrap();
+        partial.write(b"world".to_vec()).await.unwrap();
         assert_eq!(partial.finish().unwrap(), sha256(b"helloworld"));
 
         let out = root.path().join("out");
@@ -206,8 +265,23 @@ mod tests {
         assert!(!inbox.has_temporary(delivery));
     }
 
-    #[test]
-    fn symlinks_are_never_followed_or_replaced() {
+    #[tokio::test]
+    async fn a_file_past_several_write_behind_steps_is_stored_whole() {
+        let (root, inbox) = inbox();
+        let size = 2 * gshare_common::files::WRITE_BEHIND_STEP + 12_345;
+        let content: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let mut partial = inbox.prepare(DeliveryId(3), size).unwrap();
+        for chunk in content.chunks(256 * 1024) {
+            partial.write(chunk.to_vec()).await.unwrap();
+        }
+        assert_eq!(partial.held, size);
+        assert_eq!(partial.finish().unwrap(), sha256(&content));
+        inbox.store(DeliveryId(3), &FileName::new("big.bin").unwrap()).unwrap();
+        assert!(std::fs::read(root.path().join("out/big.bin")).unwrap() == content, "every byte in place");
+    }
+
+    #[tokio::test]
+    async fn symlinks_are_never_followed_or_replaced() {
         let (root, inbox) = inbox();
         let out = root.path().join("out");
         let outside = root.path().join("outside.txt");
@@ -216,7 +290,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, out.join(temporary_name(DeliveryId(1)))).unwrap();
         std::os::unix::fs::symlink(&outside, out.join("report.pdf")).unwrap();
         let mut partial = inbox.prepare(DeliveryId(1), 3).unwrap();
-        partial.write(b"new").unwrap();
+        partial.write(b"new".to_vec()).await.unwrap();
         partial.finish().unwrap();
         let stored = inbox.store(DeliveryId(1), &FileName::new("report.pdf").unwrap()).unwrap();
         assert_eq!(stored.as_str(), "report (1).pdf");
@@ -224,11 +298,11 @@ mod tests {
         assert!(std::fs::symlink_metadata(out.join("report.pdf")).unwrap().file_type().is_symlink());
     }
 
-    #[test]
-    fn a_longer_leftover_is_started_over() {
+    #[tokio::test]
+    async fn a_longer_leftover_is_started_over() {
         let (_root, inbox) = inbox();
         let mut partial = inbox.prepare(DeliveryId(2), 100).unwrap();
-        partial.write(&[1; 50]).unwrap();
+        partial.write(vec![1; 50]).await.unwrap();
         drop(partial);
         assert_eq!(inbox.prepare(DeliveryId(2), 10).unwrap().held, 0);
     }

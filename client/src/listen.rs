@@ -236,7 +236,7 @@ where
                         .await?;
                     return Err(SessionError::Protocol("more data than offered".into()));
                 }
-                partial.write(&bytes)?;
+                partial.write(bytes).await?;
             }
             Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
             None => return Err(SessionError::Protocol("closed in the middle of a file".into())),

@@ -1,6 +1,10 @@
-//! Writing files so that a crash leaves either the old contents or the new, never half of each:
-//! write a temporary file beside the target, fsync it, rename it over the target, fsync the
-//! directory.
+//! Writing files safely and fast.
+//!
+//! - [`atomic_write`]: a crash leaves either the old contents or the new, never half of each:
+//!   write a temporary file beside the target, fsync it, rename it over the target, fsync the
+//!   directory.
+//! - [`WriteBehind`]: a long sequential write made durable step by step as it goes, so that the
+//!   flush at the end is short and dirty memory stays bounded.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -33,6 +37,57 @@ pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&temporary);
     }
     result
+}
+
+/// Bytes written between write-behind steps.
+pub const WRITE_BEHIND_STEP: u64 = 32 * 1024 * 1024;
+
+/// Tracks a long sequential write and makes it durable every [`WRITE_BEHIND_STEP`] bytes
+/// (`fdatasync`), so that the disk works while the writer goes on instead of all at the end.
+///
+/// With `forget` it also drops what is durable from the page cache: a large received file then
+/// does not push everything else out of the cache, and the writer reuses the same few pages of
+/// memory instead of touching fresh ones (on a virtual machine, memory the guest has not
+/// touched lately costs a page fault in the host per 4 KiB: writing 1 GiB into fresh page
+/// cache took 3 s there, into recycled pages 0.3 s).
+#[derive(Debug)]
+pub struct WriteBehind {
+    written: u64,
+    durable: u64,
+    forget: bool,
+}
+
+impl WriteBehind {
+    /// Starts at `offset`: the bytes already in the file, taken as durable.
+    pub fn new(offset: u64, forget: bool) -> Self {
+        Self { written: offset, durable: offset, forget }
+    }
+
+    /// Records `len` more bytes written to `file`, and takes a step when one is due.
+    pub fn wrote(&mut self, file: &fs::File, len: usize) -> io::Result<()> {
+        self.written += len as u64;
+        if self.written - self.durable >= WRITE_BEHIND_STEP {
+            rustix::fs::fdatasync(file)?;
+            self.durable = self.written;
+            self.forget_durable(file);
+        }
+        Ok(())
+    }
+
+    /// Makes everything durable (data and metadata).
+    pub fn finish(mut self, file: &fs::File) -> io::Result<()> {
+        file.sync_all()?;
+        self.durable = self.written;
+        self.forget_durable(file);
+        Ok(())
+    }
+
+    fn forget_durable(&self, file: &fs::File) {
+        if let (true, Some(len)) = (self.forget, std::num::NonZeroU64::new(self.durable)) {
+            // Advice only: a file system that cannot drop pages (tmpfs) keeps them.
+            let _ = rustix::fs::fadvise(file, 0, Some(len), rustix::fs::Advice::DontNeed);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! - [`cli`]: logging and exit status for the binaries.
 //! - [`connection`]: a byte stream read and written in whole frames.
 //! - [`config_file`]: reading TOML with `file: line N: key: message` errors.
-//! - [`files`]: atomic file replacement.
+//! - [`files`]: atomic file replacement, and write-behind for long writes.
 //! - [`password`]: reading a password from the terminal or standard input.
 //! - [`settings`]: the `[multicast]` table, validated as it is deserialized.
 //! - [`multicast`]: opening the group socket and the unicast socket beside it.
