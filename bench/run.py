@@ -23,6 +23,7 @@ Every load is bounded: a fixed list of transfers, each with a time limit.
 """
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -226,6 +227,8 @@ class Gshare:
         for pid in pids:
             reset_peak(pid)
         cpu_before = [cpu_seconds(pid) for pid in pids]
+        log_offset = self.server_log.stat().st_size
+        wall_started = time.time()
         started = time.monotonic()
         result = sh(BIN / "gshare-server", "--config", self.config, "send", "--group", group, path, "--wait",
                     timeout=TRANSFER_TIMEOUT)
@@ -243,11 +246,24 @@ class Gshare:
             received.unlink()
         return {
             "seconds": elapsed,
+            "spool_seconds": self.spool_seconds(log_offset, wall_started),
             "server_cpu_seconds": cpu[0],
             "member_cpu_seconds": sum(cpu[1:]),
             "server_peak_rss_mib": peaks[0],
             "member_peak_rss_mib": max(peaks[1:]),
         }
+
+    def spool_seconds(self, log_offset, wall_started):
+        """Seconds from the send until the server logged the file as recorded: the part of the
+        wall time spent copying and hashing the file into the spool, before any member is sent
+        a byte."""
+        with open(self.server_log, errors="replace") as log:
+            log.seek(log_offset)
+            for line in log:
+                if "file recorded" in line:
+                    stamp = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
+                    return stamp.timestamp() - wall_started
+        return float("nan")
 
     def close(self):
         for process, _ in self.listeners.values():
@@ -414,7 +430,7 @@ def report_row(row):
 
 
 def print_table(results):
-    columns = ["size", "members", "gshare s", "aggregate MiB/s", "per member MiB/s", "ceiling s",
+    columns = ["size", "members", "gshare s", "of which spooling s", "aggregate MiB/s", "per member MiB/s", "ceiling s",
                "gshare / ceiling", "UFTP s", "UFTP / gshare", "server CPU s", "members CPU s",
                "server peak RSS MiB", "member peak RSS MiB"]
     print("| " + " | ".join(columns) + " |")
@@ -423,7 +439,7 @@ def print_table(results):
         g, size, members = row["gshare"], row["size"], row["members"]
         uftp = row.get("uftp")
         cells = [
-            human(size), str(members), f"{g['seconds']:.2f}",
+            human(size), str(members), f"{g['seconds']:.2f}", f"{g.get('spool_seconds', float('nan')):.2f}",
             f"{size * members / g['seconds'] / MIB:.0f}", f"{size / g['seconds'] / MIB:.0f}",
             f"{row['ceiling_seconds']:.2f}", f"{g['seconds'] / row['ceiling_seconds']:.2f}",
             f"{uftp['seconds']:.2f}" if uftp else "-", f"{uftp['seconds'] / g['seconds']:.1f}" if uftp else "-",

@@ -1,8 +1,8 @@
 //! The content-addressed spool: `<state_dir>/spool/<sha256 hex>` holds the bytes of every file
 //! some member still needs.
 //!
-//! [`Spool::ingest`] reads a file once, hashing while it copies into a temporary file beside
-//! the spool, fsyncs, and renames it to its hash: so a spool entry is always whole, the hash is
+//! [`Spool::ingest`] reads a file once, hashing on one thread while a second copies it into a
+//! temporary file beside the spool and makes it durable, then renames it to its hash: so a spool entry is always whole, the hash is
 //! computed once however many members receive the file, and sending the same file twice stores
 //! it once. Blocking: call it on a blocking thread.
 
@@ -10,9 +10,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use gshare_common::files::WriteBehind;
 
 /// Bytes read per step while ingesting.
 const COPY_BUFFER: usize = 256 * 1024;
+/// Buffers read ahead of the spool writer.
+const COPY_QUEUE: usize = 8;
 
 /// Why a file could not be spooled.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +80,7 @@ impl Spool {
             let path = path.to_owned();
             move |source| SpoolError::Io { path, source }
         };
-        let mut input = File::open(source).map_err(io_error(source))?;
+        let input = File::open(source).map_err(io_error(source))?;
         let metadata = input.metadata().map_err(io_error(source))?;
         if !metadata.is_file() {
             return Err(SpoolError::NotAFile(source.to_owned()));
@@ -86,30 +91,13 @@ impl Spool {
         let random: [u8; 8] = gshare_certs::random_bytes().unwrap_or_default();
         let temporary = self.dir.join(format!(".ingest-{}", hex(&random)));
         let result = (|| {
-            let mut output = OpenOptions::new()
+            let output = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&temporary)
                 .map_err(io_error(&temporary))?;
-            let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-            let mut buffer = vec![0u8; COPY_BUFFER];
-            let mut size = 0u64;
-            loop {
-                let read = input.read(&mut buffer).map_err(io_error(source))?;
-                if read == 0 {
-                    break;
-                }
-                size += read as u64;
-                if size > max_size {
-                    return Err(SpoolError::TooLarge { path: source.to_owned(), size, limit: max_size });
-                }
-                context.update(&buffer[..read]);
-                output.write_all(&buffer[..read]).map_err(io_error(&temporary))?;
-            }
-            output.sync_all().map_err(io_error(&temporary))?;
-            let mut sha256 = [0u8; 32];
-            sha256.copy_from_slice(context.finish().as_ref());
+            let (sha256, size) = copy_hashing(input, output, source, &temporary, max_size)?;
             let spooled = Spooled { sha256, size };
             let target = self.path(&spooled.hex());
             fs::rename(&temporary, &target).map_err(io_error(&target))?;
@@ -146,6 +134,65 @@ impl Spool {
     }
 }
 
+/// Copies `input` to `output`, durably, and returns the SHA-256 and size of what it copied.
+///
+/// Two threads: this one reads and hashes, a second writes behind ([`WriteBehind`]), so that
+/// hashing, writing and the disk's work overlap. Buffers go back to the reader when written,
+/// so the copy touches the same few buffers throughout.
+fn copy_hashing(
+    mut input: File,
+    output: File,
+    source: &Path,
+    temporary: &Path,
+    max_size: u64,
+) -> Result<([u8; 32], u64), SpoolError> {
+    let (to_writer, chunks) = mpsc::sync_channel::<Vec<u8>>(COPY_QUEUE);
+    let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> io::Result<()> {
+            let mut output = output;
+            let mut behind = WriteBehind::new(0, false);
+            for chunk in chunks {
+                output.write_all(&chunk)?;
+                behind.wrote(&output, chunk.len())?;
+                let _ = recycle.send(chunk);
+            }
+            behind.finish(&output)
+        });
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut size = 0u64;
+        let read_result = loop {
+            let mut buffer = recycled.try_recv().unwrap_or_default();
+            buffer.resize(COPY_BUFFER, 0);
+            let read = match input.read(&mut buffer) {
+                Ok(0) => break Ok(()),
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source_error) => break Err(SpoolError::Io { path: source.to_owned(), source: source_error }),
+            };
+            size += read as u64;
+            if size > max_size {
+                break Err(SpoolError::TooLarge { path: source.to_owned(), size, limit: max_size });
+            }
+            buffer.truncate(read);
+            context.update(&buffer);
+            if to_writer.send(buffer).is_err() {
+                break Ok(()); // the writer failed; its error is reported below
+            }
+        };
+        drop(to_writer);
+        let write_result = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the spool writer thread panicked")))
+            .map_err(|source| SpoolError::Io { path: temporary.to_owned(), source });
+        read_result?;
+        write_result?;
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(context.finish().as_ref());
+        Ok((sha256, size))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +211,22 @@ mod tests {
         assert!(matches!(spool.ingest(&source, 2), Err(SpoolError::TooLarge { .. })));
         assert!(matches!(spool.ingest(state.path(), 10), Err(SpoolError::NotAFile(_))));
         assert!(matches!(spool.ingest(&state.path().join("missing"), 10), Err(SpoolError::Io { .. })));
+    }
+
+    #[test]
+    fn a_file_past_several_write_behind_steps_is_spooled_whole() {
+        let state = tempfile::tempdir().unwrap();
+        let spool = Spool::open(state.path()).unwrap();
+        let source = state.path().join("big.bin");
+        let size = 2 * gshare_common::files::WRITE_BEHIND_STEP + 4321;
+        let content: Vec<u8> = (0..size).map(|i| (i * 13 % 251) as u8).collect();
+        fs::write(&source, &content).unwrap();
+        let spooled = spool.ingest(&source, u64::MAX).unwrap();
+        let expected = ring::digest::digest(&ring::digest::SHA256, &content);
+        assert_eq!(spooled.sha256.as_slice(), expected.as_ref());
+        assert_eq!(spooled.size, size);
+        assert!(fs::read(spool.path(&spooled.hex())).unwrap() == content, "every byte in place");
+        assert!(matches!(spool.ingest(&source, size - 1), Err(SpoolError::TooLarge { .. })));
+        assert_eq!(fs::read_dir(state.path().join("spool")).unwrap().count(), 1, "no temporary left by the refusal");
     }
 }
