@@ -46,6 +46,8 @@ pub struct Partial {
     /// Bytes held: on disk before this attempt, plus everything handed to the writer.
     pub held: u64,
     chunks: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// Chunks the writer is done with, for the connection to read the next ones into.
+    written: std::sync::mpsc::Receiver<Vec<u8>>,
     writer: Option<std::thread::JoinHandle<io::Result<[u8; 32]>>>,
 }
 
@@ -58,10 +60,16 @@ impl std::fmt::Debug for Partial {
 impl Partial {
     fn start(file: File, held: u64, hash: ring::digest::Context) -> io::Result<Self> {
         let (sender, receiver) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let (done, written) = std::sync::mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("gshare-writer".into())
-            .spawn(move || write_behind(file, held, hash, receiver))?;
-        Ok(Self { held, chunks: Some(sender), writer: Some(writer) })
+            .spawn(move || write_behind(file, held, hash, receiver, done))?;
+        Ok(Self { held, chunks: Some(sender), written, writer: Some(writer) })
+    }
+
+    /// The buffers of chunks already written, to be reused (no allocation per chunk).
+    pub fn written_buffers(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.written.try_iter()
     }
 
     /// Hands `bytes` to the writer, waiting while its queue is full. An error is the writer's:
@@ -109,12 +117,14 @@ fn write_behind(
     held: u64,
     mut hash: ring::digest::Context,
     mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    done: std::sync::mpsc::Sender<Vec<u8>>,
 ) -> io::Result<[u8; 32]> {
     let mut behind = WriteBehind::new(held, true);
     while let Some(chunk) = chunks.blocking_recv() {
         file.write_all(&chunk)?;
         hash.update(&chunk);
         behind.wrote(&file, chunk.len())?;
+        let _ = done.send(chunk);
     }
     behind.finish(&file)?;
     let mut digest = [0u8; 32];

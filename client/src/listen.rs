@@ -237,6 +237,9 @@ where
                     return Err(SessionError::Protocol("more data than offered".into()));
                 }
                 partial.write(bytes).await?;
+                for buffer in partial.written_buffers() {
+                    connection.recycle(buffer);
+                }
             }
             Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
             None => return Err(SessionError::Protocol("closed in the middle of a file".into())),

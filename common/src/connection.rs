@@ -11,6 +11,8 @@ use gshare_proto::frame::{self, DeliveryId, Frame, FrameError};
 
 /// Bytes asked of the stream per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// Most spare data buffers kept for reuse.
+const MAX_SPARE: usize = 32;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,8 @@ pub struct Connection<S> {
     buffer: Vec<u8>,
     /// Bytes of free space asked for before each read.
     read_size: usize,
+    /// Buffers handed back by [`Connection::recycle`], for the next data frames.
+    spare: Vec<Vec<u8>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -43,21 +47,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A connection that reads up to `read_size` bytes at a time. A side that only receives
     /// small frames (the server's end of a member session) keeps less memory per connection.
     pub fn with_read_size(stream: S, read_size: usize) -> Self {
-        Self { stream, buffer: Vec::new(), read_size: read_size.max(1) }
+        Self { stream, buffer: Vec::new(), read_size: read_size.max(1), spare: Vec::new() }
     }
 
     /// The next frame; `None` when the peer closed the stream cleanly between frames.
     ///
     /// Cancel-safe: `read_buf` appends bytes only when a read completes, so this can sit in a
-    /// `select!` beside other work. Reads land directly in the frame buffer: no extra copy.
+    /// `select!` beside other work. Reads land directly in the frame buffer and stop at the end
+    /// of the frame being read, so a whole frame leaves the buffer empty (nothing to move). The
+    /// bytes of a data frame go into a recycled buffer when there is one.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
         loop {
-            if let Some((frame, used)) = frame::decode(&self.buffer)? {
+            let spare = &mut self.spare;
+            let decoded = frame::decode_with(&self.buffer, |bytes| match spare.pop() {
+                Some(mut reused) => {
+                    reused.clear();
+                    reused.extend_from_slice(bytes);
+                    reused
+                }
+                None => bytes.to_vec(),
+            })?;
+            if let Some((frame, used)) = decoded {
                 self.buffer.drain(..used);
                 return Ok(Some(frame));
             }
-            self.buffer.reserve(self.read_size);
-            let read = match self.stream.read_buf(&mut self.buffer).await {
+            let wanted = match frame::declared_len(&self.buffer) {
+                Some(frame_len) => frame_len - self.buffer.len(),
+                None => self.read_size,
+            };
+            self.buffer.reserve(wanted);
+            let read = match (&mut self.stream).take(wanted as u64).read_buf(&mut self.buffer).await {
                 Ok(read) => read,
                 // A TLS peer that vanishes without close_notify looks like this.
                 Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && self.buffer.is_empty() => {
@@ -68,6 +87,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if read == 0 {
                 return if self.buffer.is_empty() { Ok(None) } else { Err(ConnectionError::Truncated) };
             }
+        }
+    }
+
+    /// Hands back the buffer of a data frame that is done with, for the next one to reuse.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE {
+            self.spare.push(buffer);
         }
     }
 
@@ -130,6 +156,33 @@ mod tests {
             assert_eq!(reader.read_frame().await.unwrap(), Some(frame));
         }
         assert_eq!(reader.read_frame().await.unwrap(), None);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn data_frames_reuse_recycled_buffers() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut writer = Connection::new(a);
+        let mut reader = Connection::new(b);
+        let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 5000 + usize::from(i)]).collect();
+        let sent = chunks.clone();
+        let task = tokio::spawn(async move {
+            for chunk in &sent {
+                writer.write_data(DeliveryId(4), chunk).await.unwrap();
+            }
+            writer.write_frame(&Frame::Ping).await.unwrap();
+        });
+        let mut recycled_at = None;
+        for chunk in &chunks {
+            let Some(Frame::Data { delivery, bytes }) = reader.read_frame().await.unwrap() else { panic!("not data") };
+            assert_eq!((delivery, &bytes), (DeliveryId(4), chunk));
+            if let Some(pointer) = recycled_at {
+                assert_eq!(bytes.as_ptr(), pointer, "the recycled buffer was reused");
+            }
+            recycled_at = Some(bytes.as_ptr());
+            reader.recycle(bytes);
+        }
+        assert_eq!(reader.read_frame().await.unwrap(), Some(Frame::Ping));
         task.await.unwrap();
     }
 

@@ -256,9 +256,27 @@ pub fn data_header(delivery: DeliveryId, len: usize) -> Result<[u8; 17], crate::
     Ok(header)
 }
 
+/// The whole length (prefix included) of the frame that starts `buffer`, once its prefix is
+/// there and valid: how many bytes a reader needs before [`decode`] can succeed.
+pub fn declared_len(buffer: &[u8]) -> Option<usize> {
+    let prefix = buffer.get(..LENGTH_PREFIX)?;
+    let len = usize::try_from(u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]])).ok()?;
+    (len > 0 && len <= MAX_FRAME_LEN).then_some(LENGTH_PREFIX + len)
+}
+
 /// Decodes one frame from the start of `buffer`: `Ok(None)` if more bytes are needed, else the
 /// frame and how many bytes it took.
 pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    decode_with(buffer, <[u8]>::to_vec)
+}
+
+/// [`decode`], with the bytes of a data frame copied out by `copy_data`: a receiver that keeps
+/// spare buffers hands one out here instead of allocating for every chunk. `copy_data` is
+/// called at most once, with a whole chunk of at most [`MAX_CHUNK_LEN`] bytes.
+pub fn decode_with(
+    buffer: &[u8],
+    copy_data: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Result<Option<(Frame, usize)>, FrameError> {
     let Some(prefix) = buffer.get(..LENGTH_PREFIX) else { return Ok(None) };
     let declared = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     let len = usize::try_from(declared).unwrap_or(usize::MAX);
@@ -316,7 +334,7 @@ pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             if len > MAX_CHUNK_LEN {
                 return Err(DecodeError::invalid("data chunk", format!("{len} bytes")).into());
             }
-            Frame::Data { delivery, bytes: reader.take(len)?.to_vec() }
+            Frame::Data { delivery, bytes: copy_data(reader.take(len)?) }
         }
         10 => Frame::Ack { delivery: DeliveryId(reader.u64()?) },
         11 => Frame::Failed { delivery: DeliveryId(reader.u64()?), reason: read_text(&mut reader)? },
@@ -347,6 +365,15 @@ mod tests {
             password: Password::new("correct horse".into()).unwrap(),
             csr: vec![0x30; 300],
         }
+    }
+
+    #[test]
+    fn declared_len_is_known_once_a_valid_prefix_is_there() {
+        let frame = Frame::Ping.encode().unwrap();
+        assert_eq!(declared_len(&frame[..3]), None);
+        assert_eq!(declared_len(&frame), Some(frame.len()));
+        assert_eq!(declared_len(&[0, 0, 0, 0]), None, "zero length");
+        assert_eq!(declared_len(&[0x7f, 0xff, 0xff, 0xff]), None, "beyond the maximum");
     }
 
     #[test]
