@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use gshare_common::{Connection, ConnectionError};
 use gshare_proto::frame::{DeliveryId, Frame, MAX_CHUNK_LEN, Offer, Text};
@@ -241,24 +241,29 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(());
     }
     let path = server.spool.path(&delivery.sha256);
-    let mut file = tokio::fs::File::open(&path).await.map_err(SessionError::Spool)?;
-    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(SessionError::Spool)?;
-    let mut buffer = vec![0u8; MAX_CHUNK_LEN];
+    let file = Arc::new(std::fs::File::open(&path).map_err(SessionError::Spool)?);
+    // One chunk is read on a blocking thread while the one before it is encrypted and sent.
+    let mut reading = Some(read_chunk(&file, Vec::new(), offset, delivery.size));
+    let mut spare = Vec::new();
     let mut sent = offset;
     let mut next_progress = offset + PROGRESS_STEP;
-    while sent < delivery.size {
+    while let Some(read) = reading.take() {
         if *closed.borrow() {
             return Err(SessionError::Revoked);
         }
-        let want = usize::try_from(delivery.size - sent).unwrap_or(MAX_CHUNK_LEN).min(MAX_CHUNK_LEN);
-        let read = file.read(&mut buffer[..want]).await.map_err(SessionError::Spool)?;
-        if read == 0 {
+        let chunk = read.await.map_err(|error| SessionError::Spool(std::io::Error::other(error)))??;
+        if chunk.is_empty() {
             return Err(SessionError::Spool(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 format!("spool entry {} is shorter than recorded", delivery.sha256),
             )));
         }
-        connection.write_data(id, &buffer[..read]).await?;
+        let read = chunk.len();
+        if sent + (read as u64) < delivery.size {
+            reading = Some(read_chunk(&file, std::mem::take(&mut spare), sent + read as u64, delivery.size));
+        }
+        connection.write_data(id, &chunk).await?;
+        spare = chunk;
         sent += read as u64;
         if sent >= next_progress || sent == delivery.size {
             next_progress = sent + PROGRESS_STEP;
@@ -270,6 +275,31 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
     connection.flush().await?;
     tracing::info!(%user, delivery = id.0, bytes = sent - offset, "sent");
     Ok(())
+}
+
+/// Reads the chunk of the spool entry at `offset` (at most [`MAX_CHUNK_LEN`] bytes, not past
+/// `size`) into `buffer` on a blocking thread. Positional reads: the file is shared, never
+/// seeked. An empty chunk means the entry ended early.
+fn read_chunk(
+    file: &Arc<std::fs::File>,
+    mut buffer: Vec<u8>,
+    offset: u64,
+    size: u64,
+) -> tokio::task::JoinHandle<Result<Vec<u8>, SessionError>> {
+    use std::os::unix::fs::FileExt;
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || {
+        let want = usize::try_from(size.saturating_sub(offset)).unwrap_or(MAX_CHUNK_LEN).min(MAX_CHUNK_LEN);
+        buffer.resize(want, 0);
+        let read = loop {
+            match file.read_at(&mut buffer, offset) {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.map_err(SessionError::Spool)?,
+            }
+        };
+        buffer.truncate(read);
+        Ok(buffer)
+    })
 }
 
 /// Deletes spool entries that no pending delivery needs any more.
