@@ -9,7 +9,9 @@ sends a file with `send --wait`, measuring from the send until every member hold
 file: wall time, aggregate and per-member throughput, CPU seconds and peak RSS of the server and
 of the members. Each case is run several times and the median reported.
 
-In the same run it measures the ceiling, what no implementation can beat on this CPU: the bytes
+Beside it, the transport floor: the same bytes over plain TCP through the same namespaces, with
+no encryption, hashing or disk (bench/tcp_floor.py), to show what the kernel's networking alone
+costs here. In the same run it measures the ceiling, what no implementation can beat on this CPU: the bytes
 that must be encrypted, decrypted and SHA-256 hashed (openssl speed, AES-256-GCM as rustls
 negotiates and SHA-256), spread over the cores, and UFTP 4 (Debian's uftp, installed if
 missing) with AES-256-GCM delivering the same file to the same hosts.
@@ -164,6 +166,32 @@ def ceiling_seconds(size, members, speeds, cores):
     aes, sha = speeds["aes-256-gcm"], speeds["sha256"]
     work = size / sha + members * size / aes + members * (size / aes + size / sha)
     return work / cores
+
+
+def tcp_floor_seconds(size, members):
+    """Seconds for plain TCP to carry `size` bytes to each of `members` hosts through the same
+    namespaces: no encryption, hashing or disk (bench/tcp_floor.py)."""
+    script = ROOT / "bench" / "tcp_floor.py"
+    sinks = []
+    try:
+        for i in range(1, members + 1):
+            sink = subprocess.Popen(in_ns(f"m{i}", sys.executable, script, "sink", f"{MEMBER_IP.format(10 + i)}:7500", size),
+                                    stdout=subprocess.PIPE, text=True)
+            sinks.append(sink)
+            if sink.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"tcp floor: the sink on m{i} did not start")
+        started = time.monotonic()
+        targets = [f"{MEMBER_IP.format(10 + i)}:7500" for i in range(1, members + 1)]
+        sh(*in_ns("server", sys.executable, script, "source", size, *targets), timeout=TRANSFER_TIMEOUT)
+        for sink in sinks:
+            if sink.wait(timeout=TRANSFER_TIMEOUT) != 0:
+                raise RuntimeError("tcp floor: a sink failed")
+        return time.monotonic() - started
+    finally:
+        for sink in sinks:
+            if sink.poll() is None:
+                sink.kill()
+                sink.wait()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +424,7 @@ def main():
                             "runs": args.runs,
                             "gshare": {key: statistics.median(r[key] for r in runs) for key in runs[0]},
                             "ceiling_seconds": ceiling_seconds(size, members, speeds, cores),
+                            "tcp_floor_seconds": statistics.median(tcp_floor_seconds(size, members) for _ in range(args.runs)),
                         }
                         if uftp is not None:
                             uftp_runs = [uftp.send(data, members) for _ in range(args.runs)]
@@ -423,7 +452,7 @@ def report_row(row):
     g = row["gshare"]
     line = (f"{human(row['size']):>8} x {row['members']} members: gshare {g['seconds']:.2f} s "
             f"({row['size'] * row['members'] / g['seconds'] / MIB:.0f} MiB/s aggregate), "
-            f"ceiling {row['ceiling_seconds']:.2f} s")
+            f"ceiling {row['ceiling_seconds']:.2f} s, plain TCP {row['tcp_floor_seconds']:.2f} s")
     if "uftp" in row:
         line += f", uftp {row['uftp']['seconds']:.2f} s"
     print(line, flush=True)
@@ -431,7 +460,7 @@ def report_row(row):
 
 def print_table(results):
     columns = ["size", "members", "gshare s", "of which spooling s", "aggregate MiB/s", "per member MiB/s", "ceiling s",
-               "gshare / ceiling", "UFTP s", "UFTP / gshare", "server CPU s", "members CPU s",
+               "gshare / ceiling", "plain TCP s", "UFTP s", "UFTP / gshare", "server CPU s", "members CPU s",
                "server peak RSS MiB", "member peak RSS MiB"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("---" for _ in columns) + "|")
@@ -442,6 +471,7 @@ def print_table(results):
             human(size), str(members), f"{g['seconds']:.2f}", f"{g.get('spool_seconds', float('nan')):.2f}",
             f"{size * members / g['seconds'] / MIB:.0f}", f"{size / g['seconds'] / MIB:.0f}",
             f"{row['ceiling_seconds']:.2f}", f"{g['seconds'] / row['ceiling_seconds']:.2f}",
+            f"{row['tcp_floor_seconds']:.2f}" if "tcp_floor_seconds" in row else "-",
             f"{uftp['seconds']:.2f}" if uftp else "-", f"{uftp['seconds'] / g['seconds']:.1f}" if uftp else "-",
             f"{g['server_cpu_seconds']:.2f}", f"{g['member_cpu_seconds']:.2f}",
             f"{g['server_peak_rss_mib']:.0f}", f"{g['member_peak_rss_mib']:.0f}",

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""The transport floor of the fan-out benchmark: the same bytes sent over plain TCP through the
+same namespaces, with no encryption, no hashing and no disk, to show what the kernel's
+networking alone costs on this machine. bench/run.py runs it; by hand:
+
+    tcp_floor.py sink 192.0.2.11:7500 1073741824      # in each member's namespace
+    tcp_floor.py source 1073741824 192.0.2.11:7500 ...  # in the server's namespace
+
+`sink` prints "ready" once listening, takes one connection, reads the given number of bytes
+into a reused buffer and exits 0. `source` sends that many bytes to every sink at once, one
+thread each (the GIL is released while a thread waits in sendall).
+"""
+
+import socket
+import sys
+import threading
+
+CHUNK = 256 * 1024
+
+
+def address(text):
+    host, port = text.rsplit(":", 1)
+    return host, int(port)
+
+
+def sink(listen, size):
+    with socket.create_server(address(listen)) as server:
+        print("ready", flush=True)
+        connection, _ = server.accept()
+        buffer = bytearray(CHUNK)
+        left = size
+        with connection:
+            while left:
+                read = connection.recv_into(buffer, min(left, CHUNK))
+                if read == 0:
+                    sys.exit(f"sink: the source closed with {left} bytes to go")
+                left -= read
+
+
+def source(size, targets):
+    payload = bytes(CHUNK)
+    errors = []
+
+    def send(target):
+        try:
+            with socket.create_connection(address(target)) as connection:
+                left = size
+                while left:
+                    step = min(left, CHUNK)
+                    connection.sendall(payload[:step])
+                    left -= step
+        except OSError as error:
+            errors.append(f"{target}: {error}")
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        sys.exit("source: " + "; ".join(errors))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "sink":
+        sink(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) >= 4 and sys.argv[1] == "source":
+        source(int(sys.argv[2]), sys.argv[3:])
+    else:
+        sys.exit(__doc__)
