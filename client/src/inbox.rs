@@ -291,6 +291,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_disk_that_refuses_writes_is_an_error_not_a_hang() {
+        let full = File::options().write(true).open("/dev/full").unwrap();
+        let mut partial = Partial::start(full, 0, ring::digest::Context::new(&ring::digest::SHA256)).unwrap();
+        let mut result = Ok(());
+        for _ in 0..WRITE_QUEUE + 2 {
+            result = partial.write(vec![0; 1024]).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        let error = match result {
+            Err(error) => error,
+            Ok(()) => partial.finish().unwrap_err(),
+        };
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull, "{error}");
+    }
+
+    #[tokio::test]
     async fn symlinks_are_never_followed_or_replaced() {
         let (root, inbox) = inbox();
         let out = root.path().join("out");
