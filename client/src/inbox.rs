@@ -13,7 +13,7 @@
 //!   or acknowledged without a second copy.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -113,20 +113,19 @@ impl Drop for Partial {
 
 /// The writer thread: appends and hashes until the queue closes, then flushes everything.
 fn write_behind(
-    mut file: File,
+    file: File,
     held: u64,
     mut hash: ring::digest::Context,
     mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
     done: std::sync::mpsc::Sender<Vec<u8>>,
 ) -> io::Result<[u8; 32]> {
-    let mut behind = WriteBehind::new(held, true);
+    let mut behind = WriteBehind::new(file, held, true);
     while let Some(chunk) = chunks.blocking_recv() {
-        file.write_all(&chunk)?;
+        behind.write(&chunk)?;
         hash.update(&chunk);
-        behind.wrote(&file, chunk.len())?;
         let _ = done.send(chunk);
     }
-    behind.finish(&file)?;
+    behind.finish()?;
     let mut digest = [0u8; 32];
     digest.copy_from_slice(hash.finish().as_ref());
     Ok(digest)

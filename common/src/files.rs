@@ -42,7 +42,7 @@ pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// Bytes written between write-behind steps.
 pub const WRITE_BEHIND_STEP: u64 = 32 * 1024 * 1024;
 
-/// Tracks a long sequential write and makes it durable every [`WRITE_BEHIND_STEP`] bytes
+/// A file written sequentially through [`WriteBehind::write`], made durable every [`WRITE_BEHIND_STEP`] bytes
 /// (`fdatasync`), so that the disk works while the writer goes on instead of all at the end.
 ///
 /// With `forget` it also drops what is durable from the page cache: a large received file then
@@ -52,40 +52,43 @@ pub const WRITE_BEHIND_STEP: u64 = 32 * 1024 * 1024;
 /// cache took 3 s there, into recycled pages 0.3 s).
 #[derive(Debug)]
 pub struct WriteBehind {
+    file: fs::File,
     written: u64,
     durable: u64,
     forget: bool,
 }
 
 impl WriteBehind {
-    /// Starts at `offset`: the bytes already in the file, taken as durable.
-    pub fn new(offset: u64, forget: bool) -> Self {
-        Self { written: offset, durable: offset, forget }
+    /// Writes on at the current position of `file`; the `offset` bytes before it are taken
+    /// as durable.
+    pub fn new(file: fs::File, offset: u64, forget: bool) -> Self {
+        Self { file, written: offset, durable: offset, forget }
     }
 
-    /// Records `len` more bytes written to `file`, and takes a step when one is due.
-    pub fn wrote(&mut self, file: &fs::File, len: usize) -> io::Result<()> {
-        self.written += len as u64;
+    /// Appends `bytes`, and takes a step when one is due.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.written += bytes.len() as u64;
         if self.written - self.durable >= WRITE_BEHIND_STEP {
-            rustix::fs::fdatasync(file)?;
+            rustix::fs::fdatasync(&self.file)?;
             self.durable = self.written;
-            self.forget_durable(file);
+            self.forget_durable();
         }
         Ok(())
     }
 
     /// Makes everything durable (data and metadata).
-    pub fn finish(mut self, file: &fs::File) -> io::Result<()> {
-        file.sync_all()?;
+    pub fn finish(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
         self.durable = self.written;
-        self.forget_durable(file);
+        self.forget_durable();
         Ok(())
     }
 
-    fn forget_durable(&self, file: &fs::File) {
+    fn forget_durable(&self) {
         if let (true, Some(len)) = (self.forget, std::num::NonZeroU64::new(self.durable)) {
             // Advice only: a file system that cannot drop pages (tmpfs) keeps them.
-            let _ = rustix::fs::fadvise(file, 0, Some(len), rustix::fs::Advice::DontNeed);
+            let _ = rustix::fs::fadvise(&self.file, 0, Some(len), rustix::fs::Advice::DontNeed);
         }
     }
 }

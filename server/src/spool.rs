@@ -7,7 +7,7 @@
 //! it once. Blocking: call it on a blocking thread.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -150,14 +150,12 @@ fn copy_hashing(
     let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> io::Result<()> {
-            let mut output = output;
-            let mut behind = WriteBehind::new(0, false);
+            let mut behind = WriteBehind::new(output, 0, false);
             for chunk in chunks {
-                output.write_all(&chunk)?;
-                behind.wrote(&output, chunk.len())?;
+                behind.write(&chunk)?;
                 let _ = recycle.send(chunk);
             }
-            behind.finish(&output)
+            behind.finish()
         });
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         let mut size = 0u64;
