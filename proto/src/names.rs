@@ -193,7 +193,12 @@ impl FileName {
             Some(dot) if dot > 0 => self.0.split_at(dot),
             _ => (self.0.as_str(), ""),
         };
-        let suffix = format!(" ({n}){extension}");
+        // An extension so long that the number would not fit beside it is cut with the stem:
+        // the number goes at the end instead, so the loop below always ends with a stem left.
+        let (stem, suffix) = match format!(" ({n}){extension}") {
+            suffix if suffix.len() < MAX_FILE_NAME_LEN => (stem, suffix),
+            _ => (self.0.as_str(), format!(" ({n})")),
+        };
         let mut stem = stem.to_owned();
         while stem.len() + suffix.len() > MAX_FILE_NAME_LEN {
             stem.pop();
@@ -328,6 +333,33 @@ mod tests {
         let numbered = long.numbered(10);
         assert!(numbered.as_str().len() <= MAX_FILE_NAME_LEN && numbered.as_str().ends_with(" (10).txt"));
         assert!(FileName::new(numbered.as_str()).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn numbered_names_always_fit_and_stay_valid(stem in "[a-z ]{0,200}", extension in "[a-zé]{0,250}", n in 1u32..=10_000) {
+            let text = format!("x{stem}.{extension}");
+            if let Ok(name) = FileName::new(&text) {
+                let numbered = name.numbered(n);
+                proptest::prop_assert!(numbered.as_str().len() <= MAX_FILE_NAME_LEN);
+                proptest::prop_assert!(FileName::new(numbered.as_str()).is_ok());
+                let number = format!(" ({n})");
+                proptest::prop_assert!(numbered.as_str().contains(&number));
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_extension_hangs_the_member() {
+        // Regression: the stem emptied and the loop that cut it never ended.
+        let name = FileName::new(&format!("a.{}", "x".repeat(253))).unwrap();
+        for n in [1, 10, 10_000] {
+            let numbered = name.numbered(n);
+            assert!(numbered.as_str().len() <= MAX_FILE_NAME_LEN, "{}", numbered.as_str().len());
+            assert!(numbered.as_str().ends_with(&format!(" ({n})")));
+            assert!(FileName::new(numbered.as_str()).is_ok());
+            assert_ne!(numbered, name);
+        }
     }
 
     #[test]
