@@ -1,7 +1,11 @@
 //! Where received files are written, safely: the out directory, opened once, and every file
 //! operation relative to that directory handle.
 //!
-//! - Data goes into `.gshare-<delivery>.part`, opened with `O_NOFOLLOW` (a symlink planted
+//! Deliveries are known by [`DeliveryKey`]: the server's delivery id and the file's SHA-256
+//! together. The id alone can repeat (a server whose database was reset numbers from 1
+//! again); with the hash, a new file is never mistaken for one already received.
+//!
+//! - Data goes into `.gshare-<id>-<sha256>.part`, opened with `O_NOFOLLOW` (a symlink planted
 //!   under that name is removed, never followed) and mode 0600. An interrupted transfer leaves
 //!   it behind, and the next offer of the same delivery resumes from its length, re-hashing
 //!   what is already there.
@@ -22,6 +26,21 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use gshare_common::files::WriteBehind;
 use gshare_proto::FileName;
 use gshare_proto::frame::DeliveryId;
+
+/// What names one delivery on this member: the server's id and the file's SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryKey {
+    pub id: DeliveryId,
+    pub sha256: [u8; 32],
+}
+
+impl DeliveryKey {
+    /// `<id>-<sha256 hex>`: the journal entry's name, and the middle of the temporary file's.
+    fn label(&self) -> String {
+        let hex: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{hex}", self.id.0)
+    }
+}
 
 /// Most numbered variants tried for a name that is taken.
 const MAX_NUMBERED: u32 = 10_000;
@@ -131,8 +150,8 @@ fn write_behind(
     Ok(digest)
 }
 
-fn temporary_name(delivery: DeliveryId) -> String {
-    format!("{}{}.part", gshare_proto::names::RESERVED_FILE_PREFIX, delivery.0)
+fn temporary_name(delivery: &DeliveryKey) -> String {
+    format!("{}{}.part", gshare_proto::names::RESERVED_FILE_PREFIX, delivery.label())
 }
 
 impl Inbox {
@@ -149,18 +168,18 @@ impl Inbox {
         &self.path
     }
 
-    fn journal_entry(&self, delivery: DeliveryId) -> PathBuf {
-        self.journal.join(delivery.0.to_string())
+    fn journal_entry(&self, delivery: &DeliveryKey) -> PathBuf {
+        self.journal.join(delivery.label())
     }
 
     /// The name a delivery was stored under, if it was.
-    pub fn delivered_name(&self, delivery: DeliveryId) -> Option<String> {
+    pub fn delivered_name(&self, delivery: &DeliveryKey) -> Option<String> {
         std::fs::read_to_string(self.journal_entry(delivery)).ok()
     }
 
     /// Opens the temporary file of `delivery` to receive a file of `size` bytes, keeping and
     /// re-hashing what an earlier, interrupted attempt left.
-    pub fn prepare(&self, delivery: DeliveryId, size: u64) -> io::Result<Partial> {
+    pub fn prepare(&self, delivery: &DeliveryKey, size: u64) -> io::Result<Partial> {
         let name = temporary_name(delivery);
         let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(&self.dir, name.as_str(), flags, Mode::from_raw_mode(0o600)) {
@@ -201,18 +220,18 @@ impl Inbox {
     }
 
     /// Throws away the temporary file of `delivery`.
-    pub fn discard(&self, delivery: DeliveryId) {
+    pub fn discard(&self, delivery: &DeliveryKey) {
         let _ = rustix::fs::unlinkat(&self.dir, temporary_name(delivery).as_str(), AtFlags::empty());
     }
 
     /// Whether the verified temporary file of `delivery` is still waiting for its rename.
-    pub fn has_temporary(&self, delivery: DeliveryId) -> bool {
+    pub fn has_temporary(&self, delivery: &DeliveryKey) -> bool {
         rustix::fs::statat(&self.dir, temporary_name(delivery).as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
     /// Gives the verified temporary file of `delivery` its final name: `name`, or the first
     /// free numbered variant. Returns the name used.
-    pub fn store(&self, delivery: DeliveryId, name: &FileName) -> io::Result<FileName> {
+    pub fn store(&self, delivery: &DeliveryKey, name: &FileName) -> io::Result<FileName> {
         let temporary = temporary_name(delivery);
         for n in 0..=MAX_NUMBERED {
             let candidate = if n == 0 { name.clone() } else { name.numbered(n) };
@@ -252,10 +271,14 @@ mod tests {
         out
     }
 
+    fn key(id: u64, content: &[u8]) -> DeliveryKey {
+        DeliveryKey { id: DeliveryId(id), sha256: sha256(content) }
+    }
+
     #[tokio::test]
     async fn a_resumed_file_hashes_as_a_whole_and_keeps_an_existing_name() {
         let (root, inbox) = inbox();
-        let delivery = DeliveryId(7);
+        let delivery = &key(7, b"helloworld");
         let mut partial = inbox.prepare(delivery, 10).unwrap();
         partial.write(b"hello".to_vec()).await.unwrap();
         drop(partial); // interrupted
@@ -279,13 +302,14 @@ mod tests {
         let (root, inbox) = inbox();
         let size = 2 * gshare_common::files::WRITE_BEHIND_STEP + 12_345;
         let content: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        let mut partial = inbox.prepare(DeliveryId(3), size).unwrap();
+        let delivery = &key(3, &content);
+        let mut partial = inbox.prepare(delivery, size).unwrap();
         for chunk in content.chunks(256 * 1024) {
             partial.write(chunk.to_vec()).await.unwrap();
         }
         assert_eq!(partial.held, size);
         assert_eq!(partial.finish().unwrap(), sha256(&content));
-        inbox.store(DeliveryId(3), &FileName::new("big.bin").unwrap()).unwrap();
+        inbox.store(delivery, &FileName::new("big.bin").unwrap()).unwrap();
         assert!(std::fs::read(root.path().join("out/big.bin")).unwrap() == content, "every byte in place");
     }
 
@@ -314,12 +338,13 @@ mod tests {
         let outside = root.path().join("outside.txt");
         std::fs::write(&outside, b"precious").unwrap();
         // A symlink where the temporary file goes, and one under the final name.
-        std::os::unix::fs::symlink(&outside, out.join(temporary_name(DeliveryId(1)))).unwrap();
+        let delivery = &key(1, b"new");
+        std::os::unix::fs::symlink(&outside, out.join(temporary_name(delivery))).unwrap();
         std::os::unix::fs::symlink(&outside, out.join("report.pdf")).unwrap();
-        let mut partial = inbox.prepare(DeliveryId(1), 3).unwrap();
+        let mut partial = inbox.prepare(delivery, 3).unwrap();
         partial.write(b"new".to_vec()).await.unwrap();
         partial.finish().unwrap();
-        let stored = inbox.store(DeliveryId(1), &FileName::new("report.pdf").unwrap()).unwrap();
+        let stored = inbox.store(delivery, &FileName::new("report.pdf").unwrap()).unwrap();
         assert_eq!(stored.as_str(), "report (1).pdf");
         assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
         assert!(std::fs::symlink_metadata(out.join("report.pdf")).unwrap().file_type().is_symlink());
@@ -328,9 +353,31 @@ mod tests {
     #[tokio::test]
     async fn a_longer_leftover_is_started_over() {
         let (_root, inbox) = inbox();
-        let mut partial = inbox.prepare(DeliveryId(2), 100).unwrap();
+        let delivery = &key(2, b"");
+        let mut partial = inbox.prepare(delivery, 100).unwrap();
         partial.write(vec![1; 50]).await.unwrap();
         drop(partial);
-        assert_eq!(inbox.prepare(DeliveryId(2), 10).unwrap().held, 0);
+        assert_eq!(inbox.prepare(delivery, 10).unwrap().held, 0);
+    }
+
+    #[tokio::test]
+    async fn the_members_journal_is_keyed_by_delivery_id_only() {
+        // Regression: after the server's database was reset, delivery ids started at 1 again
+        // and a new file with an old id was acknowledged as already received, unwritten.
+        let (root, inbox) = inbox();
+        let old = &key(1, b"old");
+        let mut partial = inbox.prepare(old, 3).unwrap();
+        partial.write(b"old".to_vec()).await.unwrap();
+        partial.finish().unwrap();
+        inbox.store(old, &FileName::new("a.txt").unwrap()).unwrap();
+        let new = &key(1, b"new!");
+        assert_eq!(inbox.delivered_name(new), None, "same id, other file: not received yet");
+        let mut partial = inbox.prepare(new, 4).unwrap();
+        assert_eq!(partial.held, 0);
+        partial.write(b"new!".to_vec()).await.unwrap();
+        partial.finish().unwrap();
+        assert_eq!(inbox.store(new, &FileName::new("a.txt").unwrap()).unwrap().as_str(), "a (1).txt");
+        assert_eq!(std::fs::read(root.path().join("out/a (1).txt")).unwrap(), b"new!");
+        assert_eq!(inbox.delivered_name(old).as_deref(), Some("a.txt"));
     }
 }

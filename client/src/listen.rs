@@ -1,11 +1,13 @@
 //! `listen`: receive every file sent to our groups, until stopped.
 //!
-//! The member joins its groups first (harmless if already joined), then keeps a session open:
+//! The member asks to join its groups (harmless if already joined) and keeps a session open:
 //! TLS with its client certificate, a subscription, and offers answered one by one (see the
-//! server's `session` module for the exchange). When the server goes away the client
-//! reconnects after a delay that doubles up to [`MAX_BACKOFF`], with jitter so that many
-//! members do not return at the same instant. A refusal that will not change by retrying
-//! (revoked, not a member) ends `listen` with the reason.
+//! server's `session` module for the exchange). It never waits on the server: a member that
+//! joined before opens its session without waiting for a join reply, and while the server is
+//! down or restarting (at boot, during an upgrade) `listen` says so once and keeps trying,
+//! joins and session alike, after a delay that doubles up to [`MAX_BACKOFF`], with jitter so
+//! that many members do not return at the same instant. A refusal that will not change by
+//! retrying (revoked, not allowed in the group) ends `listen` with the reason.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,7 +24,7 @@ use gshare_proto::{FileName, GroupName, ServerAddress};
 
 use crate::home::ClientSettings;
 use crate::identity::Enrollment;
-use crate::inbox::Inbox;
+use crate::inbox::{DeliveryKey, Inbox};
 use crate::membership::{self, Direction};
 use crate::tls::{PinnedCaVerifier, server_name, session_config};
 
@@ -34,6 +36,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Silence after which the server is taken for gone (it pings every 15 s when idle).
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+/// Time to reach the server: TCP connection, then TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why `listen` stopped.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,8 @@ enum SessionError {
     Disk(#[from] std::io::Error),
     #[error("server refused the session: {0}")]
     Refused(String),
+    #[error("the server cannot take the session now: {0}")]
+    Busy(String),
 }
 
 /// What to listen for and where to put it.
@@ -88,14 +94,6 @@ pub async fn listen(
     options: &ListenOptions,
 ) -> Result<(), ListenError> {
     let server = settings.server.clone().ok_or(ListenError::NoServer)?;
-    for group in &options.groups {
-        match membership::request(settings, enrollment, Direction::Join, group).await? {
-            Outcome::Accepted => tracing::info!(%group, "joined"),
-            Outcome::Refused { message, .. } => {
-                return Err(ListenError::Refused { verb: "join", reason: message.as_str().to_owned() });
-            }
-        }
-    }
     let journal = settings.home.join("received").join(hex_prefix(&enrollment.ca_fingerprint().0));
     let mut inboxes = HashMap::new();
     for group in &options.groups {
@@ -106,12 +104,36 @@ pub async fn listen(
     }
     let verifier = PinnedCaVerifier::new(Some(enrollment.ca_fingerprint()));
     let config = session_config(verifier, &enrollment.certificate_der, &enrollment.key_pem)?;
+    let mut joined: Vec<GroupName> = Vec::new();
+    let mut waiting = Waiting::default();
     let mut backoff = MIN_BACKOFF;
     loop {
+        let unanswered: Vec<GroupName> = options.groups.iter().filter(|g| !joined.contains(g)).cloned().collect();
+        for group in &unanswered {
+            match membership::request(settings, enrollment, Direction::Join, group).await {
+                Ok(Outcome::Accepted) => {
+                    tracing::info!(%group, "joined");
+                    joined.push(group.clone());
+                }
+                Ok(Outcome::Refused { message, .. }) => {
+                    return Err(ListenError::Refused { verb: "join", reason: message.as_str().to_owned() });
+                }
+                // No reply is the server being down; a member that joined before can still
+                // open its session, and the join is asked again next round.
+                Err(error) => waiting.note(&format!("{error}; trying again until it answers")),
+            }
+        }
         let started = Instant::now();
-        match session(&server, Arc::clone(&config), &options.groups, &inboxes).await {
+        let mut connected = false;
+        match session(&server, Arc::clone(&config), &options.groups, &inboxes, &mut connected, &mut waiting).await {
             Ok(()) => tracing::info!(%server, "the server closed the session"),
+            // Not a member yet, while a join is unanswered: the join may still get through.
+            Err(SessionError::Refused(reason)) if joined.len() < options.groups.len() => waiting
+                .note(&format!("the server refused the session ({reason}) while a join is unanswered; trying again")),
             Err(SessionError::Refused(reason)) => return Err(ListenError::Refused { verb: "the session", reason }),
+            Err(error @ (SessionError::Connect(_) | SessionError::Busy(_))) if !connected => {
+                waiting.note(&format!("{server}: {error}; trying again until it answers"))
+            }
             Err(error) => tracing::warn!(%server, %error, "session lost"),
         }
         if started.elapsed() >= STABLE_SESSION {
@@ -121,6 +143,29 @@ pub async fn listen(
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
         tokio::time::sleep(delay).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// What `listen` has told the person about an unreachable server: once, not once per retry,
+/// until it is reachable again.
+#[derive(Debug, Default)]
+struct Waiting {
+    told: bool,
+}
+
+impl Waiting {
+    fn note(&mut self, sentence: &str) {
+        if !self.told {
+            eprintln!("{sentence}");
+            self.told = true;
+        }
+        tracing::debug!("{sentence}");
+    }
+
+    fn reached(&mut self, server: &ServerAddress) {
+        if std::mem::take(&mut self.told) {
+            eprintln!("connected to the server at {server}");
+        }
     }
 }
 
@@ -140,21 +185,28 @@ async fn session(
     config: Arc<rustls::ClientConfig>,
     groups: &[GroupName],
     inboxes: &HashMap<GroupName, Inbox>,
+    connected: &mut bool,
+    waiting: &mut Waiting,
 ) -> Result<(), SessionError> {
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(server.as_str()))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server.as_str()))
         .await
         .map_err(|_| SessionError::Connect("timed out".into()))?
         .map_err(|e| SessionError::Connect(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    let tls = TlsConnector::from(config)
-        .connect(server_name(), tcp)
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(config).connect(server_name(), tcp))
         .await
+        .map_err(|_| SessionError::Connect("the TLS handshake timed out".into()))?
         .map_err(|e| SessionError::Connect(e.to_string()))?;
     let mut connection = Connection::new(tls);
+    connection.set_write_timeout(SILENCE_LIMIT);
     connection.write_frame(&Frame::Subscribe { groups: groups.to_vec() }).await?;
     match read(&mut connection).await? {
-        Some(Frame::Subscribed) => {}
+        Some(Frame::Subscribed) => {
+            *connected = true;
+            waiting.reached(server);
+        }
         Some(Frame::Refused { reason }) => return Err(SessionError::Refused(reason.to_string())),
+        Some(Frame::Busy { reason }) => return Err(SessionError::Busy(reason.to_string())),
         Some(_) => return Err(SessionError::Protocol("an unexpected answer to the subscription".into())),
         None => return Err(SessionError::Protocol("closed before answering the subscription".into())),
     }
@@ -165,6 +217,8 @@ async fn session(
             None => return Ok(()),
             Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
             Some(Frame::Pong) => {}
+            // A cancellation that crossed the end of its transfer: nothing left to stop.
+            Some(Frame::Cancel { .. }) => {}
             Some(Frame::Offer(offer)) => receive(&mut connection, offer, inboxes).await?,
             Some(Frame::Refused { reason }) => return Err(SessionError::Refused(reason.to_string())),
             Some(_) => return Err(SessionError::Protocol("an unexpected frame between deliveries".into())),
@@ -192,6 +246,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let id = offer.delivery;
+    let key = &DeliveryKey { id, sha256: offer.sha256 };
     let decline = |reason: String| Frame::Decline { delivery: id, reason: Text::new(&reason) };
     let name = match FileName::from_bytes(&offer.name) {
         Ok(name) => name,
@@ -209,9 +264,9 @@ where
 
     // Already stored (our acknowledgement was lost): finish the rename if a crash interrupted
     // it, and acknowledge without taking the data again.
-    if let Some(stored) = inbox.delivered_name(id) {
-        if inbox.has_temporary(id) {
-            inbox.store(id, &FileName::new(&stored).unwrap_or(name.clone()))?;
+    if let Some(stored) = inbox.delivered_name(key) {
+        if inbox.has_temporary(key) {
+            inbox.store(key, &FileName::new(&stored).unwrap_or(name.clone()))?;
         }
         connection.write_frame(&Frame::Resume { delivery: id, offset: offer.size }).await?;
         connection.write_frame(&Frame::Ack { delivery: id }).await?;
@@ -219,7 +274,7 @@ where
         return Ok(());
     }
 
-    let mut partial = inbox.prepare(id, offer.size)?;
+    let mut partial = inbox.prepare(key, offer.size)?;
     if partial.held > 0 {
         tracing::info!(delivery = id.0, file = %name, offset = partial.held, "resuming");
     }
@@ -229,7 +284,7 @@ where
             Some(Frame::Data { delivery, bytes }) if delivery == id => {
                 if partial.held + bytes.len() as u64 > offer.size {
                     drop(partial);
-                    inbox.discard(id);
+                    inbox.discard(key);
                     tracing::warn!(delivery = id.0, file = %name, "the server sent more data than it offered");
                     connection
                         .write_frame(&Frame::Failed { delivery: id, reason: Text::new("more data than offered") })
@@ -242,19 +297,26 @@ where
                 }
             }
             Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
+            Some(Frame::Cancel { delivery, reason }) if delivery == id => {
+                drop(partial);
+                inbox.discard(key);
+                tracing::info!(delivery = id.0, file = %name, "the server withdrew the file: {reason}");
+                eprintln!("{}/{name}: withdrawn by the server ({reason}); nothing kept", offer.group);
+                return Ok(());
+            }
             None => return Err(SessionError::Protocol("closed in the middle of a file".into())),
             Some(_) => return Err(SessionError::Protocol("an unexpected frame in the middle of a file".into())),
         }
     }
     let digest = partial.finish()?;
     if digest != offer.sha256 {
-        inbox.discard(id);
+        inbox.discard(key);
         tracing::warn!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
         eprintln!("{}/{name}: SHA-256 mismatch; thrown away, the server will offer it again", offer.group);
         let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
         return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
     }
-    let stored = inbox.store(id, &name)?;
+    let stored = inbox.store(key, &name)?;
     connection.write_frame(&Frame::Ack { delivery: id }).await?;
     if stored != name {
         tracing::warn!(file = %name, stored_as = %stored, "a different file already had the name; kept it");

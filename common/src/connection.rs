@@ -4,8 +4,14 @@
 //! A clean end of stream between frames is `Ok(None)`; an end in the middle of a frame is an
 //! error. The read buffer never holds more than one maximum frame plus one read's worth,
 //! because the decoder refuses a declared length above the maximum before waiting for it.
+//! A side that expects only small frames (a server reading a stranger's request) lowers that
+//! maximum with [`Connection::limit_frames`], and a side that must not wait on a peer forever
+//! bounds every write with [`Connection::set_write_timeout`].
+
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
 
 use gshare_proto::frame::{self, DeliveryId, Frame, FrameError};
 
@@ -25,6 +31,8 @@ pub enum ConnectionError {
     Encode(#[from] gshare_proto::EncodeError),
     #[error("peer closed the connection in the middle of a frame")]
     Truncated,
+    #[error("peer took no data for {} seconds", .0.as_secs())]
+    WriteTimeout(Duration),
 }
 
 /// A byte stream with a read buffer, read and written in whole frames.
@@ -36,6 +44,10 @@ pub struct Connection<S> {
     read_size: usize,
     /// Buffers handed back by [`Connection::recycle`], for the next data frames.
     spare: Vec<Vec<u8>>,
+    /// Largest frame accepted, prefix included.
+    max_frame_len: usize,
+    /// Longest time one write or flush may take.
+    write_timeout: Option<Duration>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -47,7 +59,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A connection that reads up to `read_size` bytes at a time. A side that only receives
     /// small frames (the server's end of a member session) keeps less memory per connection.
     pub fn with_read_size(stream: S, read_size: usize) -> Self {
-        Self { stream, buffer: Vec::new(), read_size: read_size.max(1), spare: Vec::new() }
+        Self {
+            stream,
+            buffer: Vec::new(),
+            read_size: read_size.max(1),
+            spare: Vec::new(),
+            max_frame_len: frame::MAX_FRAME_LEN + frame::LENGTH_PREFIX,
+            write_timeout: None,
+        }
+    }
+
+    /// Refuses frames longer than `max_body` bytes (after the length prefix) as soon as their
+    /// prefix arrives, before any memory is set aside for them.
+    pub fn limit_frames(&mut self, max_body: usize) {
+        self.max_frame_len = max_body.min(frame::MAX_FRAME_LEN) + frame::LENGTH_PREFIX;
+    }
+
+    /// Bounds every write and flush by `limit`; one that takes longer fails with
+    /// [`ConnectionError::WriteTimeout`] (the peer is not reading).
+    pub fn set_write_timeout(&mut self, limit: Duration) {
+        self.write_timeout = Some(limit);
+    }
+
+    /// Runs one write step under the write timeout, if one is set.
+    async fn bounded<T>(
+        limit: Option<Duration>,
+        step: impl Future<Output = std::io::Result<T>>,
+    ) -> Result<T, ConnectionError> {
+        match limit {
+            Some(limit) => Ok(timeout(limit, step).await.map_err(|_| ConnectionError::WriteTimeout(limit))??),
+            None => Ok(step.await?),
+        }
     }
 
     /// The next frame; `None` when the peer closed the stream cleanly between frames.
@@ -72,6 +114,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Ok(Some(frame));
             }
             let wanted = match frame::declared_len(&self.buffer) {
+                Some(frame_len) if frame_len > self.max_frame_len => {
+                    return Err(FrameError::BadLength(frame_len - frame::LENGTH_PREFIX).into());
+                }
                 Some(frame_len) => frame_len - self.buffer.len(),
                 None => self.read_size,
             };
@@ -100,23 +145,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Writes one frame and flushes it.
     pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
         let bytes = frame.encode()?;
-        self.stream.write_all(&bytes).await?;
-        self.stream.flush().await?;
-        Ok(())
+        Self::bounded(self.write_timeout, self.stream.write_all(&bytes)).await?;
+        Self::bounded(self.write_timeout, self.stream.flush()).await
     }
 
     /// Writes a data frame straight from `bytes`, without building it in memory first.
     /// Not flushed: the next write or [`Connection::flush`] sends it.
     pub async fn write_data(&mut self, delivery: DeliveryId, bytes: &[u8]) -> Result<(), ConnectionError> {
         let header = frame::data_header(delivery, bytes.len())?;
-        self.stream.write_all(&header).await?;
-        self.stream.write_all(bytes).await?;
-        Ok(())
+        Self::bounded(self.write_timeout, self.stream.write_all(&header)).await?;
+        Self::bounded(self.write_timeout, self.stream.write_all(bytes)).await
     }
 
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
-        self.stream.flush().await?;
-        Ok(())
+        Self::bounded(self.write_timeout, self.stream.flush()).await
     }
 
     /// Ends the stream cleanly (for TLS, sends close_notify).
@@ -201,5 +243,32 @@ mod tests {
         a.write_all(&[0x7f, 0xff, 0xff, 0xff]).await.unwrap();
         // Refused without waiting for the two gigabytes it announced.
         assert!(matches!(reader.read_frame().await, Err(ConnectionError::Frame(FrameError::BadLength(_)))));
+    }
+
+    #[tokio::test]
+    async fn memory_per_stranger_is_what_a_request_needs() {
+        // Regression: a stranger's first frame could declare 1 MiB, and the buffer reserved it.
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut reader = Connection::with_read_size(b, 4096);
+        reader.limit_frames(16 * 1024);
+        a.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        assert!(matches!(reader.read_frame().await, Err(ConnectionError::Frame(FrameError::BadLength(_)))));
+        assert!(reader.buffer.capacity() < 64 * 1024, "nothing reserved for the declared megabyte");
+        // A frame within the limit still passes.
+        let (a, b) = tokio::io::duplex(64);
+        let (mut writer, mut reader) = (Connection::new(a), Connection::new(b));
+        reader.limit_frames(16 * 1024);
+        writer.write_frame(&Frame::Ping).await.unwrap();
+        assert_eq!(reader.read_frame().await.unwrap(), Some(Frame::Ping));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_ends_a_write_in_time() {
+        let (a, _b) = tokio::io::duplex(1024);
+        let mut writer = Connection::new(a);
+        writer.set_write_timeout(Duration::from_secs(30));
+        // The peer never reads: the duplex fills and the write waits until the limit.
+        let error = writer.write_data(DeliveryId(1), &[0; 64 * 1024]).await.unwrap_err();
+        assert!(matches!(error, ConnectionError::WriteTimeout(limit) if limit == Duration::from_secs(30)), "{error}");
     }
 }

@@ -30,8 +30,11 @@ pub const MAX_REFUSAL_LEN: usize = 512;
 pub const MAX_CHUNK_LEN: usize = 256 * 1024;
 /// Most groups one session subscribes to.
 pub const MAX_SUBSCRIPTIONS: usize = 64;
+/// Largest frame body a peer that has not authenticated may send: room for the largest
+/// enrollment request or subscription, and no more.
+pub const MAX_REQUEST_LEN: usize = 8 * 1024;
 
-const LENGTH_PREFIX: usize = 4;
+pub const LENGTH_PREFIX: usize = 4;
 
 /// A message inside a TLS session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,12 @@ pub enum Frame {
     Ping,
     /// Either way: yes.
     Pong,
+    /// Server → member: stop taking this delivery and throw away what arrived of it (the
+    /// member left the file's group, or may no longer be in it). Sent between data frames.
+    Cancel { delivery: DeliveryId, reason: Text },
+    /// Server → member, instead of `Subscribed`: not now (the server is full, or this
+    /// certificate has too many sessions open); try again later.
+    Busy { reason: Text },
 }
 
 /// The server's number for one file to one member; stable across restarts.
@@ -169,6 +178,8 @@ impl Frame {
             Frame::Failed { .. } => 11,
             Frame::Ping => 12,
             Frame::Pong => 13,
+            Frame::Cancel { .. } => 14,
+            Frame::Busy { .. } => 15,
         }
     }
 
@@ -195,7 +206,7 @@ impl Frame {
                     put_long_bytes(&mut out, der);
                 }
             }
-            Frame::Refused { reason } => put_long_bytes(&mut out, reason.0.as_bytes()),
+            Frame::Refused { reason } | Frame::Busy { reason } => put_long_bytes(&mut out, reason.0.as_bytes()),
             Frame::Subscribe { groups } => {
                 let count = u8::try_from(groups.len())
                     .ok()
@@ -221,7 +232,9 @@ impl Frame {
                 out.extend_from_slice(&delivery.0.to_be_bytes());
                 out.extend_from_slice(&offset.to_be_bytes());
             }
-            Frame::Decline { delivery, reason } | Frame::Failed { delivery, reason } => {
+            Frame::Decline { delivery, reason }
+            | Frame::Failed { delivery, reason }
+            | Frame::Cancel { delivery, reason } => {
                 out.extend_from_slice(&delivery.0.to_be_bytes());
                 put_long_bytes(&mut out, reason.0.as_bytes());
             }
@@ -340,6 +353,8 @@ pub fn decode_with(
         11 => Frame::Failed { delivery: DeliveryId(reader.u64()?), reason: read_text(&mut reader)? },
         12 => Frame::Ping,
         13 => Frame::Pong,
+        14 => Frame::Cancel { delivery: DeliveryId(reader.u64()?), reason: read_text(&mut reader)? },
+        15 => Frame::Busy { reason: read_text(&mut reader)? },
         other => return Err(FrameError::UnknownType(other)),
     };
     reader.finish()?;
@@ -398,6 +413,8 @@ mod tests {
             Frame::Failed { delivery: DeliveryId(7), reason: Text::new("hash mismatch") },
             Frame::Ping,
             Frame::Pong,
+            Frame::Cancel { delivery: DeliveryId(7), reason: Text::new("left the group") },
+            Frame::Busy { reason: Text::new("server full") },
         ] {
             let bytes = frame.encode().unwrap();
             assert_eq!(decode(&bytes).unwrap(), Some((frame.clone(), bytes.len())));
@@ -434,6 +451,21 @@ mod tests {
         assert!(Password::new(String::new()).is_err());
         assert!(Password::new("x".repeat(MAX_PASSWORD_LEN + 1)).is_err());
         assert_eq!(format!("{:?}", Password::new("secret".into()).unwrap()), "Password(..)");
+    }
+
+    #[test]
+    fn the_largest_requests_fit_a_strangers_limit() {
+        let enroll = Frame::EnrollRequest {
+            user: UserName::new(&"u".repeat(crate::names::MAX_USER_NAME_LEN)).unwrap(),
+            password: Password::new("p".repeat(MAX_PASSWORD_LEN)).unwrap(),
+            csr: vec![7; MAX_CERTIFICATE_LEN],
+        };
+        let groups = (0..MAX_SUBSCRIPTIONS)
+            .map(|i| GroupName::new(&format!("G{i:0>width$}", width = crate::names::MAX_GROUP_NAME_LEN - 1)).unwrap())
+            .collect();
+        for frame in [enroll, Frame::Subscribe { groups }] {
+            assert!(frame.encode().unwrap().len() <= MAX_REQUEST_LEN + LENGTH_PREFIX);
+        }
     }
 
     proptest! {

@@ -144,6 +144,9 @@ async fn send(
     // Subscribe before recording, so no event about these deliveries is missed.
     let mut events = server.events.subscribe();
     let mut outstanding: HashMap<u64, UserName> = HashMap::new();
+    // Once the request is accepted, a closed admin connection (the operator pressed Ctrl-C)
+    // changes nothing the server does: every file is still recorded and delivered.
+    let mut gone: Option<std::io::Error> = None;
     for (path, name) in named {
         let spool = server.spool.clone();
         let max = server.config.max_file_bytes;
@@ -165,8 +168,15 @@ async fn send(
         let deliveries: Vec<DeliveryRef> =
             recorded.deliveries.iter().map(|(id, user)| DeliveryRef { id: *id, user: user.to_string() }).collect();
         outstanding.extend(recorded.deliveries);
-        write(writer, &Answer::Recorded { name: name.to_string(), size, sha256: spooled.hex(), deliveries }).await?;
         server.signal_work();
+        if gone.is_none() {
+            let answer = Answer::Recorded { name: name.to_string(), size, sha256: spooled.hex(), deliveries };
+            gone = write(writer, &answer).await.err();
+        }
+    }
+    if let Some(error) = gone {
+        tracing::info!(%error, "the admin connection closed during a send; every file was recorded all the same");
+        return Ok(());
     }
     if wait {
         follow(server, writer, &group, &mut events, &mut outstanding).await?;

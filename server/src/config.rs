@@ -22,8 +22,17 @@ pub const DEFAULT_ANNOUNCE_INTERVAL_SECS: u64 = 10;
 pub const DEFAULT_LIST_REPLY_INTERVAL_MS: u64 = 250;
 /// Default validity of member certificates, in days.
 pub const DEFAULT_CERTIFICATE_DAYS: u32 = 365;
-/// Default most TLS connections served at once.
+/// Default most member sessions (authenticated TLS connections) open at once.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+/// Default most connections not yet authenticated (TLS handshakes, requests not yet read,
+/// enrollments) in progress at once, from everyone together.
+pub const DEFAULT_MAX_STRANGERS: u32 = 64;
+/// Default most connections not yet authenticated in progress at once from one IP address.
+pub const DEFAULT_STRANGERS_PER_ADDRESS: u32 = 8;
+/// Default most sessions open at once with one member certificate (one device needs one).
+pub const DEFAULT_SESSIONS_PER_CERTIFICATE: u32 = 4;
+/// Default seconds one write to a member may take before the member is taken for stuck.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 /// Default most password checks (argon2id) running at once.
 pub const DEFAULT_PASSWORD_CHECKS: u32 = 2;
 /// Default seconds a TLS peer has to complete its handshake and first request.
@@ -112,6 +121,10 @@ impl Default for CertificatesToml {
 #[serde(deny_unknown_fields, default)]
 struct LimitsToml {
     max_connections: Spanned<u32>,
+    max_strangers: Spanned<u32>,
+    strangers_per_address: Spanned<u32>,
+    sessions_per_certificate: Spanned<u32>,
+    write_timeout_secs: Spanned<u64>,
     password_checks: Spanned<u32>,
     handshake_timeout_secs: Spanned<u64>,
     max_file_bytes: Spanned<u64>,
@@ -122,6 +135,10 @@ impl Default for LimitsToml {
     fn default() -> Self {
         Self {
             max_connections: Spanned::new(0..0, DEFAULT_MAX_CONNECTIONS),
+            max_strangers: Spanned::new(0..0, DEFAULT_MAX_STRANGERS),
+            strangers_per_address: Spanned::new(0..0, DEFAULT_STRANGERS_PER_ADDRESS),
+            sessions_per_certificate: Spanned::new(0..0, DEFAULT_SESSIONS_PER_CERTIFICATE),
+            write_timeout_secs: Spanned::new(0..0, DEFAULT_WRITE_TIMEOUT_SECS),
             password_checks: Spanned::new(0..0, DEFAULT_PASSWORD_CHECKS),
             handshake_timeout_secs: Spanned::new(0..0, DEFAULT_HANDSHAKE_TIMEOUT_SECS),
             max_file_bytes: Spanned::new(0..0, DEFAULT_MAX_FILE_BYTES),
@@ -198,8 +215,16 @@ pub struct Config {
     pub password_cost: HashCost,
     /// Validity of member certificates.
     pub certificate_validity: Duration,
-    /// Most TLS connections served at once; more wait in the kernel's backlog.
+    /// Most member sessions open at once; a member beyond it is refused and tries again later.
     pub max_connections: usize,
+    /// Most connections not yet authenticated in progress at once; more are closed at once.
+    pub max_strangers: usize,
+    /// Most connections not yet authenticated in progress at once from one IP address.
+    pub strangers_per_address: usize,
+    /// Most sessions open at once with one member certificate.
+    pub sessions_per_certificate: usize,
+    /// Longest time one write to a member may take; a member that reads no faster is dropped.
+    pub write_timeout: Duration,
     /// Most password checks running at once.
     pub password_checks: usize,
     /// Time a TLS peer has to complete its handshake and send its first request.
@@ -307,6 +332,13 @@ impl Config {
             }
         };
         let max_connections = bounded(&limits.max_connections, 100_000)?;
+        let max_strangers = bounded(&limits.max_strangers, 100_000)?;
+        let strangers_per_address = bounded(&limits.strangers_per_address, 100_000)?;
+        let sessions_per_certificate = bounded(&limits.sessions_per_certificate, 1000)?;
+        let write_timeout = *limits.write_timeout_secs.get_ref();
+        if !(1..=3600).contains(&write_timeout) {
+            return Err(error(limits.write_timeout_secs.span(), "must be between 1 and 3600 seconds".into()));
+        }
         let password_checks = bounded(&limits.password_checks, 64)?;
         let timeout = *limits.handshake_timeout_secs.get_ref();
         if !(1..=300).contains(&timeout) {
@@ -340,6 +372,10 @@ impl Config {
             password_cost,
             certificate_validity: Duration::from_secs(u64::from(days) * 86_400),
             max_connections,
+            max_strangers,
+            strangers_per_address,
+            sessions_per_certificate,
+            write_timeout: Duration::from_secs(write_timeout),
             password_checks,
             handshake_timeout: Duration::from_secs(timeout),
             max_file_bytes,

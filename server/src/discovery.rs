@@ -196,11 +196,16 @@ impl Discovery {
                 let group = request.group.clone();
                 let change = blocking(&self.server, move |store| match direction {
                     Direction::Join => store.add_membership(&user, &group, now_secs).map(|new| (user, new)),
-                    Direction::Leave => store.remove_membership(&user, &group).map(|new| (user, new)),
+                    Direction::Leave => {
+                        store.remove_membership(&user, &group, "left the group", now_secs).map(|new| (user, new))
+                    }
                 })
                 .await;
                 match change {
                     Ok((user, changed)) => {
+                        if direction == Direction::Leave {
+                            self.server.narrow_sessions(&user, &request.group);
+                        }
                         tracing::info!(%user, group = %request.group, %from, changed, "{direction:?} accepted");
                         Outcome::Accepted
                     }

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
@@ -18,11 +18,13 @@ use gshare_proto::frame::{Frame, Password, Text};
 
 use crate::ratelimit::Subject;
 use crate::state::{Server, blocking};
-use crate::store::CertificateRecord;
+use crate::store::{CertificateRecord, unix_now};
 use crate::users::verify_password;
 
 /// The one answer for an unknown user, a disabled user and a wrong password.
 pub const WRONG_CREDENTIALS: &str = "wrong user name or password";
+/// Longest wait for a free password checker before the attempt is turned away.
+pub const PASSWORD_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Handles one enrollment request and returns the frame to answer with.
 pub(crate) async fn enroll(
@@ -33,29 +35,40 @@ pub(crate) async fn enroll(
     csr: Vec<u8>,
 ) -> Frame {
     let refuse = |reason: &str| Frame::Refused { reason: Text::new(reason) };
-    let subjects = [Subject::User(user.clone()), Subject::Address(peer.ip())];
-    if let Err(wait) = server.limiter().check(&subjects, Instant::now()) {
+    let users = server.users();
+    // Only names in the user store are counted as users: an unknown name has no account to
+    // protect, and counting it would let junk names crowd out real ones.
+    let mut subjects = vec![Subject::Address(peer.ip())];
+    if users.users.contains_key(&user) {
+        subjects.push(Subject::User(user.clone()));
+    }
+    if let Err(wait) = server.limiter().begin(&subjects, Instant::now()) {
         tracing::warn!(%peer, %user, "enrollment refused: too many failed attempts");
         return refuse(&format!("too many failed attempts; try again in {} seconds", wait.as_secs().max(1)));
     }
 
-    let users = server.users();
     let hash = match users.active(&user) {
         Some(account) => account.password_hash.clone(),
         None => server.dummy_hash.clone(),
     };
     let known = users.active(&user).is_some();
     let matches = {
+        let permit = tokio::time::timeout(PASSWORD_QUEUE_TIMEOUT, server.password_checks.acquire()).await;
         // The semaphore is never closed, so acquiring only waits.
-        let Ok(_permit) = server.password_checks.acquire().await else { return refuse("server is shutting down") };
+        let Ok(Ok(_permit)) = permit else {
+            server.limiter().take_back(&subjects);
+            tracing::warn!(%peer, %user, "enrollment turned away: every password checker is busy");
+            return refuse("the server is busy checking other passwords; try again in a minute");
+        };
+        tracing::debug!(%peer, %user, "checking a password");
         tokio::task::spawn_blocking(move || verify_password(&hash, password.expose())).await.unwrap_or(false)
     };
-    if !(known && matches) {
-        server.limiter().record_failure(&subjects, Instant::now());
+    // The user store may have changed while the password was checked (`user remove`).
+    if !(known && matches && server.users().active(&user).is_some()) {
         tracing::warn!(%peer, %user, "enrollment refused: {WRONG_CREDENTIALS}");
         return refuse(WRONG_CREDENTIALS);
     }
-    server.limiter().record_success(&user);
+    server.limiter().succeeded(&subjects);
 
     let now = OffsetDateTime::now_utc();
     let issued =
@@ -80,6 +93,19 @@ pub(crate) async fn enroll(
     if let Err(error) = blocking(server, move |store| store.record_certificate(&record)).await {
         tracing::error!(%peer, %user, %error, "cannot record the issued certificate");
         return refuse("the server could not record the certificate; try again later");
+    }
+    // A removal that raced this enrollment: either its reload already swapped the user store
+    // (seen here) or it has yet to reconcile, and will find the certificate just recorded.
+    if server.users().active(&user).is_none() {
+        let revoked = blocking(server, move |store| {
+            store.revoke_certificate(&fingerprint, "user removed while enrolling", unix_now())
+        })
+        .await;
+        if let Err(error) = revoked {
+            tracing::error!(%peer, %user, %error, "cannot revoke a certificate issued to a removed user");
+        }
+        tracing::warn!(%peer, %user, "enrollment refused: the user was removed while enrolling");
+        return refuse(WRONG_CREDENTIALS);
     }
     tracing::info!(%peer, %user, serial = %issued.serial, certificate = %fingerprint, "enrolled");
     Frame::EnrollAccepted { certificate: issued.der, ca_certificate: server.identity.ca.certificate_der().to_vec() }

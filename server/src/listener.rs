@@ -1,30 +1,95 @@
-//! The TLS listener: accepts connections, bounds how many are served at once and how long a
-//! peer may take to say what it wants, and hands each request to its handler.
+//! The TLS listener: accepts connections, keeps strangers from crowding out members, bounds
+//! how long a peer may take to say what it wants, and hands each request to its handler.
+//!
+//! Two budgets, so that nobody can lock members out:
+//!
+//! - **Strangers** (a connection before its request is read, and every enrollment) get
+//!   `limits.max_strangers` places in all and `limits.strangers_per_address` per IP address.
+//!   A connection beyond either is closed at once, before its TLS handshake, so a host that
+//!   opens hundreds of connections and never finishes them only ever holds its own few places.
+//! - **Members** whose certificate and standing check out move to the session budget,
+//!   `limits.max_connections`, at most `limits.sessions_per_certificate` per certificate. A
+//!   member beyond those is told `Busy` and tries again later.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use gshare_common::Connection;
-use gshare_proto::frame::{Frame, Text};
-
-use gshare_proto::{GroupName, UserName};
+use gshare_proto::frame::{Frame, MAX_REQUEST_LEN, Text};
+use gshare_proto::{Fingerprint, GroupName, UserName};
 
 use crate::enroll::enroll;
 use crate::membership;
 use crate::session;
-use crate::state::{Server, blocking};
+use crate::state::{Server, TooManySessions, blocking};
+
+/// Read size for the server's end of a connection: members send only small frames, and a
+/// small read size keeps idle sessions cheap.
+const READ_SIZE: usize = 4096;
+
+/// Places for connections that have not authenticated yet.
+#[derive(Debug)]
+struct Strangers {
+    places: Arc<Semaphore>,
+    per_address: usize,
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One stranger's place, given back when dropped.
+#[derive(Debug)]
+struct StrangerPass {
+    strangers: Arc<Strangers>,
+    address: IpAddr,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Strangers {
+    fn new(places: usize, per_address: usize) -> Arc<Self> {
+        Arc::new(Self { places: Arc::new(Semaphore::new(places)), per_address, by_address: Mutex::default() })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.by_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A place for a new connection from `address`, if both budgets have one.
+    fn admit(self: &Arc<Self>, address: IpAddr) -> Option<StrangerPass> {
+        let mut table = self.table();
+        let count = table.entry(address).or_insert(0);
+        if *count >= self.per_address {
+            return None;
+        }
+        let place = Arc::clone(&self.places).try_acquire_owned().ok()?;
+        *count += 1;
+        Some(StrangerPass { strangers: Arc::clone(self), address, _place: place })
+    }
+}
+
+impl Drop for StrangerPass {
+    fn drop(&mut self) {
+        let mut table = self.strangers.table();
+        if let Some(count) = table.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                table.remove(&self.address);
+            }
+        }
+    }
+}
 
 /// Accepts connections until the task is dropped.
 pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, acceptor: TlsAcceptor) {
-    let slots = Arc::new(Semaphore::new(server.config.max_connections));
+    let strangers = Strangers::new(server.config.max_strangers, server.config.strangers_per_address);
+    let sessions = Arc::new(Semaphore::new(server.config.max_connections));
+    let mut turned_away = 0u64;
+    let mut last_report = Instant::now();
     loop {
-        // The semaphore is never closed.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -34,18 +99,33 @@ pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, acceptor: 
                 continue;
             }
         };
+        let Some(pass) = strangers.admit(peer.ip()) else {
+            drop(tcp);
+            turned_away += 1;
+            // A flood of connections must not become a flood of log lines.
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                tracing::warn!(%peer, turned_away, "connections turned away: too many unauthenticated connections (limits.max_strangers, limits.strangers_per_address)");
+                (turned_away, last_report) = (0, Instant::now());
+            }
+            continue;
+        };
         let server = Arc::clone(&server);
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            handle_connection(&server, acceptor, tcp, peer).await;
-            drop(slot);
-        });
+        let (acceptor, sessions) = (acceptor.clone(), Arc::clone(&sessions));
+        tokio::spawn(async move { handle_connection(&server, acceptor, tcp, peer, pass, &sessions).await });
     }
 }
 
-async fn handle_connection(server: &Arc<Server>, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
-    let timeout = server.config.handshake_timeout;
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+async fn handle_connection(
+    server: &Arc<Server>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    pass: StrangerPass,
+    sessions: &Arc<Semaphore>,
+) {
+    // One deadline for the handshake and the request together.
+    let deadline = tokio::time::Instant::now() + server.config.handshake_timeout;
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             tracing::warn!(%peer, %error, "TLS handshake failed");
@@ -56,9 +136,10 @@ async fn handle_connection(server: &Arc<Server>, acceptor: TlsAcceptor, tcp: Tcp
             return;
         }
     };
-    // Members send only small frames; a small read size keeps idle sessions cheap.
-    let mut connection = Connection::with_read_size(tls, 4096);
-    let request = match tokio::time::timeout(timeout, connection.read_frame()).await {
+    let mut connection = Connection::with_read_size(tls, READ_SIZE);
+    connection.limit_frames(MAX_REQUEST_LEN);
+    connection.set_write_timeout(server.config.write_timeout);
+    let request = match tokio::time::timeout_at(deadline, connection.read_frame()).await {
         Ok(Ok(Some(frame))) => frame,
         Ok(Ok(None)) => return,
         Ok(Err(error)) => {
@@ -77,18 +158,9 @@ async fn handle_connection(server: &Arc<Server>, acceptor: TlsAcceptor, tcp: Tcp
             let certificate =
                 connection.stream().get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| c.to_vec());
             match authorize(server, certificate, &groups).await {
-                Ok(user) => {
-                    if connection.write_frame(&Frame::Subscribed).await.is_err() {
-                        return;
-                    }
-                    let names: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
-                    tracing::info!(%peer, %user, groups = %names.join(","), "member connected");
-                    match session::serve(server, &mut connection, user.clone(), groups).await {
-                        Ok(()) => tracing::info!(%peer, %user, "member disconnected"),
-                        Err(error) => tracing::warn!(%peer, %user, %error, "member session ended"),
-                    }
-                    let _ = connection.shutdown().await;
-                    return;
+                Ok((user, fingerprint)) => {
+                    drop(pass);
+                    return run_session(server, connection, peer, user, fingerprint, groups, sessions).await;
                 }
                 Err(reason) => {
                     tracing::warn!(%peer, "session refused: {reason}");
@@ -108,6 +180,59 @@ async fn handle_connection(server: &Arc<Server>, acceptor: TlsAcceptor, tcp: Tcp
     let _ = connection.shutdown().await;
 }
 
+/// Serves an authorized member's session, if the session budgets have room for it.
+async fn run_session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    server: &Arc<Server>,
+    mut connection: Connection<S>,
+    peer: SocketAddr,
+    user: UserName,
+    certificate: Fingerprint,
+    groups: Vec<GroupName>,
+    sessions: &Arc<Semaphore>,
+) {
+    let busy = |reason: String| Frame::Busy { reason: Text::new(&reason) };
+    let slot = Arc::clone(sessions).try_acquire_owned();
+    let registered = server.register_session(&user, certificate, &groups);
+    let (_slot, (id, control)) = match (slot, registered) {
+        (Ok(slot), Ok(registered)) => (slot, registered),
+        (Err(_), registered) => {
+            if let Ok((id, _)) = registered {
+                server.unregister_session(&user, id);
+            }
+            let limit = server.config.max_connections;
+            tracing::warn!(%peer, %user, "session refused: the server has its maximum of {limit} sessions open (limits.max_connections)");
+            let _ = connection
+                .write_frame(&busy(format!("the server has its maximum of {limit} sessions open; trying again later")))
+                .await;
+            return;
+        }
+        (Ok(_), Err(TooManySessions(limit))) => {
+            tracing::warn!(%peer, %user, "session refused: {limit} sessions already open with this certificate (limits.sessions_per_certificate)");
+            let _ = connection
+                .write_frame(&busy(format!(
+                    "{limit} sessions are already open with this certificate; trying again later"
+                )))
+                .await;
+            return;
+        }
+    };
+    if connection.write_frame(&Frame::Subscribed).await.is_err() {
+        server.unregister_session(&user, id);
+        return;
+    }
+    let names: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
+    tracing::info!(%peer, %user, groups = %names.join(","), "member connected");
+    match session::serve(server, &mut connection, user.clone(), id, control).await {
+        Ok(()) => tracing::info!(%peer, %user, "member disconnected"),
+        Err(session::SessionError::RevokedMidWrite) => {
+            tracing::warn!(%peer, %user, "member session ended: access revoked in the middle of a write");
+            return; // the stream is cut inside a frame: nothing more may be written
+        }
+        Err(error) => tracing::warn!(%peer, %user, %error, "member session ended"),
+    }
+    let _ = connection.shutdown().await;
+}
+
 /// The member a session speaks for, if its certificate and standing allow the subscription.
 /// The TLS layer already verified the certificate chains to our CA; this checks what only the
 /// state store knows (revocation, expiry) and the user store (present, enabled), and that
@@ -116,7 +241,7 @@ async fn authorize(
     server: &Arc<Server>,
     certificate: Option<Vec<u8>>,
     groups: &[GroupName],
-) -> Result<UserName, String> {
+) -> Result<(UserName, Fingerprint), String> {
     let certificate = certificate.ok_or("a session needs the member's client certificate; enroll first")?;
     if groups.is_empty() {
         return Err("subscribe to at least one group".into());
@@ -138,5 +263,5 @@ async fn authorize(
             return Err(format!("user \"{user}\" is not a member of \"{group}\"; join it first"));
         }
     }
-    Ok(user)
+    Ok((user, fingerprint))
 }

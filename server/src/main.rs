@@ -167,7 +167,8 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
 }
 
 /// Talks to the running server over its admin socket: one request, then answers until the
-/// connection closes.
+/// final one (`done`, `online` or `error`). A stream that ends before its final answer (the
+/// server stopped) is an error: nothing may be taken as done that the server did not confirm.
 fn admin_request(
     config: &Config,
     request: &Request,
@@ -182,10 +183,15 @@ fn admin_request(
     line.push(b'\n');
     stream.write_all(&line)?;
     for line in BufReader::new(stream).lines() {
-        let answer: Answer = serde_json::from_str(&line?).context("unexpected answer from the server")?;
+        let line = line.context("the connection to the server broke")?;
+        let answer: Answer = serde_json::from_str(&line).context("unexpected answer from the server")?;
+        let last = matches!(answer, Answer::Done { .. } | Answer::Online { .. } | Answer::Error { .. });
         on_answer(answer)?;
+        if last {
+            return Ok(());
+        }
     }
-    Ok(())
+    bail!("the server's answer ended before it was complete (did the server stop?)")
 }
 
 fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyhow::Result<()> {
@@ -199,7 +205,10 @@ fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyh
     }
     let mut names: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
     let mut failed = false;
-    admin_request(config, &Request::Send { group: group.clone(), files: absolute, wait }, |answer| {
+    let mut recorded: Vec<String> = Vec::new();
+    let files: Vec<String> =
+        absolute.iter().map(|path| path.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    let outcome = admin_request(config, &Request::Send { group: group.clone(), files: absolute, wait }, |answer| {
         match answer {
             Answer::Recorded { name, size, sha256, deliveries } => {
                 let ids: Vec<String> = deliveries.iter().map(|d| d.id.to_string()).collect();
@@ -215,6 +224,7 @@ fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyh
                 for delivery in deliveries {
                     names.insert(delivery.id, name.clone());
                 }
+                recorded.push(name);
             }
             Answer::Progress { delivery, user, bytes, size } => {
                 let percent = (bytes * 100).checked_div(size).unwrap_or(100);
@@ -241,7 +251,22 @@ fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyh
             Answer::Online { .. } => {}
         }
         Ok(())
-    })?;
+    });
+    if let Err(error) = outcome {
+        let not_recorded: Vec<&str> =
+            files.iter().map(String::as_str).filter(|name| !recorded.iter().any(|r| r == name)).collect();
+        let recorded_part = if recorded.is_empty() {
+            "nothing was recorded".to_owned()
+        } else {
+            format!("recorded (they will be delivered): {}", recorded.join(", "))
+        };
+        let missing_part = if not_recorded.is_empty() {
+            String::new()
+        } else {
+            format!("; not recorded (send them again): {}", not_recorded.join(", "))
+        };
+        bail!("{error:#}; {recorded_part}{missing_part}");
+    }
     if failed {
         bail!("some deliveries failed");
     }

@@ -1,10 +1,17 @@
-//! Slowing down password guessing: failed enrollments are counted per user name and per source
-//! address; after a few, further attempts from that user name or address are refused at once,
-//! without a password check, for a delay that doubles with each further failure.
+//! Slowing down password guessing: enrollment attempts are counted per user name and per
+//! source address; after a few failures, further attempts from that user name or address are
+//! refused at once, without a password check, for a delay that doubles with each failure.
 //!
-//! Refusing without checking also keeps a flood of guesses from tying up the argon2 pool. The
-//! table is bounded; when full, the entry seen longest ago is forgotten. Time is passed in, so
-//! tests need no sleeps.
+//! An attempt counts as a failure from the moment it starts ([`FailureLimiter::begin`]) and is
+//! taken back only when its password proves right ([`FailureLimiter::succeeded`]), so guesses
+//! sent at the same moment cannot all pass before the first one fails. Refusing without
+//! checking also keeps a flood of guesses from tying up the argon2 pool.
+//!
+//! Users and addresses are kept apart. Only user names that exist in the user store are
+//! counted (an unknown name has no account to protect), so that table is bounded by the user
+//! store and nobody's guesses can push a real user's record out. The address table is bounded;
+//! when full, the address seen longest ago is forgotten. Time is passed in, so tests need no
+//! sleeps.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,6 +31,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Who is being limited.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {
+    /// A user name present in the user store.
     User(UserName),
     Address(IpAddr),
 }
@@ -31,63 +39,113 @@ pub enum Subject {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     failures: u32,
-    blocked_until: Option<Instant>,
     last_failure: Instant,
+}
+
+impl Entry {
+    /// Until when attempts are refused, if they are.
+    fn blocked_until(&self) -> Option<Instant> {
+        let doublings = self.failures.checked_sub(FREE_FAILURES)?.min(16);
+        Some(self.last_failure + FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY))
+    }
 }
 
 /// Failure counts and delays.
 #[derive(Debug)]
 pub struct FailureLimiter {
-    entries: HashMap<Subject, Entry>,
+    users: HashMap<UserName, Entry>,
+    addresses: HashMap<IpAddr, Entry>,
+    /// Most addresses remembered.
     capacity: usize,
 }
 
 impl FailureLimiter {
     pub fn new(capacity: usize) -> Self {
-        Self { entries: HashMap::new(), capacity }
+        Self { users: HashMap::new(), addresses: HashMap::new(), capacity }
+    }
+
+    fn entry(&self, subject: &Subject) -> Option<&Entry> {
+        match subject {
+            Subject::User(user) => self.users.get(user),
+            Subject::Address(address) => self.addresses.get(address),
+        }
     }
 
     /// `Err(wait)` if an attempt by any of `subjects` must be refused now.
     pub fn check(&self, subjects: &[Subject], now: Instant) -> Result<(), Duration> {
         let wait = subjects
             .iter()
-            .filter_map(|subject| self.entries.get(subject)?.blocked_until)
+            .filter_map(|subject| self.entry(subject)?.blocked_until())
             .filter(|&until| until > now)
             .map(|until| until - now)
             .max();
         wait.map_or(Ok(()), Err)
     }
 
-    pub fn record_failure(&mut self, subjects: &[Subject], now: Instant) {
-        self.entries.retain(|_, entry| now.duration_since(entry.last_failure) < FORGET_AFTER);
+    /// Starts an attempt: refused with the time to wait, or counted as a failure until
+    /// [`FailureLimiter::succeeded`] takes it back. Check and count are one step, so attempts
+    /// made at the same moment are counted one after another.
+    pub fn begin(&mut self, subjects: &[Subject], now: Instant) -> Result<(), Duration> {
+        self.check(subjects, now)?;
+        self.record_failure(subjects, now);
+        Ok(())
+    }
+
+    /// The attempt begun with `subjects` proved right: it is not a failure after all, and the
+    /// user's earlier failures are forgiven (the address's are not: one right password among
+    /// many guesses from one address must not wipe the record of the guesses).
+    pub fn succeeded(&mut self, subjects: &[Subject]) {
+        self.take_back(subjects);
         for subject in subjects {
-            if !self.entries.contains_key(subject) && self.entries.len() >= self.capacity {
-                if let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.last_failure).map(|(s, _)| s.clone()) {
-                    self.entries.remove(&oldest);
-                }
-            }
-            let entry = self.entries.entry(subject.clone()).or_insert(Entry {
-                failures: 0,
-                blocked_until: None,
-                last_failure: now,
-            });
-            entry.failures = entry.failures.saturating_add(1);
-            entry.last_failure = now;
-            if entry.failures >= FREE_FAILURES {
-                let doublings = (entry.failures - FREE_FAILURES).min(16);
-                let delay = FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY);
-                entry.blocked_until = Some(now + delay);
+            if let Subject::User(user) = subject {
+                self.users.remove(user);
             }
         }
     }
 
-    /// A success clears the user's count (not the address's: one right password among many
-    /// guesses from one address should not wipe the record of the guesses).
-    pub fn record_success(&mut self, user: &UserName) {
-        self.entries.remove(&Subject::User(user.clone()));
+    /// The attempt begun with `subjects` never reached a password check (the server was
+    /// busy): it counts for nothing.
+    pub fn take_back(&mut self, subjects: &[Subject]) {
+        fn uncount<K: std::hash::Hash + Eq>(table: &mut HashMap<K, Entry>, key: &K) {
+            if let Some(entry) = table.get_mut(key) {
+                entry.failures = entry.failures.saturating_sub(1);
+                if entry.failures == 0 {
+                    table.remove(key);
+                }
+            }
+        }
+        for subject in subjects {
+            match subject {
+                Subject::User(user) => uncount(&mut self.users, user),
+                Subject::Address(address) => uncount(&mut self.addresses, address),
+            }
+        }
+    }
+
+    pub fn record_failure(&mut self, subjects: &[Subject], now: Instant) {
+        let fresh = |entry: &mut Entry| now.saturating_duration_since(entry.last_failure) < FORGET_AFTER;
+        self.users.retain(|_, entry| fresh(entry));
+        self.addresses.retain(|_, entry| fresh(entry));
+        for subject in subjects {
+            let entry = match subject {
+                Subject::User(user) => {
+                    self.users.entry(user.clone()).or_insert(Entry { failures: 0, last_failure: now })
+                }
+                Subject::Address(address) => {
+                    if !self.addresses.contains_key(address) && self.addresses.len() >= self.capacity {
+                        let oldest = self.addresses.iter().min_by_key(|(_, entry)| entry.last_failure).map(|(a, _)| *a);
+                        if let Some(oldest) = oldest {
+                            self.addresses.remove(&oldest);
+                        }
+                    }
+                    self.addresses.entry(*address).or_insert(Entry { failures: 0, last_failure: now })
+                }
+            };
+            entry.failures = entry.failures.saturating_add(1);
+            entry.last_failure = now;
+        }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,24 +175,56 @@ mod tests {
     }
 
     #[test]
-    fn success_clears_the_user_and_memory_is_bounded() {
+    fn password_guesses_are_checked_before_they_are_counted() {
+        // Regression: attempts made at once all passed the check before the first failure was
+        // recorded. Now each attempt counts from its start: only the free ones get through.
+        let mut limiter = FailureLimiter::new(100);
+        let now = Instant::now();
+        let admitted = (0..200u8).filter(|i| limiter.begin(&subjects("alice", [10, 0, 1, *i]), now).is_ok()).count();
+        assert_eq!(admitted, FREE_FAILURES as usize);
+    }
+
+    #[test]
+    fn a_right_password_takes_back_its_own_count_only() {
+        let mut limiter = FailureLimiter::new(100);
+        let now = Instant::now();
+        let alice = subjects("alice", [10, 0, 0, 1]);
+        // Ten people behind one address enroll one after another, all with the right password.
+        for i in 0..10u8 {
+            let person = subjects(&format!("user{i}"), [10, 0, 0, 1]);
+            limiter.begin(&person, now).unwrap();
+            limiter.succeeded(&person);
+        }
+        assert!(limiter.check(&alice, now).is_ok(), "right passwords never add up to a delay");
+        for _ in 0..FREE_FAILURES {
+            limiter.begin(&alice, now).unwrap();
+        }
+        assert!(limiter.check(&alice, now).is_err());
+        // After the delay, the right password.
+        let later = now + FIRST_DELAY;
+        limiter.begin(&alice, later).unwrap();
+        limiter.succeeded(&alice);
+        assert!(limiter.check(&subjects("alice", [10, 0, 0, 9]), later).is_ok(), "the user is forgiven");
+        assert!(limiter.check(&subjects("bob", [10, 0, 0, 1]), later).is_err(), "the address keeps its guesses");
+    }
+
+    #[test]
+    fn junk_failures_from_many_addresses_evict_a_users_entry() {
+        // Regression: failures for unknown names from many addresses filled the one table and
+        // pushed out a real user's record, which reset their delay.
         let mut limiter = FailureLimiter::new(4);
         let now = Instant::now();
         let alice = subjects("alice", [10, 0, 0, 1]);
         for _ in 0..FREE_FAILURES {
-            limiter.record_failure(&alice, now);
+            limiter.begin(&alice, now).unwrap();
         }
-        limiter.record_success(&"alice".parse().unwrap());
-        assert!(limiter.check(&subjects("alice", [10, 0, 0, 9]), now).is_ok());
-        assert!(limiter.check(&alice, now).is_err(), "the address keeps its record");
         for i in 0..50u8 {
-            limiter.record_failure(&subjects(&format!("u{i}"), [10, 1, 0, i]), now);
+            // Unknown names are not subjects; only the address counts.
+            let _ = limiter.begin(&[Subject::Address(IpAddr::from([10, 1, 0, i]))], now);
         }
-        assert!(limiter.entries.len() <= 4);
-        assert!(limiter.entries.values().all(|entry| entry.failures <= FREE_FAILURES + 1));
+        assert!(limiter.addresses.len() <= 4, "the address table stays bounded");
+        assert!(limiter.check(&subjects("alice", [10, 9, 9, 9]), now).is_err(), "alice is still limited");
         limiter.record_failure(&alice, now + FORGET_AFTER * 2);
-        assert!(
-            limiter.entries.values().all(|entry| entry.last_failure == now + FORGET_AFTER * 2 || entry.failures == 1)
-        );
+        assert_eq!(limiter.users[&"alice".parse::<UserName>().unwrap()].failures, 1, "old failures are forgotten");
     }
 }

@@ -5,7 +5,8 @@
 //! store in force at once; one that does not is reported with its file and line, and the last
 //! good store stays in force. After every change, [`reconcile`] revokes the certificates and
 //! memberships of users who were removed or disabled, and ends memberships of groups a user may
-//! no longer join.
+//! no longer join: their pending deliveries of that group are dropped and open sessions stop
+//! receiving it.
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
@@ -62,8 +63,9 @@ pub(crate) async fn watch_users(server: Arc<Server>) {
 pub(crate) async fn reconcile(server: &Arc<Server>) -> Result<usize, StoreError> {
     let users = server.users();
     let now = crate::store::unix_now();
-    let revoked_users = blocking(server, move |store| {
+    let (revoked_users, ended) = blocking(server, move |store| {
         let mut revoked = Vec::new();
+        let mut ended = Vec::new();
         for user in store.users_with_valid_certificates()? {
             let reason = match users.users.get(&user) {
                 None => "removed from the user store",
@@ -77,13 +79,17 @@ pub(crate) async fn reconcile(server: &Arc<Server>) -> Result<usize, StoreError>
         for membership in store.memberships()? {
             let allowed = users.active(&membership.user).is_some_and(|account| account.groups.contains(&membership.group));
             if !allowed {
-                store.remove_membership(&membership.user, &membership.group)?;
+                store.remove_membership(&membership.user, &membership.group, "no longer allowed in the group", now)?;
                 tracing::warn!(user = %membership.user, group = %membership.group, "membership ended: no longer allowed");
+                ended.push(membership);
             }
         }
-        Ok(revoked)
+        Ok((revoked, ended))
     })
     .await?;
+    for membership in &ended {
+        server.narrow_sessions(&membership.user, &membership.group);
+    }
     for user in &revoked_users {
         server.close_sessions(user);
     }

@@ -16,7 +16,13 @@
 //! ```
 //!
 //! Only an ack makes a delivery delivered. Idle sessions wait for new deliveries and exchange
-//! keepalives; a session whose user is revoked is closed.
+//! keepalives. A session whose user or certificate is revoked is closed at once, even in the
+//! middle of a write; one whose member leaves a group (or may no longer be in it) stops
+//! receiving that group's files, and a transfer of one of them is cancelled with `Cancel`.
+//!
+//! A member cannot hold anyone else up: every write has a deadline (`limits.write_timeout_secs`),
+//! and a user streams at most [`TRANSFERS_PER_USER`](crate::state::TRANSFERS_PER_USER) file at a time, whatever number of
+//! sessions it opens.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +30,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use gshare_common::{Connection, ConnectionError};
+use gshare_proto::UserName;
 use gshare_proto::frame::{DeliveryId, Frame, MAX_CHUNK_LEN, Offer, Text};
-use gshare_proto::{GroupName, UserName};
 
-use crate::state::{Event, Server, blocking};
+use crate::state::{Event, Server, SessionControl, blocking};
 use crate::store::{PendingDelivery, StoreError, unix_now};
 
 /// Idle time after which the server pings the member.
@@ -54,21 +60,28 @@ pub(crate) enum SessionError {
     Timeout,
     #[error("access revoked")]
     Revoked,
+    #[error("access revoked in the middle of a write")]
+    RevokedMidWrite,
     #[error("spool: {0}")]
     Spool(std::io::Error),
 }
 
-/// Serves a subscribed member until it leaves, breaks the protocol, or is revoked.
+/// What a session watches for changes from the rest of the server.
+type Control = tokio::sync::watch::Receiver<SessionControl>;
+
+/// Serves a subscribed member (registered as session `id`) until it leaves, breaks the
+/// protocol, or is revoked.
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     server: &Arc<Server>,
     connection: &mut Connection<S>,
     user: UserName,
-    groups: Vec<GroupName>,
+    id: u64,
+    mut control: Control,
 ) -> Result<(), SessionError> {
-    let (id, mut closed) = server.register_session(&user, &groups);
+    connection.set_write_timeout(server.config.write_timeout);
     let seen_user = user.clone();
     let _ = blocking(server, move |store| store.touch_seen(&seen_user, unix_now())).await;
-    let result = session_loop(server, connection, &user, &groups, &mut closed).await;
+    let result = session_loop(server, connection, &user, &mut control).await;
     server.unregister_session(&user, id);
     let seen_user = user.clone();
     let _ = blocking(server, move |store| store.touch_seen(&seen_user, unix_now())).await;
@@ -82,21 +95,21 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
     server: &Arc<Server>,
     connection: &mut Connection<S>,
     user: &UserName,
-    groups: &[GroupName],
-    closed: &mut tokio::sync::watch::Receiver<bool>,
+    control: &mut Control,
 ) -> Result<(), SessionError> {
     let mut work = server.watch_work();
     let mut last_heard = Instant::now();
     loop {
-        if *closed.borrow() {
+        let current = control.borrow_and_update().clone();
+        if current.closed {
             return Err(SessionError::Revoked);
         }
         // Mark the signal seen before looking, so work recorded after the look wakes us.
         work.borrow_and_update();
-        let (who, subscribed) = (user.clone(), groups.to_vec());
+        let (who, subscribed) = (user.clone(), current.groups);
         let pending = blocking(server, move |store| store.pending_for(&who, &subscribed)).await?;
         if let Some(delivery) = pending.into_iter().next() {
-            deliver(server, connection, user, delivery, closed).await?;
+            deliver(server, connection, user, delivery, control).await?;
             last_heard = Instant::now();
             continue;
         }
@@ -106,7 +119,7 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(()); // the server is shutting down
                 }
             }
-            _ = closed.changed() => {}
+            _ = control.changed() => {}
             () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
                 if last_heard.elapsed() > SILENCE_LIMIT {
                     return Err(SessionError::Timeout);
@@ -126,10 +139,11 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Reads the member's next frame that is not a keepalive.
+/// Reads the member's next frame that is not a keepalive. Revocation ends the wait at once.
 async fn next_answer<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     limit: Duration,
+    control: &mut Control,
 ) -> Result<Frame, SessionError> {
     let answer = async {
         loop {
@@ -141,7 +155,37 @@ async fn next_answer<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    tokio::time::timeout(limit, answer).await.map_err(|_| SessionError::Timeout)?
+    let revoked = async {
+        // A dropped sender means the server is going away: as good as revoked for this wait.
+        while control.changed().await.is_ok() {
+            if control.borrow().closed {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        answer = tokio::time::timeout(limit, answer) => answer.map_err(|_| SessionError::Timeout)?,
+        () = revoked => Err(SessionError::Revoked),
+    }
+}
+
+/// Waits for `step` (a write) unless the session is revoked first, in which case the write is
+/// abandoned in the middle and the session must end without writing anything more.
+async fn unless_revoked<T>(
+    step: impl Future<Output = Result<T, ConnectionError>>,
+    control: &mut Control,
+) -> Result<T, SessionError> {
+    tokio::pin!(step);
+    loop {
+        tokio::select! {
+            result = &mut step => return Ok(result?),
+            changed = control.changed() => {
+                if changed.is_err() || control.borrow().closed {
+                    return Err(SessionError::RevokedMidWrite);
+                }
+            }
+        }
+    }
 }
 
 async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
@@ -149,7 +193,7 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     user: &UserName,
     delivery: PendingDelivery,
-    closed: &mut tokio::sync::watch::Receiver<bool>,
+    control: &mut Control,
 ) -> Result<(), SessionError> {
     let id = DeliveryId(delivery.id);
     let sha256 = parse_hex(&delivery.sha256).ok_or(StoreError::Invalid("file hash"))?;
@@ -161,19 +205,28 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
         sha256,
     };
     connection.write_frame(&Frame::Offer(offer)).await?;
-    let offset = match next_answer(connection, OFFER_TIMEOUT).await? {
+    let offset = match next_answer(connection, OFFER_TIMEOUT, control).await? {
         Frame::Resume { delivery: resumed, offset } if resumed == id && offset <= delivery.size => offset,
         other => return handle_non_resume(server, user, id, other).await,
     };
-    {
-        // The semaphore is never closed; waiting here is a member's turn in a large fan-out.
+    let sent = {
+        // Neither semaphore is ever closed; waiting here is the user's turn among its own
+        // sessions, then the member's turn in a large fan-out.
+        let user_transfers = server.user_transfers(user);
+        let _user_turn = user_transfers.acquire().await.map_err(|_| SessionError::Revoked)?;
         let _turn = server.transfers.acquire().await.map_err(|_| SessionError::Revoked)?;
-        send_data(server, connection, user, &delivery, offset, closed).await?;
+        send_data(server, connection, user, &delivery, offset, control).await?
+    };
+    if sent == Sent::Cancelled {
+        return Ok(());
     }
-    match next_answer(connection, ACK_TIMEOUT).await? {
+    match next_answer(connection, ACK_TIMEOUT, control).await? {
         Frame::Ack { delivery: acked } if acked == id => {
             let now = unix_now();
-            blocking(server, move |store| store.mark_delivered(id.0, now)).await?;
+            if !blocking(server, move |store| store.mark_delivered(id.0, now)).await? {
+                tracing::info!(%user, delivery = id.0, file = %delivery.name, "ack for a delivery no longer pending; left as it was");
+                return Ok(());
+            }
             tracing::info!(%user, delivery = id.0, file = %delivery.name, size = delivery.size, "delivered");
             // Release before telling `send --wait`, so that when it returns the books are done.
             release_spool(server).await;
@@ -226,6 +279,15 @@ async fn handle_non_resume(
     }
 }
 
+/// How a transfer ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Every byte is sent; the member's ack or failure report comes next.
+    Whole,
+    /// The member may no longer receive the file's group; it was told to throw away what it got.
+    Cancelled,
+}
+
 /// Streams the spooled file from `offset` in chunks, recording progress now and then.
 async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
     server: &Arc<Server>,
@@ -233,12 +295,12 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
     user: &UserName,
     delivery: &PendingDelivery,
     offset: u64,
-    closed: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<(), SessionError> {
+    control: &mut Control,
+) -> Result<Sent, SessionError> {
     let id = DeliveryId(delivery.id);
     tracing::info!(%user, delivery = id.0, file = %delivery.name, size = delivery.size, offset, "sending");
     if offset == delivery.size {
-        return Ok(());
+        return Ok(Sent::Whole);
     }
     let path = server.spool.path(&delivery.sha256);
     let file = Arc::new(std::fs::File::open(&path).map_err(SessionError::Spool)?);
@@ -248,8 +310,15 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
     let mut sent = offset;
     let mut next_progress = offset + PROGRESS_STEP;
     while let Some(read) = reading.take() {
-        if *closed.borrow() {
+        let current = control.borrow_and_update().clone();
+        if current.closed {
             return Err(SessionError::Revoked);
+        }
+        if !current.groups.contains(&delivery.group) {
+            let reason = Text::new(&format!("no longer a member of {}", delivery.group));
+            connection.write_frame(&Frame::Cancel { delivery: id, reason }).await?;
+            tracing::info!(%user, delivery = id.0, group = %delivery.group, "transfer cancelled: no longer a member");
+            return Ok(Sent::Cancelled);
         }
         let chunk = read.await.map_err(|error| SessionError::Spool(std::io::Error::other(error)))??;
         if chunk.is_empty() {
@@ -262,7 +331,7 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
         if sent + (read as u64) < delivery.size {
             reading = Some(read_chunk(&file, std::mem::take(&mut spare), sent + read as u64, delivery.size));
         }
-        connection.write_data(id, &chunk).await?;
+        unless_revoked(connection.write_data(id, &chunk), control).await?;
         spare = chunk;
         sent += read as u64;
         if sent >= next_progress || sent == delivery.size {
@@ -272,9 +341,9 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
             server.emit(Event::Progress { delivery: id.0, user: user.clone(), bytes: sent, size: delivery.size });
         }
     }
-    connection.flush().await?;
+    unless_revoked(connection.flush(), control).await?;
     tracing::info!(%user, delivery = id.0, bytes = sent - offset, "sent");
-    Ok(())
+    Ok(Sent::Whole)
 }
 
 /// Reads the chunk of the spool entry at `offset` (at most [`MAX_CHUNK_LEN`] bytes, not past
@@ -344,5 +413,7 @@ pub(crate) fn frame_name(frame: &Frame) -> &'static str {
         Frame::Failed { .. } => "a failure report",
         Frame::Ping => "a ping",
         Frame::Pong => "a pong",
+        Frame::Cancel { .. } => "a cancellation",
+        Frame::Busy { .. } => "a busy answer",
     }
 }

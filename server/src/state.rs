@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Semaphore, broadcast, watch};
 
-use gshare_proto::{GroupName, UserName};
+use gshare_proto::{Fingerprint, GroupName, UserName};
 
 use crate::config::Config;
 use crate::identity::ServerIdentity;
@@ -31,13 +31,30 @@ pub(crate) enum Event {
     Offline(UserName),
 }
 
+/// What the server tells an open session while it runs: the groups it may still receive,
+/// and whether it must close (its user or certificate was revoked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SessionControl {
+    pub closed: bool,
+    pub groups: Vec<GroupName>,
+}
+
 /// An open member session, as the registry knows it.
 #[derive(Debug)]
 struct SessionEntry {
     id: u64,
-    groups: Vec<GroupName>,
-    close: watch::Sender<bool>,
+    certificate: Fingerprint,
+    control: watch::Sender<SessionControl>,
 }
+
+/// A session was refused because its certificate already has this many open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooManySessions(pub usize);
+
+/// File transfers one user's sessions may stream at once. A user's devices (and a member
+/// that opens several sessions) take turns, so one user can never hold more than this many of
+/// the server's `concurrent_transfers`.
+pub const TRANSFERS_PER_USER: usize = 1;
 
 /// State shared by the server's tasks.
 #[derive(Debug)]
@@ -53,6 +70,8 @@ pub(crate) struct Server {
     pub password_checks: Semaphore,
     /// Bounds the transfers streaming at once, so memory does not grow with member count.
     pub transfers: Semaphore,
+    /// Each user's share of `transfers` ([`TRANSFERS_PER_USER`]).
+    user_transfers: Mutex<HashMap<UserName, Arc<Semaphore>>>,
     pub spool: Spool,
     sessions: Mutex<HashMap<UserName, Vec<SessionEntry>>>,
     next_session: AtomicU64,
@@ -74,6 +93,7 @@ impl Server {
         let transfers = Semaphore::new(config.concurrent_transfers);
         Self {
             transfers,
+            user_transfers: Mutex::new(HashMap::new()),
             spool,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -107,13 +127,29 @@ impl Server {
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers an open session; the receiver turns true when the session must close.
-    pub fn register_session(&self, user: &UserName, groups: &[GroupName]) -> (u64, watch::Receiver<bool>) {
+    /// Registers an open session of `user` with `certificate`, unless that certificate has
+    /// `sessions_per_certificate` open already. The receiver tells the session what changes.
+    pub fn register_session(
+        &self,
+        user: &UserName,
+        certificate: Fingerprint,
+        groups: &[GroupName],
+    ) -> Result<(u64, watch::Receiver<SessionControl>), TooManySessions> {
+        let limit = self.config.sessions_per_certificate;
+        let mut sessions = self.sessions();
+        let entries = sessions.entry(user.clone()).or_default();
+        if entries.iter().filter(|entry| entry.certificate == certificate).count() >= limit {
+            if entries.is_empty() {
+                sessions.remove(user);
+            }
+            return Err(TooManySessions(limit));
+        }
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (close, closed) = watch::channel(false);
-        self.sessions().entry(user.clone()).or_default().push(SessionEntry { id, groups: groups.to_vec(), close });
+        let (control, receiver) = watch::channel(SessionControl { closed: false, groups: groups.to_vec() });
+        entries.push(SessionEntry { id, certificate, control });
+        drop(sessions);
         self.emit(Event::Online(user.clone()));
-        (id, closed)
+        Ok((id, receiver))
     }
 
     pub fn unregister_session(&self, user: &UserName, id: u64) {
@@ -137,16 +173,42 @@ impl Server {
 
     /// Whether `user` has a session open now that receives `group`'s files.
     pub fn is_receiving(&self, user: &UserName, group: &GroupName) -> bool {
-        self.sessions().get(user).is_some_and(|entries| entries.iter().any(|entry| entry.groups.contains(group)))
+        self.sessions().get(user).is_some_and(|entries| {
+            entries.iter().any(|entry| {
+                let control = entry.control.borrow();
+                !control.closed && control.groups.contains(group)
+            })
+        })
     }
 
-    /// Asks every open session of `user` to close (the user was removed or disabled).
+    /// Asks every open session of `user` to close (the user was removed or disabled), at once,
+    /// even in the middle of a write.
     pub fn close_sessions(&self, user: &UserName) {
         if let Some(entries) = self.sessions().get(user) {
             for entry in entries {
-                let _ = entry.close.send(true);
+                entry.control.send_modify(|control| control.closed = true);
             }
         }
+    }
+
+    /// Stops every open session of `user` from receiving `group`'s files (the user left the
+    /// group or may no longer join it); a transfer of one of them is cancelled.
+    pub fn narrow_sessions(&self, user: &UserName, group: &GroupName) {
+        if let Some(entries) = self.sessions().get(user) {
+            for entry in entries {
+                entry.control.send_if_modified(|control| {
+                    let before = control.groups.len();
+                    control.groups.retain(|g| g != group);
+                    control.groups.len() != before
+                });
+            }
+        }
+    }
+
+    /// The semaphore that holds `user` to [`TRANSFERS_PER_USER`] transfers at once.
+    pub fn user_transfers(&self, user: &UserName) -> Arc<Semaphore> {
+        let mut table = self.user_transfers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(table.entry(user.clone()).or_insert_with(|| Arc::new(Semaphore::new(TRANSFERS_PER_USER))))
     }
 
     /// Tells idle sessions that new deliveries were recorded.

@@ -209,6 +209,15 @@ impl Store {
         .transpose()
     }
 
+    /// Revokes one certificate. Returns whether it was valid until now.
+    pub fn revoke_certificate(&self, fingerprint: &Fingerprint, reason: &str, now: i64) -> Result<bool, StoreError> {
+        let revoked = self.connection().execute(
+            "UPDATE certificates SET revoked_at = ?2, revoked_reason = ?3 WHERE fingerprint = ?1 AND revoked_at IS NULL",
+            params![fingerprint.to_string(), now, reason],
+        )?;
+        Ok(revoked == 1)
+    }
+
     /// Revokes every certificate of `user` and ends their memberships, in one transaction.
     /// Returns how many certificates were newly revoked.
     pub fn revoke_user(&self, user: &UserName, reason: &str, now: i64) -> Result<usize, StoreError> {
@@ -299,13 +308,15 @@ impl Store {
         Ok(pending)
     }
 
-    pub fn mark_delivered(&self, delivery: u64, now: i64) -> Result<(), StoreError> {
-        self.connection().execute(
+    /// Records an acknowledged delivery. Only a pending one: a delivery dropped, failed or
+    /// expired in the meantime stays so. Returns whether it was pending.
+    pub fn mark_delivered(&self, delivery: u64, now: i64) -> Result<bool, StoreError> {
+        let changed = self.connection().execute(
             "UPDATE deliveries SET state = 'delivered', bytes_done = (SELECT size FROM files WHERE files.id = file_id), \
-             updated_at = ?2, reason = NULL WHERE id = ?1",
+             updated_at = ?2, reason = NULL WHERE id = ?1 AND state = 'pending'",
             params![size_to_sql(delivery)?, now],
         )?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     /// Counts a failed attempt; after `max_attempts` the delivery is failed for good. Returns
@@ -446,12 +457,27 @@ impl Store {
         Ok(added == 1)
     }
 
-    /// Ends a membership; returns false if there was none.
-    pub fn remove_membership(&self, user: &UserName, group: &GroupName) -> Result<bool, StoreError> {
-        let removed = self.connection().execute(
+    /// Ends a membership and drops the member's pending deliveries of that group's files, in
+    /// one transaction; returns false if there was no membership.
+    pub fn remove_membership(
+        &self,
+        user: &UserName,
+        group: &GroupName,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        let removed = transaction.execute(
             "DELETE FROM memberships WHERE user_name = ?1 AND group_name = ?2",
             params![user.as_str(), group.as_str()],
         )?;
+        transaction.execute(
+            "UPDATE deliveries SET state = 'dropped', reason = ?3, updated_at = ?4 WHERE user_name = ?1 AND state = 'pending' \
+             AND file_id IN (SELECT id FROM files WHERE group_name = ?2)",
+            params![user.as_str(), group.as_str(), reason, now],
+        )?;
+        transaction.commit()?;
         Ok(removed == 1)
     }
 
@@ -585,6 +611,38 @@ mod tests {
         let states: Vec<_> =
             store.delivery_status().unwrap().into_iter().map(|d| (d.user, d.state, d.bytes_done)).collect();
         assert_eq!(states, [("alice".into(), "failed".into(), 0), ("bob".into(), "delivered".into(), 10)]);
+    }
+
+    #[test]
+    fn a_late_ack_revives_a_dropped_delivery() {
+        // Regression: an ack arriving after the delivery was dropped marked it delivered.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let developers: GroupName = "Developers".parse().unwrap();
+        let alice: UserName = "alice".parse().unwrap();
+        store.add_membership(&alice, &developers, 1).unwrap();
+        let recorded = store.record_file("aa", "a", 1, &developers, 2).unwrap();
+        store.revoke_user(&alice, "removed", 3).unwrap();
+        assert!(!store.mark_delivered(recorded.deliveries[0].0, 4).unwrap());
+        assert_eq!(store.delivery_status().unwrap()[0].state, "dropped");
+    }
+
+    #[test]
+    fn leaving_a_group_drops_its_pending_deliveries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (developers, designers): (GroupName, GroupName) =
+            ("Developers".parse().unwrap(), "Designers".parse().unwrap());
+        let alice: UserName = "alice".parse().unwrap();
+        store.add_membership(&alice, &developers, 1).unwrap();
+        store.add_membership(&alice, &designers, 1).unwrap();
+        store.record_file("aa", "code.rs", 1, &developers, 2).unwrap();
+        store.record_file("bb", "logo.svg", 1, &designers, 2).unwrap();
+        assert!(store.remove_membership(&alice, &designers, "left the group", 3).unwrap());
+        let both = [developers.clone(), designers];
+        let pending: Vec<String> = store.pending_for(&alice, &both).unwrap().into_iter().map(|d| d.name).collect();
+        assert_eq!(pending, ["code.rs"]);
+        assert_eq!(store.groups_of(&alice).unwrap(), [developers]);
     }
 
     #[test]
