@@ -151,11 +151,13 @@ async fn send(
         let spool = server.spool.clone();
         let max = server.config.max_file_bytes;
         let source = path.clone();
-        let spooled = match tokio::task::spawn_blocking(move || spool.ingest(&source, max)).await {
-            Ok(Ok(spooled)) => spooled,
+        // The pin keeps the entry from release until the record below is committed.
+        let pin = match tokio::task::spawn_blocking(move || spool.ingest(&source, max)).await {
+            Ok(Ok(pin)) => pin,
             Ok(Err(error)) => return write(writer, &fail(error.to_string())).await,
             Err(error) => return write(writer, &fail(format!("spooling failed: {error}"))).await,
         };
+        let spooled = pin.spooled.clone();
         let (hex, size, file_group, file_name) = (spooled.hex(), spooled.size, group.clone(), name.to_string());
         let recorded =
             match blocking(server, move |store| store.record_file(&hex, &file_name, size, &file_group, unix_now()))

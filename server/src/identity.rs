@@ -9,7 +9,7 @@
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use time::OffsetDateTime;
@@ -98,12 +98,10 @@ impl ServerIdentity {
         let server = IssuedIdentity { certificate_pem: read(SERVER_CERT)?, key_pem: read(SERVER_KEY)? };
         ca.check_issued_identity(&server)
             .map_err(|problem| IdentityError::Corrupt { path: dir.join(SERVER_CERT), problem })?;
-        for key in [CA_KEY, SERVER_KEY] {
-            let path = dir.join(key);
-            let mode = fs::metadata(&path).map_err(io_error(&path))?.permissions().mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "private key is readable by others; run chmod 600 on it");
-            }
+        crate::private::tighten(&dir, crate::private::DIRECTORY_MODE).map_err(io_error(&dir))?;
+        for name in [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY] {
+            let path = dir.join(name);
+            crate::private::tighten(&path, crate::private::FILE_MODE).map_err(io_error(&path))?;
         }
         Ok(Self { ca, server, created: false })
     }
@@ -134,6 +132,7 @@ fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn hosts() -> Vec<String> {
         vec!["127.0.0.1".into()]

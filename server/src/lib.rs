@@ -14,6 +14,7 @@
 //! - `membership`: the rules a join or leave must pass.
 //! - `listener`, `tls`, `enroll`: the TLS listener and enrollment.
 //! - `ratelimit`: delays after failed password attempts.
+//! - [`private`]: modes of the state directory and its files.
 //! - `state`: what the tasks share.
 
 pub mod admin;
@@ -23,6 +24,7 @@ mod enroll;
 pub mod identity;
 mod listener;
 mod membership;
+pub mod private;
 mod ratelimit;
 mod reload;
 
@@ -86,6 +88,13 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The state directory could not be created or made private.
+    #[error("state directory {}", path.display())]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The dummy password hash could not be made.
     #[error(transparent)]
     Hash(#[from] users::HashError),
@@ -122,14 +131,23 @@ async fn sweep(server: Arc<state::Server>) {
             Err(error) => tracing::error!(%error, "cannot expire deliveries"),
         }
         session::release_spool(&server).await;
-        if let Ok(needed) = state::blocking(&server, |store| store.needed_hashes()).await {
-            server.spool.remove_unneeded(&needed);
+        let shared = Arc::clone(&server);
+        match tokio::task::spawn_blocking(move || shared.spool.sweep(|| shared.store.needed_hashes())).await {
+            Ok(Ok(deleted)) => {
+                for entry in deleted {
+                    tracing::info!(%entry, "unneeded spool entry deleted");
+                }
+            }
+            Ok(Err(error)) => tracing::error!(%error, "cannot sweep the spool"),
+            Err(error) => tracing::error!(%error, "cannot sweep the spool"),
         }
     }
 }
 
 /// Runs the server until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    private::prepare_state_dir(&config.state_dir)
+        .map_err(|source| ServerError::StateDir { path: config.state_dir.clone(), source })?;
     let identity = load_identity(&config)?;
     let store = store::Store::open(&config.state_dir)?;
     let users = users::UserStore::load(&config.users_file, &config.groups)?;

@@ -89,6 +89,8 @@ enum UserCommand {
 
 fn main() -> ExitCode {
     pin_mmap_threshold();
+    // Everything the server creates (state, database, spool, socket) is its user's alone.
+    gshare_server::private::restrict_umask();
     let cli = Cli::parse();
     gshare_common::cli::init_logging("info");
     gshare_common::cli::exit(run(cli))
@@ -144,7 +146,7 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
         UserCommand::Remove { name } => {
             users::edit(path, &config.groups, Edit::Remove { user: name.clone() })?;
             // Revoke now rather than wait for the running server to notice the edit.
-            std::fs::create_dir_all(&config.state_dir)
+            gshare_server::private::prepare_state_dir(&config.state_dir)
                 .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
             let store = Store::open(&config.state_dir)?;
             let now = gshare_server::store::unix_now();
@@ -274,7 +276,7 @@ fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyh
 }
 
 fn status(config: &Config, json: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.state_dir)
+    gshare_server::private::prepare_state_dir(&config.state_dir)
         .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
     let store = Store::open(&config.state_dir)?;
     let memberships = store.memberships()?;

@@ -374,13 +374,16 @@ fn read_chunk(
 /// Deletes spool entries that no pending delivery needs any more.
 pub(crate) async fn release_spool(server: &Arc<Server>) {
     let now = unix_now();
-    match blocking(server, move |store| store.release_finished_files(now)).await {
-        Ok(hashes) => {
+    let shared = Arc::clone(server);
+    let released =
+        tokio::task::spawn_blocking(move || shared.spool.release(|| shared.store.release_finished_files(now))).await;
+    match released {
+        Ok(Ok(hashes)) => {
             for hash in hashes {
-                server.spool.remove(&hash);
                 tracing::info!(entry = %hash, "spool entry released");
             }
         }
+        Ok(Err(error)) => tracing::error!(%error, "cannot release spool entries"),
         Err(error) => tracing::error!(%error, "cannot release spool entries"),
     }
 }

@@ -5,12 +5,19 @@
 //! temporary file beside the spool and makes it durable, then renames it to its hash: so a spool entry is always whole, the hash is
 //! computed once however many members receive the file, and sending the same file twice stores
 //! it once. Blocking: call it on a blocking thread.
+//!
+//! An entry can be needed again while it is being let go: a new file with the same bytes is
+//! ingested just as the last delivery of an older one is acknowledged. So an entry ingested
+//! but not yet recorded is *pinned* ([`SpoolPin`]) until the caller has recorded it, and
+//! entries are deleted only through [`Spool::release`] and [`Spool::sweep`], which decide and
+//! delete under the same lock as pinning, asking the state store at that moment.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use gshare_common::files::WriteBehind;
 
@@ -51,6 +58,35 @@ pub fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    /// Entries ingested and not yet recorded, with how many ingests hold each. Its lock also
+    /// orders deletions against pinning.
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A spool entry just ingested: kept from deletion until this is dropped, which the caller
+/// does once the file is recorded (or failed to be).
+#[derive(Debug)]
+pub struct SpoolPin {
+    pub spooled: Spooled,
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for SpoolPin {
+    fn drop(&mut self) {
+        let mut pins = lock(&self.pins);
+        let hex = self.spooled.hex();
+        if let Some(count) = pins.get_mut(&hex) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(&hex);
+            }
+        }
+    }
+}
+
+fn lock(pins: &Mutex<HashMap<String, usize>>) -> MutexGuard<'_, HashMap<String, usize>> {
+    // The map is updated in single steps; a poisoned lock still holds a consistent map.
+    pins.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Spool {
@@ -67,15 +103,16 @@ impl Spool {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        Ok(Self { dir })
+        Ok(Self { dir, pins: Arc::default() })
     }
 
     pub fn path(&self, sha256_hex: &str) -> PathBuf {
         self.dir.join(sha256_hex)
     }
 
-    /// Copies `source` into the spool, hashing it on the way.
-    pub fn ingest(&self, source: &Path, max_size: u64) -> Result<Spooled, SpoolError> {
+    /// Copies `source` into the spool, hashing it on the way. The entry stays pinned (never
+    /// deleted) while the returned pin lives.
+    pub fn ingest(&self, source: &Path, max_size: u64) -> Result<SpoolPin, SpoolError> {
         let io_error = |path: &Path| {
             let path = path.to_owned();
             move |source| SpoolError::Io { path, source }
@@ -100,9 +137,14 @@ impl Spool {
             let (sha256, size) = copy_hashing(input, output, source, &temporary, max_size)?;
             let spooled = Spooled { sha256, size };
             let target = self.path(&spooled.hex());
-            fs::rename(&temporary, &target).map_err(io_error(&target))?;
+            let pin = {
+                let mut pins = lock(&self.pins);
+                fs::rename(&temporary, &target).map_err(io_error(&target))?;
+                *pins.entry(spooled.hex()).or_insert(0) += 1;
+                SpoolPin { spooled, pins: Arc::clone(&self.pins) }
+            };
             File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_error(&self.dir))?;
-            Ok(spooled)
+            Ok(pin)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&temporary);
@@ -110,22 +152,40 @@ impl Spool {
         result
     }
 
-    /// Deletes every entry whose hash is not in `needed`: files whose deliveries all finished
-    /// while the server was down, or whose record a crash prevented.
-    pub fn remove_unneeded(&self, needed: &[String]) {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+    /// Deletes the entries `release` names (it is asked under the pin lock, so its answer
+    /// and the deletions are one step against ingests), except pinned ones. Returns what was
+    /// deleted.
+    pub fn release<E>(&self, release: impl FnOnce() -> Result<Vec<String>, E>) -> Result<Vec<String>, E> {
+        let pins = lock(&self.pins);
+        let mut deleted = release()?;
+        deleted.retain(|hash| !pins.contains_key(hash));
+        for hash in &deleted {
+            self.remove(hash);
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes every entry whose hash `needed` (asked under the pin lock) does not list and
+    /// that is not pinned: files whose deliveries all finished while the server was down, or
+    /// whose record a crash prevented. Returns what was deleted.
+    pub fn sweep<E>(&self, needed: impl FnOnce() -> Result<Vec<String>, E>) -> Result<Vec<String>, E> {
+        let pins = lock(&self.pins);
+        let needed = needed()?;
+        let mut deleted = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Ok(deleted) };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let is_entry = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
-            if is_entry && !needed.contains(&name) {
+            if is_entry && !needed.contains(&name) && !pins.contains_key(&name) {
                 self.remove(&name);
-                tracing::info!(entry = %name, "unneeded spool entry deleted");
+                deleted.push(name);
             }
         }
+        Ok(deleted)
     }
 
     /// Deletes a spool entry no longer needed.
-    pub fn remove(&self, sha256_hex: &str) {
+    fn remove(&self, sha256_hex: &str) {
         if let Err(error) = fs::remove_file(self.path(sha256_hex)) {
             if error.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(%error, entry = sha256_hex, "cannot delete a spool entry");
@@ -201,10 +261,10 @@ mod tests {
         let spool = Spool::open(state.path()).unwrap();
         let source = state.path().join("abc.txt");
         fs::write(&source, b"abc").unwrap();
-        let spooled = spool.ingest(&source, 10).unwrap();
+        let spooled = spool.ingest(&source, 10).unwrap().spooled.clone();
         assert_eq!(spooled.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(fs::read(spool.path(&spooled.hex())).unwrap(), b"abc");
-        assert_eq!(spool.ingest(&source, 10).unwrap(), spooled);
+        assert_eq!(spool.ingest(&source, 10).unwrap().spooled, spooled);
         assert_eq!(fs::read_dir(state.path().join("spool")).unwrap().count(), 1, "one entry, no temporaries");
         assert!(matches!(spool.ingest(&source, 2), Err(SpoolError::TooLarge { .. })));
         assert!(matches!(spool.ingest(state.path(), 10), Err(SpoolError::NotAFile(_))));
@@ -219,12 +279,42 @@ mod tests {
         let size = 2 * gshare_common::files::WRITE_BEHIND_STEP + 4321;
         let content: Vec<u8> = (0..size).map(|i| (i * 13 % 251) as u8).collect();
         fs::write(&source, &content).unwrap();
-        let spooled = spool.ingest(&source, u64::MAX).unwrap();
+        let spooled = spool.ingest(&source, u64::MAX).unwrap().spooled.clone();
         let expected = ring::digest::digest(&ring::digest::SHA256, &content);
         assert_eq!(spooled.sha256.as_slice(), expected.as_ref());
         assert_eq!(spooled.size, size);
         assert!(fs::read(spool.path(&spooled.hex())).unwrap() == content, "every byte in place");
         assert!(matches!(spool.ingest(&source, size - 1), Err(SpoolError::TooLarge { .. })));
         assert_eq!(fs::read_dir(state.path().join("spool")).unwrap().count(), 1, "no temporary left by the refusal");
+    }
+
+    #[test]
+    fn spool_release_races_a_new_send_of_the_same_content() {
+        // Regression: the last ack of an older file with the same bytes deleted the entry
+        // between a new file's ingest and its record; the new delivery pointed at nothing.
+        let state = tempfile::tempdir().unwrap();
+        let spool = Spool::open(state.path()).unwrap();
+        let store = crate::store::Store::open(state.path()).unwrap();
+        let developers: gshare_proto::GroupName = "Developers".parse().unwrap();
+        let alice: gshare_proto::UserName = "alice".parse().unwrap();
+        store.add_membership(&alice, &developers, 1).unwrap();
+        let source = state.path().join("report.pdf");
+        fs::write(&source, b"the same bytes").unwrap();
+
+        let old = spool.ingest(&source, 100).unwrap();
+        let hex = old.spooled.hex();
+        let old_file = store.record_file(&hex, "report.pdf", 14, &developers, 2).unwrap();
+        drop(old);
+        // A new send of the same bytes is ingested, but not recorded yet...
+        let new = spool.ingest(&source, 100).unwrap();
+        // ...when the old file's last delivery is acknowledged and released.
+        store.mark_delivered(old_file.deliveries[0].0, 3).unwrap();
+        let released = spool.release(|| store.release_finished_files(4)).unwrap();
+        assert!(released.is_empty(), "a pinned entry is kept");
+        assert!(spool.path(&hex).exists());
+        store.record_file(&hex, "report.pdf", 14, &developers, 5).unwrap();
+        drop(new);
+        assert!(spool.sweep(|| store.needed_hashes()).unwrap().is_empty(), "the new record needs it");
+        assert_eq!(fs::read(spool.path(&hex)).unwrap(), b"the same bytes");
     }
 }

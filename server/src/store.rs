@@ -112,6 +112,8 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: i64, known: usize },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("{}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
     #[error("database holds an invalid {0}")]
     Invalid(&'static str),
 }
@@ -147,6 +149,22 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let path = state_dir.join(DATABASE_FILE);
         let open_error = |source| StoreError::Open { path: path.clone(), source };
+        // Created by us with its final mode (SQLite gives its -wal and -shm files the same),
+        // and an older, looser database corrected.
+        let io_error = |error: std::io::Error| StoreError::Io { path: path.clone(), source: error };
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(crate::private::FILE_MODE)
+                .open(&path)
+                .map_err(io_error)?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let file = state_dir.join(format!("{DATABASE_FILE}{suffix}"));
+            crate::private::tighten(&file, crate::private::FILE_MODE).map_err(io_error)?;
+        }
         let mut connection = Connection::open(&path).map_err(open_error)?;
         connection
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")

@@ -91,3 +91,40 @@ fn an_interface_that_is_not_on_this_host_is_a_clear_error() {
     let (_dir, output) = with_config("groups = [\"Developers\"]\n[multicast]\ninterface = \"192.0.2.99\"\n", &[]);
     assert!(stderr_contains(&output, "on interface 192.0.2.99"));
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn status_and_user_remove_create_the_state_directory_world_readable() {
+    // Regression: `status` (and `user remove`) before the server ever ran created the state
+    // directory 0755 and the database with the umask's mode.
+    let (dir, output) = with_config("groups = [\"Developers\"]\n", &["status"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let state = dir.path().join("state");
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("gshare.db")), 0o600);
+}
+
+#[test]
+fn loose_modes_in_an_existing_state_directory_are_corrected() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, output) = with_config("groups = [\"Developers\"]\n", &["fingerprint"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let state = dir.path().join("state");
+    let loose = |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    loose(&state, 0o755);
+    loose(&state.join("identity/ca.key"), 0o644);
+    let output = server(&dir.path().join("server.toml"), &["status"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    loose(&state.join("gshare.db"), 0o644);
+    let output = server(&dir.path().join("server.toml"), &["fingerprint"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = server(&dir.path().join("server.toml"), &["status"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("identity/ca.key")), 0o600);
+    assert_eq!(mode(&state.join("gshare.db")), 0o600);
+}
