@@ -98,8 +98,8 @@ impl ServerIdentity {
         let server = IssuedIdentity { certificate_pem: read(SERVER_CERT)?, key_pem: read(SERVER_KEY)? };
         ca.check_issued_identity(&server)
             .map_err(|problem| IdentityError::Corrupt { path: dir.join(SERVER_CERT), problem })?;
-        crate::private::tighten(&dir, crate::private::DIRECTORY_MODE).map_err(io_error(&dir))?;
-        for name in [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY] {
+        crate::private::tighten(dir, crate::private::DIRECTORY_MODE).map_err(io_error(dir))?;
+        for name in [CA_KEY, SERVER_KEY] {
             let path = dir.join(name);
             crate::private::tighten(&path, crate::private::FILE_MODE).map_err(io_error(&path))?;
         }
