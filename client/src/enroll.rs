@@ -26,8 +26,6 @@ use crate::home::{ClientSettings, record_enrollment};
 use crate::identity::Enrollment;
 use crate::tls::{PinnedCaVerifier, enrollment_config, server_name};
 
-/// How long to wait for the TCP connection and TLS handshake.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to listen for announcements when no `--server` is given.
 const DISCOVERY_WAIT: Duration = Duration::from_secs(2);
 
@@ -64,6 +62,10 @@ pub enum EnrollError {
     Connect { server: ServerAddress, reason: String },
     #[error("server refused enrollment: {0}")]
     Refused(String),
+    #[error(
+        "{server} did not answer the enrollment in {secs} seconds; nothing was recorded here. Try again later, or ask the operator whether the server is overloaded"
+    )]
+    NoAnswer { server: ServerAddress, secs: u64 },
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -101,7 +103,8 @@ pub async fn enroll(settings: &ClientSettings, options: EnrollOptions) -> Result
 
     // Look at the CA without sending anything.
     let verifier = PinnedCaVerifier::new(expected);
-    let probe = connect(&server, &verifier).await;
+    let limit = settings.answer_timeout;
+    let probe = connect(&server, &verifier, limit).await;
     let presented = verifier.presented_ca().map(|der| gshare_certs::fingerprint(&der));
     let fingerprint = match (probe, expected, presented) {
         (Ok(_), _, Some(presented)) => presented,
@@ -135,14 +138,16 @@ pub async fn enroll(settings: &ClientSettings, options: EnrollOptions) -> Result
 
     let (key_pem, csr) = gshare_certs::authority::member_key_and_request(options.user.as_str())?;
     let verifier = PinnedCaVerifier::new(Some(fingerprint));
-    let mut connection = connect(&server, &verifier).await?;
+    let mut connection = connect(&server, &verifier, limit).await?;
     let request = Frame::EnrollRequest { user: options.user.clone(), password, csr };
     let answer = async {
         connection.write_frame(&request).await?;
         connection.read_frame().await
-    }
-    .await
-    .map_err(|e| EnrollError::Protocol(e.to_string()))?;
+    };
+    let answer = tokio::time::timeout(limit, answer)
+        .await
+        .map_err(|_| EnrollError::NoAnswer { server: server.clone(), secs: limit.as_secs() })?
+        .map_err(|e| EnrollError::Protocol(e.to_string()))?;
     let (certificate_der, ca_der) = match answer {
         Some(Frame::EnrollAccepted { certificate, ca_certificate }) => (certificate, ca_certificate),
         Some(Frame::Refused { reason }) => return Err(EnrollError::Refused(reason.to_string())),
@@ -180,6 +185,7 @@ async fn find_server(settings: &ClientSettings, pinned: Option<Fingerprint>) -> 
 async fn connect(
     server: &ServerAddress,
     verifier: &std::sync::Arc<PinnedCaVerifier>,
+    limit: Duration,
 ) -> Result<Connection<tokio_rustls::client::TlsStream<TcpStream>>, EnrollError> {
     let fail = |reason: String| EnrollError::Connect { server: server.clone(), reason };
     let config = enrollment_config(std::sync::Arc::clone(verifier)).map_err(|e| fail(e.to_string()))?;
@@ -187,7 +193,9 @@ async fn connect(
         let tcp = TcpStream::connect(server.as_str()).await.map_err(|e| fail(e.to_string()))?;
         TlsConnector::from(config).connect(server_name(), tcp).await.map_err(|e| fail(e.to_string()))
     };
-    let tls = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await.map_err(|_| fail("timed out".into()))??;
+    let tls = tokio::time::timeout(limit, attempt).await.map_err(|_| {
+        fail(format!("no answer in {} seconds (answer_timeout_secs in client.toml)", limit.as_secs()))
+    })??;
     Ok(Connection::new(tls))
 }
 

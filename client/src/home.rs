@@ -40,6 +40,22 @@ struct ClientToml {
     server: Option<ServerAddressToml>,
     #[serde(default)]
     ca_fingerprint: Option<FingerprintToml>,
+    #[serde(default)]
+    answer_timeout_secs: Option<AnswerTimeoutToml>,
+}
+
+/// Default seconds the client waits for the server over TLS (connecting, or an answer).
+pub const DEFAULT_ANSWER_TIMEOUT_SECS: u64 = 30;
+
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "u64")]
+struct AnswerTimeoutToml(u64);
+
+impl TryFrom<u64> for AnswerTimeoutToml {
+    type Error = String;
+    fn try_from(secs: u64) -> Result<Self, Self::Error> {
+        if (1..=3600).contains(&secs) { Ok(Self(secs)) } else { Err("must be between 1 and 3600 seconds".into()) }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +89,8 @@ pub struct ClientSettings {
     pub server: Option<ServerAddress>,
     /// The CA fingerprint pinned at enrollment; announcements from any other CA are ignored.
     pub ca_fingerprint: Option<Fingerprint>,
+    /// Longest wait for the server over TLS: to connect, and for each answer that is due.
+    pub answer_timeout: std::time::Duration,
 }
 
 impl ClientSettings {
@@ -89,6 +107,9 @@ impl ClientSettings {
             multicast: raw.multicast,
             server: raw.server.map(|s| s.0),
             ca_fingerprint: raw.ca_fingerprint.map(|f| f.0),
+            answer_timeout: std::time::Duration::from_secs(
+                raw.answer_timeout_secs.map_or(DEFAULT_ANSWER_TIMEOUT_SECS, |secs| secs.0),
+            ),
         })
     }
 }

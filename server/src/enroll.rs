@@ -60,7 +60,7 @@ pub(crate) async fn enroll(
             tracing::warn!(%peer, %user, "enrollment turned away: every password checker is busy");
             return refuse("the server is busy checking other passwords; try again in a minute");
         };
-        tracing::debug!(%peer, %user, "checking a password");
+        tracing::info!(%peer, %user, "checking a password");
         tokio::task::spawn_blocking(move || verify_password(&hash, password.expose())).await.unwrap_or(false)
     };
     // The user store may have changed while the password was checked (`user remove`).

@@ -216,3 +216,101 @@ where
     // Keep the session open until the member leaves.
     while let Ok(Some(_)) = connection.read_frame().await {}
 }
+
+/// A TLS server with a real server's identity that completes every handshake (no client
+/// certificate asked) and then never answers: what a hung or overloaded server looks like.
+#[derive(Debug)]
+pub struct SilentServer {
+    pub address: SocketAddr,
+}
+
+impl SilentServer {
+    pub fn start(identity_dir: &Path) -> Self {
+        let read = |name: &str| std::fs::read_to_string(identity_dir.join(name)).unwrap();
+        let ca = CertificateDer::from_pem_slice(read("ca.crt").as_bytes()).unwrap();
+        let certificate = CertificateDer::from_pem_slice(read("server.crt").as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(read("server.key").as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate, ca], key)
+            .unwrap();
+        config.alpn_protocols = vec![gshare_common::ALPN.to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                let mut held = Vec::new();
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else { return };
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        held.push(tls); // read nothing, answer nothing, close nothing
+                    }
+                }
+            });
+        });
+        Self { address }
+    }
+}
+
+/// A member session as a hostile member runs it: subscribed, answering its first offer with
+/// `Resume { offset: 0 }`, then reading nothing more.
+pub type MemberStream = Connection<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Connects with `config` and subscribes to `groups`; the connection once subscribed, or the
+/// answer that was not `Subscribed`.
+pub async fn subscribed(
+    address: &str,
+    config: Arc<rustls::ClientConfig>,
+    groups: &[&str],
+) -> Result<MemberStream, String> {
+    let tcp = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(gshare_certs::SERVER_NAME).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let mut connection = Connection::new(tls);
+    let groups = groups.iter().map(|g| g.parse().unwrap()).collect();
+    connection.write_frame(&Frame::Subscribe { groups }).await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), connection.read_frame()).await {
+        Ok(Ok(Some(Frame::Subscribed))) => Ok(connection),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Reads up to the next offer and asks for all of it; the offer.
+pub async fn take_offer(connection: &mut MemberStream) -> Offer {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), connection.read_frame()).await {
+            Ok(Ok(Some(Frame::Offer(offer)))) => {
+                connection.write_frame(&Frame::Resume { delivery: offer.delivery, offset: 0 }).await.unwrap();
+                return offer;
+            }
+            Ok(Ok(Some(Frame::Ping))) => connection.write_frame(&Frame::Pong).await.unwrap(),
+            other => panic!("expected an offer, got {other:?}"),
+        }
+    }
+}
+
+/// Connects without a client certificate, sends `bytes` as they are, and returns the first
+/// answer (waiting up to `limit`).
+pub async fn answer_to_raw_bytes(
+    address: &str,
+    config: Arc<rustls::ClientConfig>,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<Option<Frame>, String> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(gshare_certs::SERVER_NAME).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    tls.write_all(bytes).await.map_err(|e| e.to_string())?;
+    tls.flush().await.map_err(|e| e.to_string())?;
+    let mut connection = Connection::new(tls);
+    tokio::time::timeout(limit, connection.read_frame())
+        .await
+        .map_err(|_| "no answer".to_owned())?
+        .map_err(|e| e.to_string())
+}
