@@ -29,10 +29,12 @@ pub enum DropReason {
     Replayed,
     /// Too many fresh datagrams to remember nonces for.
     ReplayCacheFull,
+    /// The sender sent more requests than its share.
+    OverRate,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::Unsigned,
         DropReason::BadSignature,
@@ -41,6 +43,7 @@ impl DropReason {
         DropReason::FutureDated,
         DropReason::Replayed,
         DropReason::ReplayCacheFull,
+        DropReason::OverRate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl DropReason {
             DropReason::FutureDated => "future-dated",
             DropReason::Replayed => "replayed",
             DropReason::ReplayCacheFull => "replay cache full",
+            DropReason::OverRate => "over the sender's rate",
         }
     }
 }

@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_STRANGERS: u32 = 64;
 pub const DEFAULT_STRANGERS_PER_ADDRESS: u32 = 8;
 /// Default most sessions open at once with one member certificate (one device needs one).
 pub const DEFAULT_SESSIONS_PER_CERTIFICATE: u32 = 4;
+/// Default multicast requests (list, join, leave) one sender address may make per second on
+/// average; twice as many at once after a quiet spell.
+pub const DEFAULT_REQUESTS_PER_SENDER_PER_SECOND: u32 = 10;
 /// Default seconds one write to a member may take before the member is taken for stuck.
 pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 /// Default most password checks (argon2id) running at once.
@@ -125,6 +128,7 @@ struct LimitsToml {
     strangers_per_address: Spanned<u32>,
     sessions_per_certificate: Spanned<u32>,
     write_timeout_secs: Spanned<u64>,
+    requests_per_sender_per_second: Spanned<u32>,
     password_checks: Spanned<u32>,
     handshake_timeout_secs: Spanned<u64>,
     max_file_bytes: Spanned<u64>,
@@ -139,6 +143,7 @@ impl Default for LimitsToml {
             strangers_per_address: Spanned::new(0..0, DEFAULT_STRANGERS_PER_ADDRESS),
             sessions_per_certificate: Spanned::new(0..0, DEFAULT_SESSIONS_PER_CERTIFICATE),
             write_timeout_secs: Spanned::new(0..0, DEFAULT_WRITE_TIMEOUT_SECS),
+            requests_per_sender_per_second: Spanned::new(0..0, DEFAULT_REQUESTS_PER_SENDER_PER_SECOND),
             password_checks: Spanned::new(0..0, DEFAULT_PASSWORD_CHECKS),
             handshake_timeout_secs: Spanned::new(0..0, DEFAULT_HANDSHAKE_TIMEOUT_SECS),
             max_file_bytes: Spanned::new(0..0, DEFAULT_MAX_FILE_BYTES),
@@ -225,6 +230,8 @@ pub struct Config {
     pub sessions_per_certificate: usize,
     /// Longest time one write to a member may take; a member that reads no faster is dropped.
     pub write_timeout: Duration,
+    /// Multicast requests one sender address may make per second (twice as many at once).
+    pub requests_per_sender_per_second: u32,
     /// Most password checks running at once.
     pub password_checks: usize,
     /// Time a TLS peer has to complete its handshake and send its first request.
@@ -335,6 +342,7 @@ impl Config {
         let max_strangers = bounded(&limits.max_strangers, 100_000)?;
         let strangers_per_address = bounded(&limits.strangers_per_address, 100_000)?;
         let sessions_per_certificate = bounded(&limits.sessions_per_certificate, 1000)?;
+        let requests_per_sender_per_second = bounded(&limits.requests_per_sender_per_second, 1_000_000)? as u32;
         let write_timeout = *limits.write_timeout_secs.get_ref();
         if !(1..=3600).contains(&write_timeout) {
             return Err(error(limits.write_timeout_secs.span(), "must be between 1 and 3600 seconds".into()));
@@ -376,6 +384,7 @@ impl Config {
             strangers_per_address,
             sessions_per_certificate,
             write_timeout: Duration::from_secs(write_timeout),
+            requests_per_sender_per_second,
             password_checks,
             handshake_timeout: Duration::from_secs(timeout),
             max_file_bytes,

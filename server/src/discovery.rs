@@ -6,6 +6,10 @@
 //! sooner are answered together once the interval has passed. List requests are unsigned, so
 //! that bound is all an attacker gets from them.
 //!
+//! Every request passes a per-sender rate limit first ([`SenderLimiter`]), before any
+//! database look-up or signature check, so that a host flooding the group spends only its own
+//! share and everyone else's joins go through at once.
+//!
 //! A join or leave request is taken only if it is fresh, names a certificate this server
 //! issued, is signed by that certificate's key, and is not a replay; then [`decide`] applies
 //! every rule, the change is recorded in the state store, and a signed reply goes back to the
@@ -27,6 +31,7 @@ use gshare_proto::{Announcement, Datagram, DecodeError, Message, Nonce, ReplayGu
 
 use crate::ServerError;
 use crate::membership::{Direction, decide};
+use crate::ratelimit::{SENDER_CAPACITY, SenderLimiter};
 use crate::state::{Server, blocking};
 
 /// Most nonces of join and leave requests remembered within the freshness window.
@@ -46,12 +51,15 @@ pub(crate) struct Discovery {
     guard: ReplayGuard,
     drops: DropCounter,
     unknown_replies: (Instant, u32),
+    senders: SenderLimiter,
 }
 
 impl Discovery {
     pub(crate) fn new(server: Arc<Server>, channel: MulticastChannel, announcements: Vec<Announcement>) -> Self {
         let guard = ReplayGuard::new(server.config.multicast.max_age(), REPLAY_CACHE_CAPACITY);
+        let rate = f64::from(server.config.requests_per_sender_per_second);
         Self {
+            senders: SenderLimiter::new(rate, 2.0 * rate, SENDER_CAPACITY),
             server,
             channel,
             announcements,
@@ -94,6 +102,14 @@ impl Discovery {
                 return Ok(());
             }
         };
+        let is_request = matches!(
+            decoded.datagram.message,
+            Message::ListRequest | Message::JoinRequest(_) | Message::LeaveRequest(_)
+        );
+        if is_request && !self.senders.allow(from.ip(), std::time::Instant::now()) {
+            self.drop(DropReason::OverRate, from, &"request over the sender's rate");
+            return Ok(());
+        }
         match &decoded.datagram.message {
             Message::ListRequest => {
                 tracing::debug!(%from, "list request");

@@ -146,6 +146,45 @@ impl FailureLimiter {
         }
     }
 }
+/// Senders remembered; when full, the one heard from longest ago is forgotten.
+pub const SENDER_CAPACITY: usize = 4096;
+
+/// A token bucket per sender address, for multicast requests: checked before any expensive
+/// work (a database look-up, a signature check), so that one host flooding the group with
+/// requests spends only its own share, and every other member's joins go through.
+#[derive(Debug)]
+pub struct SenderLimiter {
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+    rate: f64,
+    burst: f64,
+    capacity: usize,
+}
+
+impl SenderLimiter {
+    pub fn new(rate: f64, burst: f64, capacity: usize) -> Self {
+        Self { buckets: HashMap::new(), rate, burst, capacity }
+    }
+
+    /// Whether a request from `sender` at `now` is within its rate; counts it if so.
+    pub fn allow(&mut self, sender: IpAddr, now: Instant) -> bool {
+        if !self.buckets.contains_key(&sender) && self.buckets.len() >= self.capacity {
+            let oldest = self.buckets.iter().min_by_key(|(_, (_, seen))| *seen).map(|(address, _)| *address);
+            if let Some(oldest) = oldest {
+                self.buckets.remove(&oldest);
+            }
+        }
+        let (tokens, seen) = self.buckets.entry(sender).or_insert((self.burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*seen).as_secs_f64() * self.rate).min(self.burst);
+        *seen = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +245,24 @@ mod tests {
         limiter.succeeded(&alice);
         assert!(limiter.check(&subjects("alice", [10, 0, 0, 9]), later).is_ok(), "the user is forgiven");
         assert!(limiter.check(&subjects("bob", [10, 0, 0, 1]), later).is_err(), "the address keeps its guesses");
+    }
+
+    #[test]
+    fn one_sender_gets_its_burst_then_its_rate_and_others_are_untouched() {
+        let mut limiter = SenderLimiter::new(10.0, 20.0, 100);
+        let start = Instant::now();
+        let flooder = IpAddr::from([192, 0, 2, 3]);
+        let allowed = (0..20_000).filter(|_| limiter.allow(flooder, start)).count();
+        assert_eq!(allowed, 20);
+        let a_second_later = start + Duration::from_secs(1);
+        let allowed = (0..1000).filter(|_| limiter.allow(flooder, a_second_later)).count();
+        assert_eq!(allowed, 10);
+        assert!(limiter.allow(IpAddr::from([192, 0, 2, 2]), a_second_later), "an honest member is not held up");
+        let mut small = SenderLimiter::new(10.0, 20.0, 2);
+        for i in 0..10u8 {
+            small.allow(IpAddr::from([10, 0, 0, i]), start);
+        }
+        assert!(small.buckets.len() <= 2, "memory is bounded");
     }
 
     #[test]

@@ -53,7 +53,7 @@ async fn main() {
     let config = work.join("server.toml");
     std::fs::write(
         &config,
-        format!("groups = [\"Everyone\"]\n[tls]\nlisten = \"127.0.0.1:{tls_port}\"\n[limits]\nmax_connections = {}\n{multicast}", members + 64),
+        format!("groups = [\"Everyone\"]\n[tls]\nlisten = \"127.0.0.1:{tls_port}\"\n[limits]\nmax_connections = {}\nmax_strangers = {}\nstrangers_per_address = {}\nrequests_per_sender_per_second = 100000\n{multicast}", members + 64, members + 64, members + 64),
     )
     .unwrap();
     // One hash for every benchmark user: hashing is not what is measured here.
