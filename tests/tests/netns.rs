@@ -239,7 +239,7 @@ fn floods_of_join_requests_do_not_delay_an_honest_join() {
     let flood_file = scratch.path().join("flood.bin");
     std::fs::write(&flood_file, datagrams).unwrap();
     let flood_ns = format!("{prefix}-flood");
-    let mut flood = Command::new("ip")
+    let flood = Command::new("ip")
         .args(["netns", "exec", &flood_ns, "python3", "-c", FLOOD_SCRIPT])
         .arg(&flood_file)
         .args(["239.255.70.70", "7070", "192.0.2.3", &SECONDS.to_string()])
