@@ -50,7 +50,7 @@ fn a_joined_member_opens_its_session_without_a_join_reply() {
     // Join requests now go where nobody answers (another multicast port); the TLS session
     // does not need them.
     let toml = std::fs::read_to_string(home.path().join("client.toml")).unwrap();
-    let port = gshare_tests::TestNet::loopback().port;
+    let port = TestNet::loopback().port;
     let moved =
         toml.lines().map(|line| if line.starts_with("port") { format!("port = {port}") } else { line.to_owned() });
     std::fs::write(home.path().join("client.toml"), moved.collect::<Vec<_>>().join("\n")).unwrap();
