@@ -16,10 +16,17 @@ that must be encrypted, decrypted and SHA-256 hashed (openssl speed, AES-256-GCM
 negotiates and SHA-256), spread over the cores, and UFTP 4 (Debian's uftp, installed if
 missing) with AES-256-GCM delivering the same file to the same hosts.
 
+With `--link-mbit R` every host's link is held to R Mbit/s in both directions by a token
+bucket (`tc qdisc ... tbf` on each host's eth0 and on its bridge port), as on a LAN whose
+links, not the CPU, are the limit. Each case then also reports the physical limit S / link
+(what one copy takes; no distributor beats it), gshare's time as a ratio to it, the bytes the
+server's host sent for the file (its eth0 counters), and UFTP at a fixed 95% of the link.
+
 Usage (root, from the repository root, after `cargo build --release`):
 
     python3 bench/run.py                          # N in 1,4,8; S in 256M,1G; 3 runs
     python3 bench/run.py --members 1,4 --sizes 64M --runs 1 --json bench/out/quick.json
+    python3 bench/run.py --link-mbit 100 --members 1,8,16 --sizes 256M --json bench/out/link.json
 
 Every load is bounded: a fixed list of transfers, each with a time limit.
 """
@@ -62,11 +69,13 @@ def in_ns(name, *args):
 
 
 class Lan:
-    """The bridge namespace, the server host and the member hosts."""
+    """The bridge namespace, the server host and the member hosts; with `link_mbit`, every
+    host's link shaped to that rate in both directions."""
 
-    def __init__(self, members):
+    def __init__(self, members, link_mbit=None):
         self.names = []
         self.members = members
+        self.link_mbit = link_mbit
 
     def __enter__(self):
         hosts = [("server", SERVER_IP)] + [(f"m{i}", MEMBER_IP.format(10 + i)) for i in range(1, self.members + 1)]
@@ -82,11 +91,21 @@ class Lan:
             sh("ip", "-n", ns(host), "addr", "add", f"{address}/24", "dev", "eth0")
             sh("ip", "-n", ns(host), "link", "set", "eth0", "up")
             sh("ip", "-n", ns(host), "link", "set", "lo", "up")
+            if self.link_mbit:
+                # Out of the host (its eth0) and into it (its bridge port), each its own bucket.
+                shape = ["root", "tbf", "rate", f"{self.link_mbit}mbit", "burst", "64kb", "latency", "50ms"]
+                sh("ip", "netns", "exec", ns(host), "tc", "qdisc", "add", "dev", "eth0", *shape)
+                sh("ip", "netns", "exec", ns("br"), "tc", "qdisc", "add", "dev", port, *shape)
         return self
 
     def __exit__(self, *exc):
         for name in self.names:
             sh("ip", "netns", "del", ns(name), check=False)
+
+
+def tx_bytes(host):
+    """Bytes `host` has sent on its eth0 so far."""
+    return int(sh(*in_ns(host, "cat", "/sys/class/net/eth0/statistics/tx_bytes")).stdout.strip())
 
 
 def cpu_seconds(pid):
@@ -199,12 +218,13 @@ def tcp_floor_seconds(size, members):
 
 
 class Gshare:
-    def __init__(self, workdir, members):
+    def __init__(self, workdir, member_counts):
         self.dir = workdir / "gshare"
         self.dir.mkdir()
+        members = max(member_counts)
         self.members = members
         self.listeners = {}
-        groups = {n: f"B{n}" for n in (1, 4, 8)}
+        groups = {n: f"B{n}" for n in member_counts}
         self.group_of = groups
         config = self.dir / "server.toml"
         config.write_text(
@@ -231,7 +251,10 @@ class Gshare:
         for i in range(1, members + 1):
             home = self.dir / f"home-m{i}"
             home.mkdir()
-            (home / "client.toml").write_text(f'[multicast]\ninterface = "{MEMBER_IP.format(10 + i)}"\nttl = 1\nloop = false\n')
+            (home / "client.toml").write_text(
+                f'[multicast]\ninterface = "{MEMBER_IP.format(10 + i)}"\nttl = 1\nloop = false\n'
+                f'[peer]\nlisten = "{MEMBER_IP.format(10 + i)}:7444"\n'
+            )
             result = subprocess.run(
                 in_ns(f"m{i}", BIN / "gshare-client", "--home", home, "enroll", "--user", f"m{i}",
                       "--server", f"{SERVER_IP}:7443", "--ca-fingerprint", fingerprint, "--password-stdin"),
@@ -256,11 +279,13 @@ class Gshare:
             reset_peak(pid)
         cpu_before = [cpu_seconds(pid) for pid in pids]
         log_offset = self.server_log.stat().st_size
+        sent_before = tx_bytes("server")
         wall_started = time.time()
         started = time.monotonic()
         result = sh(BIN / "gshare-server", "--config", self.config, "send", "--group", group, path, "--wait",
                     timeout=TRANSFER_TIMEOUT)
         elapsed = time.monotonic() - started
+        server_sent = tx_bytes("server") - sent_before
         delivered = result.stdout.count(": delivered ")
         if delivered != members:
             raise RuntimeError(f"{delivered} of {members} delivered:\n{result.stdout}")
@@ -274,6 +299,7 @@ class Gshare:
             received.unlink()
         return {
             "seconds": elapsed,
+            "server_sent_bytes": server_sent,
             "spool_seconds": self.spool_seconds(log_offset, wall_started),
             "server_cpu_seconds": cpu[0],
             "member_cpu_seconds": sum(cpu[1:]),
@@ -337,6 +363,7 @@ class Uftp:
         clients = ",".join(f"0x{0xC0000200 + 10 + i:08x}" for i in range(1, members + 1))
         pids = [self.daemons[i][0].pid for i in range(1, members + 1)]
         cpu_before = [cpu_seconds(pid) for pid in pids]
+        sent_before = tx_bytes("server")
         started = time.monotonic()
         log = self.dir / "uftp.log"
         process = subprocess.Popen(
@@ -357,6 +384,7 @@ class Uftp:
             time.sleep(0.005)
         process.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.monotonic() - started
+        server_sent = tx_bytes("server") - sent_before
         server_cpu = usage.ru_utime + usage.ru_stime
         stderr = log.read_text(errors="replace")
         cpu = sum(cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before))
@@ -366,7 +394,8 @@ class Uftp:
             if not received.exists() or received.stat().st_size != size:
                 raise RuntimeError(f"uftp: m{i} did not receive the file:\n{stderr[-2000:]}")
             received.unlink()
-        return {"seconds": elapsed, "member_cpu_seconds": cpu, "server_cpu_seconds": server_cpu}
+        return {"seconds": elapsed, "member_cpu_seconds": cpu, "server_cpu_seconds": server_cpu,
+                "server_sent_bytes": server_sent}
 
     def close(self):
         for process, _ in self.daemons.values():
@@ -386,6 +415,8 @@ def main():
     parser.add_argument("--skip-uftp", action="store_true", help="do not run UFTP")
     parser.add_argument("--uftp-rate", type=int, default=None,
                         help="run UFTP at this fixed rate in Kbps (-1: as fast as possible) instead of TFMCC")
+    parser.add_argument("--link-mbit", type=int, default=None,
+                        help="hold every host's link to this many Mbit/s each way (tc tbf); UFTP then runs at 95%% of it")
     parser.add_argument("--workdir", default=None,
                         help="where files, spool and received copies live (default: the system temp dir); "
                              "/dev/shm measures without the disk")
@@ -397,8 +428,13 @@ def main():
     for binary in ("gshare-server", "gshare-client"):
         if not (BIN / binary).exists():
             sys.exit(f"error: {BIN / binary} is missing; run `cargo build --release` first")
-    if any(n not in (1, 4, 8) for n in member_counts):
-        sys.exit("error: member counts are 1, 4 or 8")
+    if any(not 1 <= n <= 16 for n in member_counts):
+        sys.exit("error: member counts are between 1 and 16")
+    if args.link_mbit is not None:
+        if args.link_mbit <= 0:
+            sys.exit("error: --link-mbit must be positive")
+        if args.uftp_rate is None:
+            args.uftp_rate = int(args.link_mbit * 1000 * 0.95)
 
     cores = os.cpu_count() or 1
     cpu_model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
@@ -410,8 +446,8 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="gshare-bench-", dir=args.workdir))
     print(f"files under {workdir.parent}")
     try:
-        with Lan(max(member_counts)):
-            gshare = Gshare(workdir, max(member_counts))
+        with Lan(max(member_counts), args.link_mbit):
+            gshare = Gshare(workdir, member_counts)
             uftp = None if args.skip_uftp else Uftp(workdir, max(member_counts), args.uftp_rate)
             try:
                 for size in sizes:
@@ -424,8 +460,12 @@ def main():
                             "runs": args.runs,
                             "gshare": {key: statistics.median(r[key] for r in runs) for key in runs[0]},
                             "ceiling_seconds": ceiling_seconds(size, members, speeds, cores),
-                            "tcp_floor_seconds": statistics.median(tcp_floor_seconds(size, members) for _ in range(args.runs)),
                         }
+                        if args.link_mbit:
+                            row["link_mbit"] = args.link_mbit
+                            row["link_limit_seconds"] = size * 8 / (args.link_mbit * 1e6)
+                        else:
+                            row["tcp_floor_seconds"] = statistics.median(tcp_floor_seconds(size, members) for _ in range(args.runs))
                         if uftp is not None:
                             uftp_runs = [uftp.send(data, members) for _ in range(args.runs)]
                             row["uftp"] = {key: statistics.median(r[key] for r in uftp_runs) for key in uftp_runs[0]}
@@ -442,20 +482,54 @@ def main():
     output = Path(args.json)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"cores": cores, "cpu": cpu_model, "workdir": str(workdir.parent),
-                                  "speeds_bytes_per_second": speeds, "results": results}, indent=2))
+                                  "link_mbit": args.link_mbit, "speeds_bytes_per_second": speeds,
+                                  "results": results}, indent=2))
     print()
-    print_table(results)
+    if args.link_mbit:
+        print_link_table(results)
+    else:
+        print_table(results)
     print(f"\nresults written to {output}")
 
 
 def report_row(row):
     g = row["gshare"]
+    if "link_limit_seconds" in row:
+        limit = row["link_limit_seconds"]
+        line = (f"{human(row['size']):>8} x {row['members']} members at {row['link_mbit']} Mbit/s: "
+                f"limit {limit:.2f} s, gshare {g['seconds']:.2f} s ({g['seconds'] / limit:.2f}x), "
+                f"server sent {g['server_sent_bytes'] / row['size']:.2f}x the file")
+        if "uftp" in row:
+            u = row["uftp"]
+            line += f"; uftp {u['seconds']:.2f} s ({u['seconds'] / limit:.2f}x, sent {u['server_sent_bytes'] / row['size']:.2f}x)"
+        print(line, flush=True)
+        return
     line = (f"{human(row['size']):>8} x {row['members']} members: gshare {g['seconds']:.2f} s "
             f"({row['size'] * row['members'] / g['seconds'] / MIB:.0f} MiB/s aggregate), "
             f"ceiling {row['ceiling_seconds']:.2f} s, plain TCP {row['tcp_floor_seconds']:.2f} s")
     if "uftp" in row:
         line += f", uftp {row['uftp']['seconds']:.2f} s"
     print(line, flush=True)
+
+
+def print_link_table(results):
+    columns = ["size", "members", "link Mbit/s", "S / link s", "gshare s", "gshare / limit", "server sent / size",
+               "UFTP s", "UFTP / limit", "UFTP sent / size", "server CPU s", "members CPU s", "server peak RSS MiB",
+               "member peak RSS MiB"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" for _ in columns) + "|")
+    for row in results:
+        g, size, limit = row["gshare"], row["size"], row["link_limit_seconds"]
+        uftp = row.get("uftp")
+        cells = [
+            human(size), str(row["members"]), str(row["link_mbit"]), f"{limit:.2f}", f"{g['seconds']:.2f}",
+            f"{g['seconds'] / limit:.2f}", f"{g['server_sent_bytes'] / size:.2f}",
+            f"{uftp['seconds']:.2f}" if uftp else "-", f"{uftp['seconds'] / limit:.2f}" if uftp else "-",
+            f"{uftp['server_sent_bytes'] / size:.2f}" if uftp else "-",
+            f"{g['server_cpu_seconds']:.2f}", f"{g['member_cpu_seconds']:.2f}",
+            f"{g['server_peak_rss_mib']:.0f}", f"{g['member_peak_rss_mib']:.0f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
 
 
 def print_table(results):

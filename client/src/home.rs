@@ -42,6 +42,29 @@ struct ClientToml {
     ca_fingerprint: Option<FingerprintToml>,
     #[serde(default)]
     answer_timeout_secs: Option<AnswerTimeoutToml>,
+    #[serde(default)]
+    peer: PeerToml,
+}
+
+/// `[peer]`: how this member serves pieces of files to other members.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerToml {
+    listen: Option<std::net::SocketAddr>,
+    serve: Option<bool>,
+}
+
+/// Default address a listening member accepts other members' connections on.
+pub const DEFAULT_PEER_LISTEN: &str = "0.0.0.0:7444";
+
+/// How this member takes part in swarm delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSettings {
+    /// Where to accept connections from other members (`[peer] listen`, default
+    /// [`DEFAULT_PEER_LISTEN`]); port 0 takes any free port.
+    pub listen: std::net::SocketAddr,
+    /// Whether to pass pieces on to other members at all (`[peer] serve`, default true).
+    pub serve: bool,
 }
 
 /// Default seconds the client waits for the server over TLS (connecting, or an answer).
@@ -91,6 +114,7 @@ pub struct ClientSettings {
     pub ca_fingerprint: Option<Fingerprint>,
     /// Longest wait for the server over TLS: to connect, and for each answer that is due.
     pub answer_timeout: std::time::Duration,
+    pub peer: PeerSettings,
 }
 
 impl ClientSettings {
@@ -110,6 +134,12 @@ impl ClientSettings {
             answer_timeout: std::time::Duration::from_secs(
                 raw.answer_timeout_secs.map_or(DEFAULT_ANSWER_TIMEOUT_SECS, |secs| secs.0),
             ),
+            peer: PeerSettings {
+                listen: raw.peer.listen.unwrap_or_else(|| {
+                    DEFAULT_PEER_LISTEN.parse().unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], 7444)))
+                }),
+                serve: raw.peer.serve.unwrap_or(true),
+            },
         })
     }
 }

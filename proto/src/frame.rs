@@ -73,6 +73,41 @@ pub enum Frame {
     /// Server → member, instead of `Subscribed`: not now (the server is full, or this
     /// certificate has too many sessions open); try again later.
     Busy { reason: Text },
+
+    // Swarm delivery: the file in pieces, from the server and from other members.
+    /// Member → server, first frame of a session, instead of `Subscribe`: the same, from a
+    /// member that can take files in pieces and pass them on. `peer_port` is where it accepts
+    /// other members (on the address its session comes from), if it does.
+    SubscribeSwarm { groups: Vec<GroupName>, peer_port: Option<u16> },
+    /// Server → member: a file is waiting, to be taken in pieces of `piece_len` bytes.
+    SwarmOffer { offer: Offer, piece_len: u32 },
+    /// Member → server: send the offered file; `have` is a bitfield of the pieces already held
+    /// (verified), most significant bit of the first byte for piece 0.
+    SwarmAccept { delivery: DeliveryId, have: Vec<u8> },
+    /// Server → member: the SHA-256 of pieces `first`, `first + 1`, ... (all of them arrive,
+    /// in order, before the member takes a piece from anyone).
+    PieceHashes { delivery: DeliveryId, first: u32, hashes: Vec<[u8; 32]> },
+    /// Server → member: the members who may serve this member the file, and whom it may serve.
+    /// Sent again whenever that changes; a member not in the latest list is refused.
+    Peers { file: FileKey, peers: Vec<PeerInfo> },
+    /// Member → server: send me a piece that no member has had yet.
+    NextPiece { file: FileKey },
+    /// Server → member: every piece has gone out once; take them from other members (or ask
+    /// for a piece by number).
+    NoNewPiece { file: FileKey },
+    /// Either way: send me piece `piece`.
+    PieceRequest { file: FileKey, piece: u32 },
+    /// Either way: the bytes of piece `piece`.
+    Piece { file: FileKey, piece: u32, bytes: Vec<u8> },
+    /// Member → member: not served, and why (not named by the server for the file, say).
+    PieceRefused { file: FileKey, piece: u32, reason: Text },
+    /// Member → member: the pieces I hold of `file` (and that I am here for it).
+    Bitfield { file: FileKey, have: Vec<u8> },
+    /// Member → member: I now hold `piece` too.
+    Have { file: FileKey, piece: u32 },
+    /// Member → server, before its ack: where the file's bytes came from, and which members
+    /// sent pieces that did not verify.
+    SwarmDone { delivery: DeliveryId, from_server: u64, from_peers: u64, bad_peers: Vec<crate::Fingerprint> },
 }
 
 /// The server's number for one file to one member; stable across restarts.
@@ -97,6 +132,25 @@ pub struct Offer {
     pub size: u64,
     pub sha256: [u8; 32],
 }
+
+/// A file's SHA-256, which names it among members: pieces of the same bytes are the same
+/// pieces, whichever delivery brought them.
+pub type FileKey = [u8; 32];
+
+/// A member the server names for a file: its certificate's fingerprint, and where it accepts
+/// connections from other members (none if it does not listen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub certificate: crate::Fingerprint,
+    pub address: Option<std::net::SocketAddr>,
+}
+
+/// Most piece hashes in one [`Frame::PieceHashes`] (half a MiB of hashes).
+pub const MAX_HASHES_PER_FRAME: usize = 16 * 1024;
+/// Most peers the server names in one [`Frame::Peers`].
+pub const MAX_PEERS: usize = 4096;
+/// Largest piece bitfield: one bit per piece, enough for a 4 TiB file at the piece size.
+pub const MAX_BITFIELD_LEN: usize = 1 << 20 >> 1;
 
 /// Why bytes are not a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -180,6 +234,19 @@ impl Frame {
             Frame::Pong => 13,
             Frame::Cancel { .. } => 14,
             Frame::Busy { .. } => 15,
+            Frame::SubscribeSwarm { .. } => 16,
+            Frame::SwarmOffer { .. } => 17,
+            Frame::SwarmAccept { .. } => 18,
+            Frame::PieceHashes { .. } => 19,
+            Frame::Peers { .. } => 20,
+            Frame::NextPiece { .. } => 21,
+            Frame::NoNewPiece { .. } => 22,
+            Frame::PieceRequest { .. } => 23,
+            Frame::Piece { .. } => 24,
+            Frame::PieceRefused { .. } => 25,
+            Frame::Bitfield { .. } => 26,
+            Frame::Have { .. } => 27,
+            Frame::SwarmDone { .. } => 28,
         }
     }
 
@@ -207,27 +274,77 @@ impl Frame {
                 }
             }
             Frame::Refused { reason } | Frame::Busy { reason } => put_long_bytes(&mut out, reason.0.as_bytes()),
-            Frame::Subscribe { groups } => {
-                let count = u8::try_from(groups.len())
-                    .ok()
-                    .filter(|&n| usize::from(n) <= MAX_SUBSCRIPTIONS)
-                    .ok_or(too_long("group list", groups.len()))?;
-                out.push(count);
-                for group in groups {
-                    put_short_bytes(&mut out, group.as_str().as_bytes());
+            Frame::Subscribe { groups } => put_groups(&mut out, groups)?,
+            Frame::SubscribeSwarm { groups, peer_port } => {
+                put_groups(&mut out, groups)?;
+                out.extend_from_slice(&peer_port.unwrap_or(0).to_be_bytes());
+            }
+            Frame::SwarmOffer { offer, piece_len } => {
+                put_offer(&mut out, offer)?;
+                out.extend_from_slice(&piece_len.to_be_bytes());
+            }
+            Frame::SwarmAccept { delivery, have } => {
+                out.extend_from_slice(&delivery.0.to_be_bytes());
+                put_bitfield(&mut out, have)?;
+            }
+            Frame::PieceHashes { delivery, first, hashes } => {
+                if hashes.len() > MAX_HASHES_PER_FRAME {
+                    return Err(too_long("piece hashes", hashes.len()));
+                }
+                out.extend_from_slice(&delivery.0.to_be_bytes());
+                out.extend_from_slice(&first.to_be_bytes());
+                out.extend_from_slice(&(hashes.len() as u32).to_be_bytes());
+                for hash in hashes {
+                    out.extend_from_slice(hash);
+                }
+            }
+            Frame::Peers { file, peers } => {
+                if peers.len() > MAX_PEERS {
+                    return Err(too_long("peer list", peers.len()));
+                }
+                out.extend_from_slice(file);
+                out.extend_from_slice(&(peers.len() as u16).to_be_bytes());
+                for peer in peers {
+                    out.extend_from_slice(&peer.certificate.0);
+                    let address = peer.address.map(|a| a.to_string()).unwrap_or_default();
+                    put_short_bytes(&mut out, address.as_bytes());
+                }
+            }
+            Frame::NextPiece { file } | Frame::NoNewPiece { file } => out.extend_from_slice(file),
+            Frame::PieceRequest { file, piece } | Frame::Have { file, piece } => {
+                out.extend_from_slice(file);
+                out.extend_from_slice(&piece.to_be_bytes());
+            }
+            Frame::Piece { file, piece, bytes } => {
+                if bytes.len() > crate::swarm::MAX_PIECE_LEN {
+                    return Err(too_long("piece", bytes.len()));
+                }
+                out.extend_from_slice(&piece_header(file, *piece, bytes.len())?[LENGTH_PREFIX + 1..]);
+                out.extend_from_slice(bytes);
+            }
+            Frame::PieceRefused { file, piece, reason } => {
+                out.extend_from_slice(file);
+                out.extend_from_slice(&piece.to_be_bytes());
+                put_long_bytes(&mut out, reason.0.as_bytes());
+            }
+            Frame::Bitfield { file, have } => {
+                out.extend_from_slice(file);
+                put_bitfield(&mut out, have)?;
+            }
+            Frame::SwarmDone { delivery, from_server, from_peers, bad_peers } => {
+                if bad_peers.len() > MAX_PEERS {
+                    return Err(too_long("peer list", bad_peers.len()));
+                }
+                out.extend_from_slice(&delivery.0.to_be_bytes());
+                out.extend_from_slice(&from_server.to_be_bytes());
+                out.extend_from_slice(&from_peers.to_be_bytes());
+                out.extend_from_slice(&(bad_peers.len() as u16).to_be_bytes());
+                for peer in bad_peers {
+                    out.extend_from_slice(&peer.0);
                 }
             }
             Frame::Subscribed | Frame::Ping | Frame::Pong => {}
-            Frame::Offer(offer) => {
-                if offer.name.len() > crate::names::MAX_FILE_NAME_LEN {
-                    return Err(too_long("file name", offer.name.len()));
-                }
-                out.extend_from_slice(&offer.delivery.0.to_be_bytes());
-                put_short_bytes(&mut out, offer.group.as_str().as_bytes());
-                put_short_bytes(&mut out, &offer.name);
-                out.extend_from_slice(&offer.size.to_be_bytes());
-                out.extend_from_slice(&offer.sha256);
-            }
+            Frame::Offer(offer) => put_offer(&mut out, offer)?,
             Frame::Resume { delivery, offset } => {
                 out.extend_from_slice(&delivery.0.to_be_bytes());
                 out.extend_from_slice(&offset.to_be_bytes());
@@ -252,6 +369,57 @@ impl Frame {
         out[..LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
         Ok(out)
     }
+}
+
+fn put_groups(out: &mut Vec<u8>, groups: &[GroupName]) -> Result<(), crate::EncodeError> {
+    let count = u8::try_from(groups.len())
+        .ok()
+        .filter(|&n| usize::from(n) <= MAX_SUBSCRIPTIONS)
+        .ok_or(crate::EncodeError::FieldTooLong { field: "group list", len: groups.len() })?;
+    out.push(count);
+    for group in groups {
+        put_short_bytes(out, group.as_str().as_bytes());
+    }
+    Ok(())
+}
+
+fn put_offer(out: &mut Vec<u8>, offer: &Offer) -> Result<(), crate::EncodeError> {
+    if offer.name.len() > crate::names::MAX_FILE_NAME_LEN {
+        return Err(crate::EncodeError::FieldTooLong { field: "file name", len: offer.name.len() });
+    }
+    out.extend_from_slice(&offer.delivery.0.to_be_bytes());
+    put_short_bytes(out, offer.group.as_str().as_bytes());
+    put_short_bytes(out, &offer.name);
+    out.extend_from_slice(&offer.size.to_be_bytes());
+    out.extend_from_slice(&offer.sha256);
+    Ok(())
+}
+
+fn put_bitfield(out: &mut Vec<u8>, have: &[u8]) -> Result<(), crate::EncodeError> {
+    if have.len() > MAX_BITFIELD_LEN {
+        return Err(crate::EncodeError::FieldTooLong { field: "bitfield", len: have.len() });
+    }
+    out.extend_from_slice(&(have.len() as u32).to_be_bytes());
+    out.extend_from_slice(have);
+    Ok(())
+}
+
+/// Length of a piece frame's header: prefix, type, file key, piece number, byte count.
+pub const PIECE_HEADER_LEN: usize = LENGTH_PREFIX + 1 + 32 + 4 + 4;
+
+/// The bytes that precede `len` bytes of a piece in a piece frame, for senders that write the
+/// piece from their own buffer. The same layout [`Frame::encode`] produces.
+pub fn piece_header(file: &FileKey, piece: u32, len: usize) -> Result<[u8; PIECE_HEADER_LEN], crate::EncodeError> {
+    if len > crate::swarm::MAX_PIECE_LEN {
+        return Err(crate::EncodeError::FieldTooLong { field: "piece", len });
+    }
+    let mut header = [0u8; PIECE_HEADER_LEN];
+    header[..4].copy_from_slice(&((PIECE_HEADER_LEN - LENGTH_PREFIX + len) as u32).to_be_bytes());
+    header[4] = 24;
+    header[5..37].copy_from_slice(file);
+    header[37..41].copy_from_slice(&piece.to_be_bytes());
+    header[41..45].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(header)
 }
 
 /// The bytes that precede `len` bytes of file data in a data frame, for senders that write the
@@ -315,30 +483,9 @@ pub fn decode_with(
             Frame::EnrollAccepted { certificate, ca_certificate }
         }
         3 => Frame::Refused { reason: read_text(&mut reader)? },
-        4 => {
-            let count = usize::from(reader.u8()?);
-            if count > MAX_SUBSCRIPTIONS {
-                return Err(DecodeError::invalid("group list", format!("{count} groups")).into());
-            }
-            let mut groups = Vec::with_capacity(count);
-            for _ in 0..count {
-                let name = std::str::from_utf8(reader.short_bytes()?)
-                    .map_err(|_| DecodeError::invalid("group name", "not UTF-8"))?;
-                groups.push(GroupName::new(name).map_err(|e| DecodeError::invalid("group name", e))?);
-            }
-            Frame::Subscribe { groups }
-        }
+        4 => Frame::Subscribe { groups: read_groups(&mut reader)? },
         5 => Frame::Subscribed,
-        6 => {
-            let delivery = DeliveryId(reader.u64()?);
-            let group = std::str::from_utf8(reader.short_bytes()?)
-                .map_err(|_| DecodeError::invalid("group name", "not UTF-8"))
-                .and_then(|name| GroupName::new(name).map_err(|e| DecodeError::invalid("group name", e)))?;
-            let name = reader.short_bytes()?.to_vec();
-            let size = reader.u64()?;
-            let sha256 = reader.array()?;
-            Frame::Offer(Offer { delivery, group, name, size, sha256 })
-        }
+        6 => Frame::Offer(read_offer(&mut reader)?),
         7 => Frame::Resume { delivery: DeliveryId(reader.u64()?), offset: reader.u64()? },
         8 => Frame::Decline { delivery: DeliveryId(reader.u64()?), reason: read_text(&mut reader)? },
         9 => {
@@ -355,10 +502,121 @@ pub fn decode_with(
         13 => Frame::Pong,
         14 => Frame::Cancel { delivery: DeliveryId(reader.u64()?), reason: read_text(&mut reader)? },
         15 => Frame::Busy { reason: read_text(&mut reader)? },
+        16 => {
+            let groups = read_groups(&mut reader)?;
+            let port = reader.u16()?;
+            Frame::SubscribeSwarm { groups, peer_port: (port != 0).then_some(port) }
+        }
+        17 => {
+            let offer = read_offer(&mut reader)?;
+            let piece_len = reader.u32()?;
+            if piece_len == 0 || piece_len as usize > crate::swarm::MAX_PIECE_LEN {
+                return Err(DecodeError::invalid("piece length", format!("{piece_len} bytes")).into());
+            }
+            Frame::SwarmOffer { offer, piece_len }
+        }
+        18 => Frame::SwarmAccept { delivery: DeliveryId(reader.u64()?), have: read_bitfield(&mut reader)? },
+        19 => {
+            let delivery = DeliveryId(reader.u64()?);
+            let first = reader.u32()?;
+            let count = reader.u32()? as usize;
+            if count > MAX_HASHES_PER_FRAME {
+                return Err(DecodeError::invalid("piece hashes", format!("{count} hashes")).into());
+            }
+            let mut hashes = Vec::with_capacity(count.min(reader.remaining() / 32));
+            for _ in 0..count {
+                hashes.push(reader.array()?);
+            }
+            Frame::PieceHashes { delivery, first, hashes }
+        }
+        20 => {
+            let file = reader.array()?;
+            let count = usize::from(reader.u16()?);
+            if count > MAX_PEERS {
+                return Err(DecodeError::invalid("peer list", format!("{count} peers")).into());
+            }
+            let mut peers = Vec::with_capacity(count.min(reader.remaining() / 33));
+            for _ in 0..count {
+                let certificate = crate::Fingerprint(reader.array()?);
+                let address = match reader.short_bytes()? {
+                    [] => None,
+                    text => Some(
+                        std::str::from_utf8(text)
+                            .ok()
+                            .and_then(|text| text.parse().ok())
+                            .ok_or(DecodeError::invalid("peer address", "not an IP address and port"))?,
+                    ),
+                };
+                peers.push(PeerInfo { certificate, address });
+            }
+            Frame::Peers { file, peers }
+        }
+        21 => Frame::NextPiece { file: reader.array()? },
+        22 => Frame::NoNewPiece { file: reader.array()? },
+        23 => Frame::PieceRequest { file: reader.array()?, piece: reader.u32()? },
+        24 => {
+            let file = reader.array()?;
+            let piece = reader.u32()?;
+            let len = reader.u32()? as usize;
+            if len > crate::swarm::MAX_PIECE_LEN {
+                return Err(DecodeError::invalid("piece", format!("{len} bytes")).into());
+            }
+            Frame::Piece { file, piece, bytes: copy_data(reader.take(len)?) }
+        }
+        25 => Frame::PieceRefused { file: reader.array()?, piece: reader.u32()?, reason: read_text(&mut reader)? },
+        26 => Frame::Bitfield { file: reader.array()?, have: read_bitfield(&mut reader)? },
+        27 => Frame::Have { file: reader.array()?, piece: reader.u32()? },
+        28 => {
+            let delivery = DeliveryId(reader.u64()?);
+            let from_server = reader.u64()?;
+            let from_peers = reader.u64()?;
+            let count = usize::from(reader.u16()?);
+            if count > MAX_PEERS {
+                return Err(DecodeError::invalid("peer list", format!("{count} peers")).into());
+            }
+            let mut bad_peers = Vec::with_capacity(count.min(reader.remaining() / 32));
+            for _ in 0..count {
+                bad_peers.push(crate::Fingerprint(reader.array()?));
+            }
+            Frame::SwarmDone { delivery, from_server, from_peers, bad_peers }
+        }
         other => return Err(FrameError::UnknownType(other)),
     };
     reader.finish()?;
     Ok(Some((frame, LENGTH_PREFIX + len)))
+}
+
+fn read_groups(reader: &mut Reader<'_>) -> Result<Vec<GroupName>, DecodeError> {
+    let count = usize::from(reader.u8()?);
+    if count > MAX_SUBSCRIPTIONS {
+        return Err(DecodeError::invalid("group list", format!("{count} groups")));
+    }
+    let mut groups = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name =
+            std::str::from_utf8(reader.short_bytes()?).map_err(|_| DecodeError::invalid("group name", "not UTF-8"))?;
+        groups.push(GroupName::new(name).map_err(|e| DecodeError::invalid("group name", e))?);
+    }
+    Ok(groups)
+}
+
+fn read_offer(reader: &mut Reader<'_>) -> Result<Offer, DecodeError> {
+    let delivery = DeliveryId(reader.u64()?);
+    let group = std::str::from_utf8(reader.short_bytes()?)
+        .map_err(|_| DecodeError::invalid("group name", "not UTF-8"))
+        .and_then(|name| GroupName::new(name).map_err(|e| DecodeError::invalid("group name", e)))?;
+    let name = reader.short_bytes()?.to_vec();
+    let size = reader.u64()?;
+    let sha256 = reader.array()?;
+    Ok(Offer { delivery, group, name, size, sha256 })
+}
+
+fn read_bitfield(reader: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let len = reader.u32()? as usize;
+    if len > MAX_BITFIELD_LEN {
+        return Err(DecodeError::invalid("bitfield", format!("{len} bytes")));
+    }
+    Ok(reader.take(len)?.to_vec())
 }
 
 fn read_text(reader: &mut Reader<'_>) -> Result<Text, DecodeError> {
@@ -415,6 +673,43 @@ mod tests {
             Frame::Pong,
             Frame::Cancel { delivery: DeliveryId(7), reason: Text::new("left the group") },
             Frame::Busy { reason: Text::new("server full") },
+            Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: Some(7444) },
+            Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: None },
+            Frame::SwarmOffer {
+                offer: Offer {
+                    delivery: DeliveryId(7),
+                    group: "Developers".parse().unwrap(),
+                    name: b"big.iso".to_vec(),
+                    size: 1 << 30,
+                    sha256: [3; 32],
+                },
+                piece_len: 512 * 1024,
+            },
+            Frame::SwarmAccept { delivery: DeliveryId(7), have: vec![0xf0, 0x01] },
+            Frame::PieceHashes { delivery: DeliveryId(7), first: 16, hashes: vec![[1; 32], [2; 32]] },
+            Frame::Peers {
+                file: [4; 32],
+                peers: vec![
+                    PeerInfo {
+                        certificate: crate::Fingerprint([5; 32]),
+                        address: Some("192.0.2.3:7444".parse().unwrap()),
+                    },
+                    PeerInfo { certificate: crate::Fingerprint([6; 32]), address: None },
+                ],
+            },
+            Frame::NextPiece { file: [4; 32] },
+            Frame::NoNewPiece { file: [4; 32] },
+            Frame::PieceRequest { file: [4; 32], piece: 9 },
+            Frame::Piece { file: [4; 32], piece: 9, bytes: vec![0x5a; crate::swarm::MAX_PIECE_LEN] },
+            Frame::PieceRefused { file: [4; 32], piece: 9, reason: Text::new("not named for this file") },
+            Frame::Bitfield { file: [4; 32], have: vec![0xff; 64] },
+            Frame::Have { file: [4; 32], piece: 10 },
+            Frame::SwarmDone {
+                delivery: DeliveryId(7),
+                from_server: 1,
+                from_peers: 2,
+                bad_peers: vec![crate::Fingerprint([7; 32])],
+            },
         ] {
             let bytes = frame.encode().unwrap();
             assert_eq!(decode(&bytes).unwrap(), Some((frame.clone(), bytes.len())));

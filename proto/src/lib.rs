@@ -41,6 +41,8 @@
 //! - [`membership`]: signed join and leave requests, and the server's signed replies.
 //! - [`frame`]: the framing of messages inside TLS sessions (enrollment, later file transfer).
 //! - [`freshness`]: the staleness window and replay cache, driven by an injected clock.
+//! - [`swarm`]: files in pieces, bitfields, and a member's piece scheduler (which piece to ask
+//!   for, from whom), driven by events and an injected clock.
 
 pub mod announce;
 pub mod datagram;
@@ -49,6 +51,7 @@ pub mod frame;
 pub mod freshness;
 pub mod membership;
 pub mod names;
+pub mod swarm;
 mod wire;
 
 pub use announce::Announcement;

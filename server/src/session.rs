@@ -418,5 +418,18 @@ pub(crate) fn frame_name(frame: &Frame) -> &'static str {
         Frame::Pong => "a pong",
         Frame::Cancel { .. } => "a cancellation",
         Frame::Busy { .. } => "a busy answer",
+        Frame::SubscribeSwarm { .. } => "a swarm subscription",
+        Frame::SwarmOffer { .. } => "a swarm offer",
+        Frame::SwarmAccept { .. } => "a swarm acceptance",
+        Frame::PieceHashes { .. } => "piece hashes",
+        Frame::Peers { .. } => "a peer list",
+        Frame::NextPiece { .. } => "a new-piece request",
+        Frame::NoNewPiece { .. } => "a no-new-piece answer",
+        Frame::PieceRequest { .. } => "a piece request",
+        Frame::Piece { .. } => "a piece",
+        Frame::PieceRefused { .. } => "a piece refusal",
+        Frame::Bitfield { .. } => "a bitfield",
+        Frame::Have { .. } => "a have",
+        Frame::SwarmDone { .. } => "swarm totals",
     }
 }

@@ -1,0 +1,530 @@
+//! Swarm delivery's protocol state: a file cut into pieces, which pieces a member holds, and
+//! the member's decisions about which piece to ask for, from whom. No IO and no clock: the
+//! caller feeds events with the time and carries out the requests it is given.
+//!
+//! ```text
+//!   server ──NextPiece──▶ a piece no member has had yet (each piece leaves the server once)
+//!      │
+//!   member A ◀──Have/Bitfield──▶ member B      pieces pass between members, rarest first
+//!      │
+//!   server ──PieceRequest──▶ a piece nobody reachable holds (its holder died, or is slow, or
+//!                            cannot be reached), once every piece has gone out
+//! ```
+//!
+//! The member asks the server for "a new piece" while it has any: the server hands out each
+//! piece once, to whichever member asks first, so a fast member takes more and a slow one
+//! fewer, and the server's link carries the file about once. Everything else comes from other
+//! members. Once the server says every piece has gone out, and after a grace period, a piece
+//! that no connected member holds, or that a member has been slow to send, is asked of the
+//! server by number.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The piece size the server cuts files into: large enough that per-piece overhead (a request,
+/// a hash, a frame) is small, small enough that the first piece is passed on within
+/// milliseconds on a LAN (42 ms at 100 Mbit/s).
+pub const PIECE_LEN: u32 = 512 * 1024;
+/// The largest piece a frame may carry.
+pub const MAX_PIECE_LEN: usize = 512 * 1024;
+/// Most pieces a file may have: what a 4 TiB file takes at [`PIECE_LEN`].
+pub const MAX_PIECES: u64 = 8 * 1024 * 1024;
+
+/// Pieces of a file of `size` bytes at `piece_len` bytes each.
+pub fn piece_count(size: u64, piece_len: u32) -> u64 {
+    size.div_ceil(u64::from(piece_len.max(1)))
+}
+
+/// Where piece `piece` lies in a file of `size` bytes: its offset and length.
+pub fn piece_span(size: u64, piece_len: u32, piece: u32) -> Option<(u64, usize)> {
+    let offset = u64::from(piece) * u64::from(piece_len);
+    if offset >= size {
+        return None;
+    }
+    let len = (size - offset).min(u64::from(piece_len));
+    Some((offset, len as usize))
+}
+
+/// One bit per piece; on the wire, the most significant bit of the first byte is piece 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bits {
+    bytes: Vec<u8>,
+    len: u32,
+}
+
+/// A bitfield that does not fit its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a bitfield of {got} bytes for {pieces} pieces")]
+pub struct BitsError {
+    got: usize,
+    pieces: u32,
+}
+
+impl Bits {
+    pub fn new(len: u32) -> Self {
+        Self { bytes: vec![0; (len as usize).div_ceil(8)], len }
+    }
+
+    /// Parses a received bitfield: exactly as long as `len` pieces need, no bits past the end.
+    pub fn from_bytes(bytes: &[u8], len: u32) -> Result<Self, BitsError> {
+        let bits = Self { bytes: bytes.to_vec(), len };
+        let spare = (8 - len % 8) % 8;
+        let tail_clean = spare == 0 || bytes.last().is_none_or(|last| last & ((1u8 << spare) - 1) == 0);
+        if bytes.len() != (len as usize).div_ceil(8) || !tail_clean {
+            return Err(BitsError { got: bytes.len(), pieces: len });
+        }
+        Ok(bits)
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, index: u32) -> bool {
+        index < self.len && self.bytes[(index / 8) as usize] & (0x80 >> (index % 8)) != 0
+    }
+
+    pub fn set(&mut self, index: u32) {
+        if index < self.len {
+            self.bytes[(index / 8) as usize] |= 0x80 >> (index % 8);
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.bytes.iter().map(|b| b.count_ones()).sum()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.count() == self.len
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The indexes of the pieces held, in order.
+    pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len).filter(|&index| self.get(index))
+    }
+}
+
+/// Who a piece is asked of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Server,
+    /// A connection to another member, numbered by the caller.
+    Peer(u64),
+}
+
+/// Pieces asked of one member at once: enough to keep a LAN link busy (2 MiB in flight).
+pub const PEER_DEPTH: u32 = 4;
+/// "New piece" requests to the server at once.
+pub const SERVER_NEW_DEPTH: u32 = 4;
+/// Pieces asked of the server by number at once.
+pub const SERVER_PIECE_DEPTH: u32 = 4;
+/// A request unanswered this long is given up, and the piece asked again elsewhere.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// After the server has handed out every piece, how long a missing piece is left to the
+/// other members before the server is asked for it.
+pub const SERVER_GRACE: Duration = Duration::from_millis(1500);
+/// A piece asked of a member this long ago may also be asked of the server (once the grace
+/// has passed): a slow member must not hold the others back.
+pub const PEER_PATIENCE: Duration = Duration::from_secs(3);
+
+/// What a member knows about another member.
+#[derive(Debug)]
+struct PeerView {
+    has: Bits,
+    in_flight: u32,
+}
+
+/// What the server should be asked now.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServerAsks {
+    /// How many more "a new piece" requests to send.
+    pub new_pieces: u32,
+    /// Pieces to ask for by number.
+    pub pieces: Vec<u32>,
+}
+
+/// One member's piece scheduler for one file.
+#[derive(Debug)]
+pub struct Schedule {
+    have: Bits,
+    /// Requests outstanding, per piece: of whom, since when.
+    in_flight: HashMap<u32, Vec<(Source, Instant)>>,
+    peers: HashMap<u64, PeerView>,
+    /// How many connected members hold each piece.
+    availability: Vec<u16>,
+    server_new_in_flight: u32,
+    server_exhausted_at: Option<Instant>,
+}
+
+impl Schedule {
+    /// A schedule for a file of `pieces` pieces, of which `have` are held already.
+    pub fn new(have: Bits) -> Self {
+        let pieces = have.len() as usize;
+        Self {
+            have,
+            in_flight: HashMap::new(),
+            peers: HashMap::new(),
+            availability: vec![0; pieces],
+            server_new_in_flight: 0,
+            server_exhausted_at: None,
+        }
+    }
+
+    pub fn have(&self) -> &Bits {
+        &self.have
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.have.is_full()
+    }
+
+    /// A member connected and told which pieces it holds (its bitfield, checked by the caller
+    /// to be of the right length).
+    pub fn peer_joined(&mut self, peer: u64, has: Bits) {
+        self.peer_gone(peer);
+        for piece in has.ones() {
+            self.availability[piece as usize] = self.availability[piece as usize].saturating_add(1);
+        }
+        self.peers.insert(peer, PeerView { has, in_flight: 0 });
+    }
+
+    /// A member now holds `piece` too.
+    pub fn peer_has(&mut self, peer: u64, piece: u32) {
+        if let Some(view) = self.peers.get_mut(&peer) {
+            if piece < view.has.len() && !view.has.get(piece) {
+                view.has.set(piece);
+                self.availability[piece as usize] = self.availability[piece as usize].saturating_add(1);
+            }
+        }
+    }
+
+    /// A member's connection ended: what it held is no longer to be had from it, and what was
+    /// asked of it is asked elsewhere.
+    pub fn peer_gone(&mut self, peer: u64) {
+        if let Some(view) = self.peers.remove(&peer) {
+            for piece in view.has.ones() {
+                self.availability[piece as usize] = self.availability[piece as usize].saturating_sub(1);
+            }
+        }
+        self.in_flight.retain(|_, requests| {
+            requests.retain(|(source, _)| *source != Source::Peer(peer));
+            !requests.is_empty()
+        });
+    }
+
+    /// The server has handed out every piece once.
+    pub fn server_exhausted(&mut self, now: Instant) {
+        self.server_new_in_flight = self.server_new_in_flight.saturating_sub(1);
+        self.server_exhausted_at.get_or_insert(now);
+    }
+
+    /// A piece arrived from `source` and verified. Returns whether it was new to us.
+    pub fn piece_arrived(&mut self, piece: u32, source: Source) -> bool {
+        self.forget_request(piece, source);
+        if piece >= self.have.len() || self.have.get(piece) {
+            return false;
+        }
+        self.have.set(piece);
+        true
+    }
+
+    /// A piece arrived from `source` and did not verify (or was refused): asked elsewhere.
+    pub fn piece_failed(&mut self, piece: u32, source: Source) {
+        self.forget_request(piece, source);
+    }
+
+    fn forget_request(&mut self, piece: u32, source: Source) {
+        let mut was_asked = false;
+        if let Some(requests) = self.in_flight.get_mut(&piece) {
+            if let Some(position) = requests.iter().position(|(asked, _)| *asked == source) {
+                requests.remove(position);
+                was_asked = true;
+            }
+            if requests.is_empty() {
+                self.in_flight.remove(&piece);
+            }
+        }
+        match source {
+            Source::Peer(peer) if was_asked => {
+                if let Some(view) = self.peers.get_mut(&peer) {
+                    view.in_flight = view.in_flight.saturating_sub(1);
+                }
+            }
+            // A piece from the server that was not asked for by number answers a "new piece".
+            Source::Server if !was_asked => self.server_new_in_flight = self.server_new_in_flight.saturating_sub(1),
+            _ => {}
+        }
+    }
+
+    /// Gives up requests older than [`REQUEST_TIMEOUT`], so their pieces are asked again.
+    pub fn expire(&mut self, now: Instant) {
+        let peers = &mut self.peers;
+        self.in_flight.retain(|_, requests| {
+            requests.retain(|(source, since)| {
+                let alive = now.saturating_duration_since(*since) < REQUEST_TIMEOUT;
+                if let (false, Source::Peer(peer)) = (alive, source) {
+                    if let Some(view) = peers.get_mut(peer) {
+                        view.in_flight = view.in_flight.saturating_sub(1);
+                    }
+                }
+                alive
+            });
+            !requests.is_empty()
+        });
+    }
+
+    /// Pieces to ask of `peer` now (and counted as asked), rarest first.
+    pub fn asks_for_peer(&mut self, peer: u64, now: Instant) -> Vec<u32> {
+        let Some(view) = self.peers.get(&peer) else { return Vec::new() };
+        let room = PEER_DEPTH.saturating_sub(view.in_flight) as usize;
+        if room == 0 {
+            return Vec::new();
+        }
+        let mut candidates: Vec<(u16, u32)> = view
+            .has
+            .ones()
+            .filter(|&piece| !self.have.get(piece) && !self.in_flight.contains_key(&piece))
+            .map(|piece| (self.availability[piece as usize], piece))
+            .collect();
+        candidates.sort_unstable();
+        let chosen: Vec<u32> = candidates.into_iter().take(room).map(|(_, piece)| piece).collect();
+        for &piece in &chosen {
+            self.in_flight.entry(piece).or_default().push((Source::Peer(peer), now));
+        }
+        if let Some(view) = self.peers.get_mut(&peer) {
+            view.in_flight += chosen.len() as u32;
+        }
+        chosen
+    }
+
+    /// What to ask of the server now (and counted as asked).
+    pub fn asks_for_server(&mut self, now: Instant) -> ServerAsks {
+        let mut asks = ServerAsks::default();
+        let Some(exhausted_at) = self.server_exhausted_at else {
+            asks.new_pieces = SERVER_NEW_DEPTH.saturating_sub(self.server_new_in_flight);
+            self.server_new_in_flight += asks.new_pieces;
+            return asks;
+        };
+        if now.saturating_duration_since(exhausted_at) < SERVER_GRACE {
+            return asks;
+        }
+        let asked_of_server =
+            self.in_flight.values().filter(|requests| requests.iter().any(|(s, _)| *s == Source::Server)).count();
+        let room = (SERVER_PIECE_DEPTH as usize).saturating_sub(asked_of_server);
+        for piece in 0..self.have.len() {
+            if asks.pieces.len() >= room {
+                break;
+            }
+            if self.have.get(piece) {
+                continue;
+            }
+            let requests = self.in_flight.get(&piece);
+            let waiting_on_peer = requests.is_some_and(|requests| {
+                requests.iter().all(|(source, since)| {
+                    matches!(source, Source::Peer(_)) && now.saturating_duration_since(*since) >= PEER_PATIENCE
+                })
+            });
+            let unasked_and_unheld = requests.is_none() && self.availability[piece as usize] == 0;
+            if unasked_and_unheld || waiting_on_peer {
+                asks.pieces.push(piece);
+            }
+        }
+        for &piece in &asks.pieces {
+            self.in_flight.entry(piece).or_default().push((Source::Server, now));
+        }
+        asks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn piece_arithmetic() {
+        assert_eq!(piece_count(0, PIECE_LEN), 0);
+        assert_eq!(piece_count(1, PIECE_LEN), 1);
+        assert_eq!(piece_count(u64::from(PIECE_LEN), PIECE_LEN), 1);
+        assert_eq!(piece_count(u64::from(PIECE_LEN) + 1, PIECE_LEN), 2);
+        assert_eq!(piece_span(1000, 300, 3), Some((900, 100)));
+        assert_eq!(piece_span(1000, 300, 4), None);
+    }
+
+    #[test]
+    fn bitfields_parse_with_bounds() {
+        let mut bits = Bits::new(10);
+        bits.set(0);
+        bits.set(9);
+        bits.set(10); // past the end: ignored
+        assert_eq!(bits.as_bytes(), [0x80, 0x40]);
+        assert_eq!(Bits::from_bytes(bits.as_bytes(), 10), Ok(bits.clone()));
+        assert!(Bits::from_bytes(&[0x80], 10).is_err(), "too short");
+        assert!(Bits::from_bytes(&[0x80, 0x20], 10).is_err(), "a bit past the last piece");
+        assert_eq!(bits.ones().collect::<Vec<_>>(), [0, 9]);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // A simulated LAN: every host has a link of its own rate each way (as the benchmark's token
+    // buckets make them); transfers crossing a link share it equally, and each member runs this
+    // schedule. Time is simulated in steps of 5 ms; the test runs in well under a second.
+
+    const RATE: f64 = 12.5e6; // bytes per second: 100 Mbit/s
+    const SIZE: u64 = 256 << 20;
+    const STEP: f64 = 0.005;
+
+    #[derive(Debug)]
+    struct Outcome {
+        finish: Vec<Option<f64>>,
+        server_uploads: u64,
+    }
+
+    /// A piece on its way: from a member (`None`: the server) to a member.
+    #[derive(Debug)]
+    struct Transfer {
+        from: Option<usize>,
+        to: usize,
+        piece: u32,
+        left: f64,
+    }
+
+    /// Runs `members` members fetching one file; `rates[i]` is member i's link rate, `dies` a
+    /// member killed at a time. Returns when each finished and how many pieces the server sent.
+    fn simulate(members: usize, rates: &[f64], dies: Option<(usize, f64)>) -> Outcome {
+        let pieces = piece_count(SIZE, PIECE_LEN) as u32;
+        let start = Instant::now();
+        let at = |t: f64| start + Duration::from_secs_f64(t);
+        let mut schedules: Vec<Schedule> = (0..members).map(|_| Schedule::new(Bits::new(pieces))).collect();
+        for (me, schedule) in schedules.iter_mut().enumerate() {
+            for other in (0..members).filter(|&other| other != me) {
+                schedule.peer_joined(other as u64, Bits::new(pieces));
+            }
+        }
+        let mut next_new = 0u32;
+        let mut transfers: Vec<Transfer> = Vec::new();
+        let mut finish = vec![None; members];
+        let mut dead = vec![false; members];
+        let mut server_uploads = 0u64;
+        let mut now = 0.0f64;
+        while now < 300.0 && (0..members).any(|m| finish[m].is_none() && !dead[m]) {
+            if let Some((who, when)) = dies {
+                if now >= when && !dead[who] {
+                    dead[who] = true;
+                    transfers.retain(|t| t.to != who && t.from != Some(who));
+                    for (me, schedule) in schedules.iter_mut().enumerate() {
+                        if me != who {
+                            schedule.peer_gone(who as u64);
+                        }
+                    }
+                }
+            }
+            // Everyone asks.
+            for me in (0..members).filter(|&m| !dead[m] && finish[m].is_none()) {
+                schedules[me].expire(at(now));
+                let asks = schedules[me].asks_for_server(at(now));
+                for _ in 0..asks.new_pieces {
+                    if next_new < pieces {
+                        transfers.push(Transfer { from: None, to: me, piece: next_new, left: f64::from(PIECE_LEN) });
+                        next_new += 1;
+                    } else {
+                        schedules[me].server_exhausted(at(now));
+                    }
+                }
+                for piece in asks.pieces {
+                    transfers.push(Transfer { from: None, to: me, piece, left: f64::from(PIECE_LEN) });
+                }
+                for other in (0..members).filter(|&other| other != me && !dead[other]) {
+                    for piece in schedules[me].asks_for_peer(other as u64, at(now)) {
+                        transfers.push(Transfer { from: Some(other), to: me, piece, left: f64::from(PIECE_LEN) });
+                    }
+                }
+            }
+            // Links carry a step's worth, shared equally among the transfers crossing them.
+            let mut up = vec![0u32; members + 1];
+            let mut down = vec![0u32; members];
+            for t in &transfers {
+                up[t.from.unwrap_or(members)] += 1;
+                down[t.to] += 1;
+            }
+            let up_rate = |from: Option<usize>| from.map_or(RATE, |m| rates[m]);
+            for t in &mut transfers {
+                let share = (up_rate(t.from) / f64::from(up[t.from.unwrap_or(members)]))
+                    .min(rates[t.to] / f64::from(down[t.to]));
+                t.left -= share * STEP;
+            }
+            now += STEP;
+            let (done, going): (Vec<Transfer>, Vec<Transfer>) = transfers.into_iter().partition(|t| t.left <= 0.0);
+            transfers = going;
+            for t in done {
+                let source = t.from.map_or(Source::Server, |m| Source::Peer(m as u64));
+                if t.from.is_none() {
+                    server_uploads += 1;
+                }
+                if schedules[t.to].piece_arrived(t.piece, source) {
+                    for (other, schedule) in schedules.iter_mut().enumerate() {
+                        if other != t.to && !dead[other] {
+                            schedule.peer_has(t.to as u64, t.piece);
+                        }
+                    }
+                }
+                if schedules[t.to].is_done() && finish[t.to].is_none() {
+                    finish[t.to] = Some(now);
+                }
+            }
+        }
+        Outcome { finish, server_uploads }
+    }
+
+    fn limit() -> f64 {
+        SIZE as f64 / RATE
+    }
+
+    #[test]
+    fn sixteen_members_take_about_the_time_of_one_and_the_server_sends_the_file_once() {
+        let outcome = simulate(16, &[RATE; 16], None);
+        let slowest = outcome.finish.iter().map(|f| f.expect("every member finishes")).fold(0.0, f64::max);
+        let pieces = piece_count(SIZE, PIECE_LEN);
+        eprintln!(
+            "16 members: slowest {:.2}x the limit; the server sent {:.2}x the file",
+            slowest / limit(),
+            outcome.server_uploads as f64 / pieces as f64
+        );
+        assert!(slowest < 1.3 * limit(), "slowest member took {slowest:.1} s, the limit is {:.1} s", limit());
+        assert!(
+            outcome.server_uploads <= pieces * 3 / 2,
+            "the server sent {} pieces of {pieces}",
+            outcome.server_uploads
+        );
+    }
+
+    #[test]
+    fn a_member_killed_in_the_middle_does_not_stall_the_others() {
+        let outcome = simulate(8, &[RATE; 8], Some((3, limit() / 2.0)));
+        for (member, finish) in outcome.finish.iter().enumerate() {
+            if member != 3 {
+                let finish = finish.expect("every living member finishes");
+                assert!(finish < 1.6 * limit(), "member {member} took {finish:.1} s");
+            }
+        }
+    }
+
+    #[test]
+    fn a_slow_member_does_not_hold_back_the_fast_ones() {
+        let mut rates = [RATE; 8];
+        rates[5] = RATE / 10.0;
+        let outcome = simulate(8, &rates, None);
+        for (member, finish) in outcome.finish.iter().enumerate() {
+            let finish = finish.expect("every member finishes");
+            if member != 5 {
+                assert!(finish < 1.5 * limit(), "fast member {member} took {finish:.1} s");
+            }
+        }
+    }
+}
