@@ -22,6 +22,9 @@ use gshare_proto::Fingerprint;
 
 /// The DNS name in every gshare server certificate, and the name clients verify.
 pub const SERVER_NAME: &str = "gshare-server";
+/// The DNS name in every member certificate: what members verify when one connects to another
+/// (the fingerprint then says which member it is).
+pub const MEMBER_NAME: &str = "gshare-member";
 
 /// How long a new CA certificate is valid.
 pub const CA_VALIDITY: Duration = Duration::days(3650);
@@ -143,7 +146,7 @@ impl CertificateAuthority {
                 names.push(san);
             }
         }
-        let (mut params, _) = leaf_params(SERVER_NAME, ExtendedKeyUsagePurpose::ServerAuth, SERVER_VALIDITY, now)?;
+        let (mut params, _) = leaf_params(SERVER_NAME, &[ExtendedKeyUsagePurpose::ServerAuth], SERVER_VALIDITY, now)?;
         params.subject_alt_names = names;
         let certificate = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedIdentity { certificate_pem: certificate.pem(), key_pem: key.serialize_pem() })
@@ -153,7 +156,7 @@ impl CertificateAuthority {
     ///
     /// Only the public key is taken from the request (after its signature proves the requester
     /// holds the private key); every other field is set here: CN = `user`, a random serial,
-    /// client authentication only, not a CA, valid from now for `validity`. A CSR that asks to
+    /// client and server authentication (for the name `gshare-member`), not a CA, valid from now for `validity`. A CSR that asks to
     /// be a CA, or for other names or usages, still gets exactly this leaf certificate.
     pub fn issue_member_certificate(
         &self,
@@ -164,7 +167,12 @@ impl CertificateAuthority {
     ) -> Result<IssuedCertificate, CertError> {
         let public_key = requested_public_key(csr_der)?;
         let validity = Duration::try_from(validity).map_err(|_| CertError::BadRequest("validity too long".into()))?;
-        let (params, serial) = leaf_params(user, ExtendedKeyUsagePurpose::ClientAuth, validity, now)?;
+        // A member connects to the server and to other members (client authentication) and
+        // accepts other members' connections (server authentication, for the name every
+        // member shares; which member it is, is its fingerprint).
+        let usages = [ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        let (mut params, serial) = leaf_params(user, &usages, validity, now)?;
+        params.subject_alt_names = vec![SanType::DnsName(MEMBER_NAME.try_into()?)];
         let certificate = params.signed_by(&public_key, &self.issuer)?;
         Ok(IssuedCertificate {
             der: certificate.der().to_vec(),
@@ -187,7 +195,7 @@ impl CertificateAuthority {
 /// signatures only for `usage`, and the authority key identifier.
 fn leaf_params(
     common_name: &str,
-    usage: ExtendedKeyUsagePurpose,
+    usages: &[ExtendedKeyUsagePurpose],
     validity: Duration,
     now: OffsetDateTime,
 ) -> Result<(CertificateParams, SerialNumber), CertError> {
@@ -201,7 +209,7 @@ fn leaf_params(
     params.not_after = now + validity;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     params.use_authority_key_identifier_extension = true;
     Ok((params, serial))
 }

@@ -15,7 +15,7 @@
 pub mod authority;
 pub mod signing;
 
-pub use authority::{CertificateAuthority, IssuedCertificate, IssuedIdentity, SERVER_NAME};
+pub use authority::{CertificateAuthority, IssuedCertificate, IssuedIdentity, MEMBER_NAME, SERVER_NAME};
 pub use signing::{DatagramSigner, VerifyingKey};
 
 use gshare_proto::Fingerprint;
