@@ -338,9 +338,11 @@ mod tests {
         let (_, parsed) = X509Certificate::from_der(&issued.der).unwrap();
         assert!(!parsed.is_ca());
         assert_eq!(parsed.subject().to_string(), "CN=alice");
-        assert!(parsed.subject_alternative_name().unwrap().is_none());
+        // The request's own names are ignored; every member carries the one shared name.
+        let names = &parsed.subject_alternative_name().unwrap().unwrap().value.general_names;
+        assert_eq!(format!("{names:?}"), format!("{:?}", [x509_parser::extensions::GeneralName::DNSName(MEMBER_NAME)]));
         let usage = parsed.extended_key_usage().unwrap().unwrap().value;
-        assert!(usage.client_auth && !usage.server_auth);
+        assert!(usage.client_auth && usage.server_auth && !usage.code_signing);
         assert!(!parsed.key_usage().unwrap().unwrap().value.key_cert_sign());
         assert_eq!(issued.serial.len(), 32);
         let days = (issued.not_after - issued.not_before).whole_days();
