@@ -6,6 +6,11 @@
 //! computed once however many members receive the file, and sending the same file twice stores
 //! it once. Blocking: call it on a blocking thread.
 //!
+//! Beside each entry, `<sha256 hex>.pieces` holds the SHA-256 of each of its pieces (32 bytes
+//! each, in order), which members check every piece against in swarm delivery. It is
+//! computed during ingest, on the writer thread, so it costs no extra pass over the file; an
+//! entry spooled before swarm delivery existed gets it on first use.
+//!
 //! An entry can be needed again while it is being let go: a new file with the same bytes is
 //! ingested just as the last delivery of an older one is acknowledged. So an entry ingested
 //! but not yet recorded is *pinned* ([`SpoolPin`]) until the caller has recorded it, and
@@ -20,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use gshare_common::files::WriteBehind;
+use gshare_proto::swarm::PIECE_LEN;
 
 /// Bytes read per step while ingesting.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -127,18 +133,20 @@ impl Spool {
         }
         let random: [u8; 8] = gshare_certs::random_bytes().unwrap_or_default();
         let temporary = self.dir.join(format!(".ingest-{}", hex(&random)));
+        let temporary_pieces = self.dir.join(format!(".ingest-{}.pieces", hex(&random)));
         let result = (|| {
-            let output = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temporary)
-                .map_err(io_error(&temporary))?;
-            let (sha256, size) = copy_hashing(input, output, source, &temporary, max_size)?;
+            let create = |path: &Path| {
+                OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_error(path))
+            };
+            let output = create(&temporary)?;
+            let pieces = create(&temporary_pieces)?;
+            let (sha256, size) = copy_hashing(input, output, pieces, source, &temporary, max_size)?;
             let spooled = Spooled { sha256, size };
             let target = self.path(&spooled.hex());
+            let pieces_target = self.pieces_path(&spooled.hex());
             let pin = {
                 let mut pins = lock(&self.pins);
+                fs::rename(&temporary_pieces, &pieces_target).map_err(io_error(&pieces_target))?;
                 fs::rename(&temporary, &target).map_err(io_error(&target))?;
                 *pins.entry(spooled.hex()).or_insert(0) += 1;
                 SpoolPin { spooled, pins: Arc::clone(&self.pins) }
@@ -148,8 +156,46 @@ impl Spool {
         })();
         if result.is_err() {
             let _ = fs::remove_file(&temporary);
+            let _ = fs::remove_file(&temporary_pieces);
         }
         result
+    }
+
+    /// Where the piece hashes of an entry are kept.
+    pub fn pieces_path(&self, sha256_hex: &str) -> PathBuf {
+        self.dir.join(format!("{sha256_hex}.pieces"))
+    }
+
+    /// The piece hashes of an entry, computed now if it has none (an entry spooled before
+    /// swarm delivery, or a crash between writing it and its hashes). Blocking.
+    pub fn ensure_piece_hashes(&self, sha256_hex: &str) -> io::Result<PathBuf> {
+        let path = self.pieces_path(sha256_hex);
+        if path.exists() {
+            return Ok(path);
+        }
+        let random: [u8; 8] = gshare_certs::random_bytes().unwrap_or_default();
+        let temporary = self.dir.join(format!(".ingest-{}.pieces", hex(&random)));
+        let result = (|| {
+            let mut input = File::open(self.path(sha256_hex))?;
+            let mut hasher =
+                PieceHasher::new(OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?);
+            let mut buffer = vec![0u8; COPY_BUFFER];
+            loop {
+                let read = match input.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(read) => read,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) => return Err(error),
+                };
+                hasher.update(&buffer[..read])?;
+            }
+            hasher.finish()?;
+            fs::rename(&temporary, &path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temporary);
+        }
+        result.map(|()| path)
     }
 
     /// Deletes the entries `release` names (it is asked under the pin lock, so its answer
@@ -175,10 +221,12 @@ impl Spool {
         let Ok(entries) = fs::read_dir(&self.dir) else { return Ok(deleted) };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_entry = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
-            if is_entry && !needed.contains(&name) && !pins.contains_key(&name) {
-                self.remove(&name);
-                deleted.push(name);
+            let hash = name.strip_suffix(".pieces").unwrap_or(&name);
+            let is_entry = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+            let entry_gone = name.ends_with(".pieces") && !self.path(hash).exists();
+            if is_entry && (entry_gone || !needed.iter().any(|n| n == hash)) && !pins.contains_key(hash) {
+                self.remove(hash);
+                deleted.push(hash.to_owned());
             }
         }
         Ok(deleted)
@@ -186,9 +234,11 @@ impl Spool {
 
     /// Deletes a spool entry no longer needed.
     fn remove(&self, sha256_hex: &str) {
-        if let Err(error) = fs::remove_file(self.path(sha256_hex)) {
-            if error.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(%error, entry = sha256_hex, "cannot delete a spool entry");
+        for path in [self.path(sha256_hex), self.pieces_path(sha256_hex)] {
+            if let Err(error) = fs::remove_file(&path) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(%error, path = %path.display(), "cannot delete a spool entry");
+                }
             }
         }
     }
@@ -202,6 +252,7 @@ impl Spool {
 fn copy_hashing(
     mut input: File,
     output: File,
+    pieces: File,
     source: &Path,
     temporary: &Path,
     max_size: u64,
@@ -209,12 +260,17 @@ fn copy_hashing(
     let (to_writer, chunks) = mpsc::sync_channel::<Vec<u8>>(COPY_QUEUE);
     let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|scope| {
+        // The writer also hashes pieces: it mostly waits on the disk, and the reader thread
+        // is busy with the whole-file hash.
         let writer = scope.spawn(move || -> io::Result<()> {
             let mut behind = WriteBehind::new(output, 0, false);
+            let mut piece_hasher = PieceHasher::new(pieces);
             for chunk in chunks {
                 behind.write(&chunk)?;
+                piece_hasher.update(&chunk)?;
                 let _ = recycle.send(chunk);
             }
+            piece_hasher.finish()?;
             behind.finish()
         });
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
@@ -251,6 +307,49 @@ fn copy_hashing(
     })
 }
 
+/// Hashes a stream of bytes piece by piece ([`PIECE_LEN`] each, the last one shorter) and
+/// writes each piece's SHA-256 to a file as it completes.
+struct PieceHasher {
+    out: std::io::BufWriter<File>,
+    context: ring::digest::Context,
+    in_piece: usize,
+}
+
+impl PieceHasher {
+    fn new(out: File) -> Self {
+        Self {
+            out: std::io::BufWriter::new(out),
+            context: ring::digest::Context::new(&ring::digest::SHA256),
+            in_piece: 0,
+        }
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        while !bytes.is_empty() {
+            let take = (PIECE_LEN as usize - self.in_piece).min(bytes.len());
+            self.context.update(&bytes[..take]);
+            self.in_piece += take;
+            bytes = &bytes[take..];
+            if self.in_piece == PIECE_LEN as usize {
+                let done = std::mem::replace(&mut self.context, ring::digest::Context::new(&ring::digest::SHA256));
+                self.out.write_all(done.finish().as_ref())?;
+                self.in_piece = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        use std::io::Write;
+        if self.in_piece > 0 {
+            self.out.write_all(self.context.finish().as_ref())?;
+        }
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,7 +364,11 @@ mod tests {
         assert_eq!(spooled.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(fs::read(spool.path(&spooled.hex())).unwrap(), b"abc");
         assert_eq!(spool.ingest(&source, 10).unwrap().spooled, spooled);
-        assert_eq!(fs::read_dir(state.path().join("spool")).unwrap().count(), 1, "one entry, no temporaries");
+        assert_eq!(
+            fs::read_dir(state.path().join("spool")).unwrap().count(),
+            2,
+            "one entry and its piece hashes, no temporaries"
+        );
         assert!(matches!(spool.ingest(&source, 2), Err(SpoolError::TooLarge { .. })));
         assert!(matches!(spool.ingest(state.path(), 10), Err(SpoolError::NotAFile(_))));
         assert!(matches!(spool.ingest(&state.path().join("missing"), 10), Err(SpoolError::Io { .. })));
@@ -285,7 +388,24 @@ mod tests {
         assert_eq!(spooled.size, size);
         assert!(fs::read(spool.path(&spooled.hex())).unwrap() == content, "every byte in place");
         assert!(matches!(spool.ingest(&source, size - 1), Err(SpoolError::TooLarge { .. })));
-        assert_eq!(fs::read_dir(state.path().join("spool")).unwrap().count(), 1, "no temporary left by the refusal");
+        assert_eq!(fs::read_dir(state.path().join("spool")).unwrap().count(), 2, "no temporary left by the refusal");
+    }
+
+    #[test]
+    fn piece_hashes_are_written_beside_the_entry_and_made_on_demand() {
+        let state = tempfile::tempdir().unwrap();
+        let spool = Spool::open(state.path()).unwrap();
+        let source = state.path().join("pieces.bin");
+        let content: Vec<u8> = (0..PIECE_LEN as usize * 2 + 100).map(|i| (i * 31 % 253) as u8).collect();
+        fs::write(&source, &content).unwrap();
+        let hex = spool.ingest(&source, u64::MAX).unwrap().spooled.hex();
+        let expected: Vec<u8> = content
+            .chunks(PIECE_LEN as usize)
+            .flat_map(|piece| ring::digest::digest(&ring::digest::SHA256, piece).as_ref().to_vec())
+            .collect();
+        assert_eq!(fs::read(spool.pieces_path(&hex)).unwrap(), expected);
+        fs::remove_file(spool.pieces_path(&hex)).unwrap();
+        assert_eq!(fs::read(spool.ensure_piece_hashes(&hex).unwrap()).unwrap(), expected);
     }
 
     #[test]
