@@ -262,6 +262,21 @@ pub fn check_member_certificate(ca_der: &[u8], certificate_der: &[u8], key_pem: 
     Ok(())
 }
 
+/// Whether a member certificate may accept other members' connections (server
+/// authentication, for [`MEMBER_NAME`]): certificates issued before swarm delivery may not.
+pub fn can_serve(certificate_der: &[u8]) -> bool {
+    let Ok((_, parsed)) = X509Certificate::from_der(certificate_der) else { return false };
+    let server_auth = parsed.extended_key_usage().ok().flatten().is_some_and(|usage| usage.value.server_auth);
+    let named = parsed.subject_alternative_name().ok().flatten().is_some_and(|names| {
+        names
+            .value
+            .general_names
+            .iter()
+            .any(|name| matches!(name, x509_parser::extensions::GeneralName::DNSName(n) if *n == MEMBER_NAME))
+    });
+    server_auth && named
+}
+
 /// Decodes the first certificate in PEM text.
 pub fn pem_certificate_der(pem: &str) -> Result<Vec<u8>, CertError> {
     CertificateDer::from_pem_slice(pem.as_bytes())
@@ -348,6 +363,8 @@ mod tests {
         let days = (issued.not_after - issued.not_before).whole_days();
         assert!((365..=366).contains(&days), "{days}");
         check_member_certificate(ca.certificate_der(), &issued.der, &key.serialize_pem()).unwrap();
+        assert!(can_serve(&issued.der));
+        assert!(!can_serve(ca.certificate_der()), "the CA certificate is no member's");
     }
 
     #[test]

@@ -219,9 +219,38 @@ impl Inbox {
         Partial::start(file, rehashed, hash)
     }
 
+    /// Opens the temporary file of `delivery` for pieces written at their offsets (swarm
+    /// delivery), `size` bytes long, keeping what an earlier attempt left there. Returns the
+    /// file, to be read and written at offsets only.
+    pub fn open_part(&self, delivery: &DeliveryKey, size: u64) -> io::Result<File> {
+        let name = temporary_name(delivery);
+        let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&self.dir, name.as_str(), flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP) => {
+                rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty())?;
+                rustix::fs::openat(&self.dir, name.as_str(), flags | OFlags::EXCL, Mode::from_raw_mode(0o600))?
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other(format!("{name} in {} is not a regular file", self.path.display())));
+        }
+        file.set_len(size)?;
+        Ok(file)
+    }
+
+    /// Where the piece hashes of `delivery` are kept while it is received: in the journal,
+    /// beside its entry.
+    pub fn piece_hashes_path(&self, delivery: &DeliveryKey) -> PathBuf {
+        self.journal.join(format!("{}.pieces", delivery.label()))
+    }
+
     /// Throws away the temporary file of `delivery`.
     pub fn discard(&self, delivery: &DeliveryKey) {
         let _ = rustix::fs::unlinkat(&self.dir, temporary_name(delivery).as_str(), AtFlags::empty());
+        let _ = std::fs::remove_file(self.piece_hashes_path(delivery));
     }
 
     /// Whether the verified temporary file of `delivery` is still waiting for its rename.

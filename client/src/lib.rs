@@ -9,6 +9,7 @@
 //! - [`discover`]: finding servers and their groups from verified multicast announcements.
 //! - [`enroll`]: getting a certificate over TLS with a password.
 //! - [`membership`]: joining and leaving groups with signed multicast requests.
+//! - [`swarm`]: swarm delivery: pieces passed between members, as the server directs.
 //! - [`tls`]: the TLS configuration and the CA-pinning verifier.
 //! - [`report`]: turning what was found into the text people read.
 
@@ -20,6 +21,7 @@ pub mod inbox;
 pub mod listen;
 pub mod membership;
 pub mod report;
+pub mod swarm;
 pub mod tls;
 
 pub use discover::{Discovery, FoundServer, discover};

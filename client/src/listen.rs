@@ -14,18 +14,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use gshare_common::{Connection, ConnectionError};
 use gshare_proto::frame::{Frame, Offer, Text};
 use gshare_proto::membership::Outcome;
+use gshare_proto::swarm::{Bits, MAX_PIECES, Source, piece_count};
 use gshare_proto::{FileName, GroupName, ServerAddress};
 
 use crate::home::ClientSettings;
 use crate::identity::Enrollment;
 use crate::inbox::{DeliveryKey, Inbox};
 use crate::membership::{self, Direction};
+use crate::swarm::store::PieceStore;
+use crate::swarm::{FileShare, Swarm, verify_and_write};
 use crate::tls::{PinnedCaVerifier, server_name, session_config};
 
 /// First delay before reconnecting.
@@ -52,6 +55,8 @@ pub enum ListenError {
     OutDir { path: PathBuf, source: std::io::Error },
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("cannot accept other members on {address} ([peer] listen in client.toml): {source}")]
+    PeerListen { address: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// A session failure worth retrying.
@@ -104,6 +109,8 @@ pub async fn listen(
     }
     let verifier = PinnedCaVerifier::new(Some(enrollment.ca_fingerprint()));
     let config = session_config(verifier, &enrollment.certificate_der, &enrollment.key_pem)?;
+    let swarm = Swarm::new(&enrollment.ca_der, &enrollment.certificate_der, &enrollment.key_pem, settings.peer.serve)?;
+    let peer_port = start_serving(settings, enrollment, &swarm).await?;
     let mut joined: Vec<GroupName> = Vec::new();
     let mut waiting = Waiting::default();
     let mut backoff = MIN_BACKOFF;
@@ -125,7 +132,12 @@ pub async fn listen(
         }
         let started = Instant::now();
         let mut connected = false;
-        match session(&server, Arc::clone(&config), &options.groups, &inboxes, &mut connected, &mut waiting).await {
+        let link = SessionLink { swarm: &swarm, peer_port };
+        let result =
+            session(&server, Arc::clone(&config), &options.groups, &inboxes, &link, &mut connected, &mut waiting).await;
+        // Shares and peer connections belong to the session: the next one starts afresh.
+        swarm.clear();
+        match result {
             Ok(()) => tracing::info!(%server, "the server closed the session"),
             // Not a member yet, while a join is unanswered: the join may still get through.
             Err(SessionError::Refused(reason)) if joined.len() < options.groups.len() => waiting
@@ -144,6 +156,51 @@ pub async fn listen(
         tokio::time::sleep(delay).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Starts accepting other members' connections, if this member serves and its certificate
+/// may; returns the port, for the server to tell other members.
+async fn start_serving(
+    settings: &ClientSettings,
+    enrollment: &Enrollment,
+    swarm: &Arc<Swarm>,
+) -> Result<Option<u16>, ListenError> {
+    if !settings.peer.serve {
+        return Ok(None);
+    }
+    if !gshare_certs::authority::can_serve(&enrollment.certificate_der) {
+        eprintln!(
+            "this member's certificate predates swarm delivery: it receives, but does not pass files on to other members; run `gshare-client enroll` again to serve"
+        );
+        return Ok(None);
+    }
+    let wanted = settings.peer.listen;
+    let listener = match TcpListener::bind(wanted).await {
+        Ok(listener) => listener,
+        // Another member on this machine has the port: any free one does as well.
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            let any = std::net::SocketAddr::new(wanted.ip(), 0);
+            let listener =
+                TcpListener::bind(any).await.map_err(|source| ListenError::PeerListen { address: wanted, source })?;
+            if let Ok(bound) = listener.local_addr() {
+                eprintln!(
+                    "{wanted} is in use; accepting other members on {bound} instead ([peer] listen in client.toml)"
+                );
+            }
+            listener
+        }
+        Err(source) => return Err(ListenError::PeerListen { address: wanted, source }),
+    };
+    let port = listener.local_addr().map(|address| address.port()).ok();
+    tokio::spawn(Arc::clone(swarm).accept(listener));
+    Ok(port)
+}
+
+/// What a session needs of swarm delivery.
+#[derive(Debug)]
+struct SessionLink<'a> {
+    swarm: &'a Arc<Swarm>,
+    peer_port: Option<u16>,
 }
 
 /// What `listen` has told the person about an unreachable server: once, not once per retry,
@@ -185,6 +242,7 @@ async fn session(
     config: Arc<rustls::ClientConfig>,
     groups: &[GroupName],
     inboxes: &HashMap<GroupName, Inbox>,
+    link: &SessionLink<'_>,
     connected: &mut bool,
     waiting: &mut Waiting,
 ) -> Result<(), SessionError> {
@@ -199,7 +257,7 @@ async fn session(
         .map_err(|e| SessionError::Connect(e.to_string()))?;
     let mut connection = Connection::new(tls);
     connection.set_write_timeout(SILENCE_LIMIT);
-    connection.write_frame(&Frame::Subscribe { groups: groups.to_vec() }).await?;
+    connection.write_frame(&Frame::SubscribeSwarm { groups: groups.to_vec(), peer_port: link.peer_port }).await?;
     match read(&mut connection).await? {
         Some(Frame::Subscribed) => {
             *connected = true;
@@ -220,6 +278,10 @@ async fn session(
             // A cancellation that crossed the end of its transfer: nothing left to stop.
             Some(Frame::Cancel { .. }) => {}
             Some(Frame::Offer(offer)) => receive(&mut connection, offer, inboxes).await?,
+            Some(Frame::SwarmOffer { offer, piece_len }) => {
+                receive_in_pieces(&mut connection, offer, piece_len, inboxes, link.swarm).await?;
+            }
+            Some(Frame::Peers { file, peers }) => link.swarm.set_peers(file, peers),
             Some(Frame::Refused { reason }) => return Err(SessionError::Refused(reason.to_string())),
             Some(_) => return Err(SessionError::Protocol("an unexpected frame between deliveries".into())),
         }
@@ -322,6 +384,191 @@ where
         tracing::warn!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
     }
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, "received and verified");
+    println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
+    Ok(())
+}
+
+/// How often the schedule is looked at while a file arrives in pieces, besides every arrival:
+/// requests time out, and the server is asked for what nobody else could give.
+const SCHEDULE_TICK: Duration = Duration::from_millis(250);
+
+/// Answers one swarm offer: checks the name and group, takes the piece hashes, resumes with
+/// the pieces already held, then takes the rest from the server and other members until the
+/// file is whole, checks the whole file's SHA-256, and stores it.
+async fn receive_in_pieces<S>(
+    connection: &mut Connection<S>,
+    offer: Offer,
+    piece_len: u32,
+    inboxes: &HashMap<GroupName, Inbox>,
+    swarm: &Arc<Swarm>,
+) -> Result<(), SessionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let id = offer.delivery;
+    let key = &DeliveryKey { id, sha256: offer.sha256 };
+    let decline = |reason: String| Frame::Decline { delivery: id, reason: Text::new(&reason) };
+    let pieces = piece_count(offer.size, piece_len);
+    let name = match FileName::from_bytes(&offer.name) {
+        Ok(name) => name,
+        Err(error) => {
+            let shown = String::from_utf8_lossy(&offer.name).escape_debug().to_string();
+            tracing::warn!(delivery = id.0, name = %shown, "refused a file: {error}");
+            eprintln!("refused a file named \"{shown}\": {error}");
+            return Ok(connection.write_frame(&decline(error.to_string())).await?);
+        }
+    };
+    let Some(inbox) = inboxes.get(&offer.group) else {
+        tracing::warn!(delivery = id.0, group = %offer.group, "refused a file for a group not subscribed");
+        return Ok(connection.write_frame(&decline(format!("not subscribed to {}", offer.group))).await?);
+    };
+    if pieces > MAX_PIECES {
+        return Ok(connection.write_frame(&decline(format!("{pieces} pieces is more than {MAX_PIECES}"))).await?);
+    }
+    let pieces = pieces as u32;
+
+    // Every piece hash first, over this session: the only source of truth for pieces.
+    let hashes_path = inbox.piece_hashes_path(key);
+    let mut hashes = std::fs::File::create(&hashes_path)?;
+    let mut next = 0u32;
+    while next < pieces {
+        match read(connection).await? {
+            Some(Frame::PieceHashes { delivery, first, hashes: part }) if delivery == id && first == next => {
+                use std::io::Write;
+                let count = u32::try_from(part.len()).unwrap_or(u32::MAX);
+                if count == 0 || count > pieces - next {
+                    return Err(SessionError::Protocol("piece hashes that do not fit the file".into()));
+                }
+                let bytes: Vec<u8> = part.iter().flatten().copied().collect();
+                hashes.write_all(&bytes)?;
+                next += count;
+            }
+            Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
+            _ => return Err(SessionError::Protocol("expected piece hashes".into())),
+        }
+    }
+    drop(hashes);
+
+    // Already stored (our acknowledgement was lost): say we hold everything, and acknowledge.
+    if let Some(stored) = inbox.delivered_name(key) {
+        if inbox.has_temporary(key) {
+            inbox.store(key, &FileName::new(&stored).unwrap_or(name.clone()))?;
+        }
+        let mut all = Bits::new(pieces);
+        (0..pieces).for_each(|piece| all.set(piece));
+        connection.write_frame(&Frame::SwarmAccept { delivery: id, have: all.as_bytes().to_vec() }).await?;
+        connection.write_frame(&Frame::Ack { delivery: id }).await?;
+        let _ = std::fs::remove_file(&hashes_path);
+        tracing::info!(delivery = id.0, file = %stored, "already received; acknowledged again");
+        return Ok(());
+    }
+
+    let store = PieceStore::new(
+        offer.sha256,
+        offer.size,
+        piece_len,
+        pieces,
+        inbox.open_part(key, offer.size)?,
+        std::fs::File::open(&hashes_path)?,
+    );
+    let (store, held) = tokio::task::spawn_blocking(move || store.scan().map(|held| (store, held)))
+        .await
+        .map_err(std::io::Error::other)??;
+    if held.count() > 0 {
+        tracing::info!(delivery = id.0, file = %name, pieces = held.count(), of = pieces, "resuming with the pieces already held");
+    }
+    connection.write_frame(&Frame::SwarmAccept { delivery: id, have: held.as_bytes().to_vec() }).await?;
+    let share = FileShare::new(store, held);
+    swarm.add_share(&share);
+    swarm.pump(&share);
+    let file = offer.sha256;
+    let mut tick = tokio::time::interval(SCHEDULE_TICK);
+    loop {
+        let (new_pieces, numbered) = {
+            let mut state = share.state();
+            (std::mem::take(&mut state.server_new), std::mem::take(&mut state.server_pieces))
+        };
+        for _ in 0..new_pieces {
+            connection.write_frame(&Frame::NextPiece { file }).await?;
+        }
+        for piece in numbered {
+            connection.write_frame(&Frame::PieceRequest { file, piece }).await?;
+        }
+        if share.state().schedule.is_done() {
+            break;
+        }
+        tokio::select! {
+            frame = read(connection) => match frame? {
+                Some(Frame::Piece { file: piece_file, piece, bytes }) if piece_file == file => {
+                    let len = bytes.len() as u64;
+                    if verify_and_write(&share, piece, bytes).await? {
+                        swarm.piece_verified(&share, piece, Source::Server, len);
+                    } else {
+                        // The server's own copy is damaged: asking again would get the same.
+                        swarm.remove_share(&file);
+                        drop(share);
+                        inbox.discard(key);
+                        tracing::warn!(delivery = id.0, file = %name, piece, "SHA-256 mismatch in a piece from the server: the file was thrown away");
+                        eprintln!("{}/{name}: SHA-256 mismatch; thrown away (a piece from the server did not verify), the server will offer it again", offer.group);
+                        let reason = Text::new(&format!("SHA-256 mismatch: piece {piece} from the server does not match its hash"));
+                        return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
+                    }
+                }
+                Some(Frame::NoNewPiece { file: piece_file }) if piece_file == file => {
+                    share.state().schedule.server_exhausted(Instant::now());
+                    swarm.pump(&share);
+                }
+                Some(Frame::Peers { file: peers_file, peers }) => swarm.set_peers(peers_file, peers),
+                Some(Frame::Cancel { delivery, reason }) if delivery == id => {
+                    swarm.remove_share(&file);
+                    drop(share);
+                    inbox.discard(key);
+                    tracing::info!(delivery = id.0, file = %name, "the server withdrew the file: {reason}");
+                    eprintln!("{}/{name}: withdrawn by the server ({reason}); nothing kept", offer.group);
+                    return Ok(());
+                }
+                Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
+                Some(Frame::Pong) => {}
+                Some(Frame::Refused { reason }) => return Err(SessionError::Refused(reason.to_string())),
+                None => return Err(SessionError::Protocol("closed in the middle of a file".into())),
+                Some(_) => return Err(SessionError::Protocol("an unexpected frame in the middle of a file".into())),
+            },
+            () = share.wake.notified() => {}
+            _ = tick.tick() => swarm.pump(&share),
+        }
+    }
+
+    // Whole: the file's own SHA-256, read back from disk, before it takes its name.
+    let checking = Arc::clone(&share);
+    let digest = tokio::task::spawn_blocking(move || {
+        let digest = checking.store.whole_file_sha256()?;
+        checking.store.sync()?;
+        Ok::<_, std::io::Error>(digest)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let (from_server, from_peers, bad_peers) = {
+        let state = share.state();
+        (state.from_server, state.from_peers, state.bad.clone())
+    };
+    connection.write_frame(&Frame::SwarmDone { delivery: id, from_server, from_peers, bad_peers }).await?;
+    if digest != offer.sha256 {
+        swarm.remove_share(&file);
+        inbox.discard(key);
+        tracing::warn!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
+        eprintln!("{}/{name}: SHA-256 mismatch; thrown away, the server will offer it again", offer.group);
+        let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
+        return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
+    }
+    let stored = inbox.store(key, &name)?;
+    // Still served to the others (from the stored file, each piece checked again first).
+    share.state().complete = true;
+    let _ = std::fs::remove_file(&hashes_path);
+    connection.write_frame(&Frame::Ack { delivery: id }).await?;
+    if stored != name {
+        tracing::warn!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
+    }
+    tracing::info!(delivery = id.0, file = %stored, size = offer.size, from_server, from_peers, "received and verified");
     println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
     Ok(())
 }

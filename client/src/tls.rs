@@ -125,3 +125,59 @@ pub fn server_name() -> ServerName<'static> {
     ServerName::try_from(gshare_certs::SERVER_NAME)
         .unwrap_or_else(|_| ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
 }
+
+/// The name every member certificate is issued for, as a TLS server name.
+pub fn member_name() -> ServerName<'static> {
+    // MEMBER_NAME is a valid DNS name; the fallback is never taken.
+    ServerName::try_from(gshare_certs::MEMBER_NAME)
+        .unwrap_or_else(|_| ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+}
+
+fn member_roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(ca_der.to_vec())).map_err(|e| rustls::Error::General(e.to_string()))?;
+    Ok(Arc::new(roots))
+}
+
+fn member_key(key_pem: &str) -> Result<rustls::pki_types::PrivateKeyDer<'static>, rustls::Error> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| rustls::Error::General(e.to_string()))
+}
+
+/// A client configuration for connecting to another member: this member's certificate, the
+/// other member's verified against the pinned CA for the name every member shares (which
+/// member it is, the caller checks by fingerprint after the handshake).
+pub fn peer_client_config(
+    ca_der: &[u8],
+    certificate_der: &[u8],
+    key_pem: &str,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let verifier = WebPkiServerVerifier::builder_with_provider(member_roots(ca_der)?, provider())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(vec![CertificateDer::from(certificate_der.to_vec())], member_key(key_pem)?)?;
+    config.alpn_protocols = vec![gshare_common::PEER_ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A server configuration for accepting other members: this member's certificate, and a
+/// certificate from the pinned CA required of whoever connects.
+pub fn peer_server_config(
+    ca_der: &[u8],
+    certificate_der: &[u8],
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(member_roots(ca_der)?, provider())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![CertificateDer::from(certificate_der.to_vec())], member_key(key_pem)?)?;
+    config.alpn_protocols = vec![gshare_common::PEER_ALPN.to_vec()];
+    Ok(Arc::new(config))
+}

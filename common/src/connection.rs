@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-use gshare_proto::frame::{self, DeliveryId, Frame, FrameError};
+use gshare_proto::frame::{self, DeliveryId, FileKey, Frame, FrameError};
 
 /// Bytes asked of the stream per read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -50,7 +50,7 @@ pub struct Connection<S> {
     write_timeout: Option<Duration>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+impl<S> Connection<S> {
     /// A connection that reads up to 64 KiB at a time: for the side that receives file data.
     pub fn new(stream: S) -> Self {
         Self::with_read_size(stream, READ_CHUNK)
@@ -81,6 +81,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.write_timeout = Some(limit);
     }
 
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
     /// Runs one write step under the write timeout, if one is set.
     async fn bounded<T>(
         limit: Option<Duration>,
@@ -91,7 +99,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             None => Ok(step.await?),
         }
     }
+}
 
+/// Reading needs only the read side: a connection split in two (a reader task and a writer
+/// task, so that neither end ever waits on the other) reads with one half.
+impl<S: AsyncRead + Unpin> Connection<S> {
     /// The next frame; `None` when the peer closed the stream cleanly between frames.
     ///
     /// Cancel-safe: `read_buf` appends bytes only when a read completes, so this can sit in a
@@ -101,6 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnectionError> {
         loop {
             let spare = &mut self.spare;
+            // Data and pieces land in a recycled buffer when there is one.
             let decoded = frame::decode_with(&self.buffer, |bytes| match spare.pop() {
                 Some(mut reused) => {
                     reused.clear();
@@ -141,7 +154,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.spare.push(buffer);
         }
     }
+}
 
+impl<S: AsyncWrite + Unpin> Connection<S> {
     /// Writes one frame and flushes it.
     pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
         let bytes = frame.encode()?;
@@ -161,18 +176,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Self::bounded(self.write_timeout, self.stream.flush()).await
     }
 
+    /// Writes a piece frame straight from `bytes`, and flushes it.
+    pub async fn write_piece(&mut self, file: &FileKey, piece: u32, bytes: &[u8]) -> Result<(), ConnectionError> {
+        let header = frame::piece_header(file, piece, bytes.len())?;
+        Self::bounded(self.write_timeout, self.stream.write_all(&header)).await?;
+        Self::bounded(self.write_timeout, self.stream.write_all(bytes)).await?;
+        Self::bounded(self.write_timeout, self.stream.flush()).await
+    }
+
     /// Ends the stream cleanly (for TLS, sends close_notify).
     pub async fn shutdown(&mut self) -> Result<(), ConnectionError> {
         self.stream.shutdown().await?;
         Ok(())
-    }
-
-    pub fn stream(&self) -> &S {
-        &self.stream
-    }
-
-    pub fn stream_mut(&mut self) -> &mut S {
-        &mut self.stream
     }
 }
 

@@ -30,6 +30,8 @@ pub use settings::MulticastSettings;
 
 /// The ALPN protocol name of gshare's TLS sessions; both sides insist on it.
 pub const ALPN: &[u8] = b"gshare/1";
+/// The ALPN protocol name of connections between members (swarm delivery).
+pub const PEER_ALPN: &[u8] = b"gshare-peer/1";
 
 /// Milliseconds since the Unix epoch by the system clock: the `now` that callers hand to `proto`.
 pub fn unix_now() -> gshare_proto::UnixMillis {

@@ -264,6 +264,11 @@ impl Schedule {
         }
     }
 
+    /// Whether `piece` is asked of `source` now: anything else it sends was not asked for.
+    pub fn is_asked(&self, piece: u32, source: Source) -> bool {
+        self.in_flight.get(&piece).is_some_and(|requests| requests.iter().any(|(asked, _)| *asked == source))
+    }
+
     /// Gives up requests older than [`REQUEST_TIMEOUT`], so their pieces are asked again.
     pub fn expire(&mut self, now: Instant) {
         let peers = &mut self.peers;

@@ -16,6 +16,7 @@
 //! - `ratelimit`: delays after failed password attempts.
 //! - [`private`]: modes of the state directory and its files.
 //! - `state`: what the tasks share.
+//! - `swarm`: which member sessions share which file's pieces, and which pieces have gone out.
 
 pub mod admin;
 pub mod config;
@@ -32,6 +33,7 @@ mod session;
 pub mod spool;
 mod state;
 pub mod store;
+mod swarm;
 mod tls;
 pub mod users;
 

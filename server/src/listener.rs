@@ -28,6 +28,7 @@ use crate::enroll::enroll;
 use crate::membership;
 use crate::session;
 use crate::state::{Server, TooManySessions, blocking};
+use crate::swarm::SwarmMember;
 
 /// Read size for the server's end of a connection: members send only small frames, and a
 /// small read size keeps idle sessions cheap.
@@ -154,13 +155,20 @@ async fn handle_connection(
     };
     let answer = match request {
         Frame::EnrollRequest { user, password, csr } => enroll(server, peer, user, password, csr).await,
-        Frame::Subscribe { groups } => {
+        request @ (Frame::Subscribe { .. } | Frame::SubscribeSwarm { .. }) => {
+            // A swarm subscription carries the port the member accepts other members on.
+            let (groups, swarm) = match request {
+                Frame::SubscribeSwarm { groups, peer_port } => (groups, Some(peer_port)),
+                Frame::Subscribe { groups } => (groups, None),
+                _ => return,
+            };
             let certificate =
                 connection.stream().get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| c.to_vec());
             match authorize(server, certificate, &groups).await {
                 Ok((user, fingerprint)) => {
                     drop(pass);
-                    return run_session(server, connection, peer, user, fingerprint, groups, sessions).await;
+                    let member = Member { user, certificate: fingerprint, groups, swarm };
+                    return run_session(server, connection, peer, member, sessions).await;
                 }
                 Err(reason) => {
                     tracing::warn!(%peer, "session refused: {reason}");
@@ -180,16 +188,25 @@ async fn handle_connection(
     let _ = connection.shutdown().await;
 }
 
+/// An authorized member and what it subscribed to.
+#[derive(Debug)]
+struct Member {
+    user: UserName,
+    certificate: Fingerprint,
+    groups: Vec<GroupName>,
+    /// For a swarm subscription, the port the member accepts other members on, if any.
+    swarm: Option<Option<u16>>,
+}
+
 /// Serves an authorized member's session, if the session budgets have room for it.
 async fn run_session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     server: &Arc<Server>,
     mut connection: Connection<S>,
     peer: SocketAddr,
-    user: UserName,
-    certificate: Fingerprint,
-    groups: Vec<GroupName>,
+    member: Member,
     sessions: &Arc<Semaphore>,
 ) {
+    let Member { user, certificate, groups, swarm } = member;
     let busy = |reason: String| Frame::Busy { reason: Text::new(&reason) };
     let slot = Arc::clone(sessions).try_acquire_owned();
     let registered = server.register_session(&user, certificate, &groups);
@@ -222,7 +239,13 @@ async fn run_session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     }
     let names: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
     tracing::info!(%peer, %user, groups = %names.join(","), "member connected");
-    match session::serve(server, &mut connection, user.clone(), id, control).await {
+    let swarm = swarm.map(|port| SwarmMember {
+        session: id,
+        user: user.clone(),
+        certificate,
+        address: port.map(|port| SocketAddr::new(peer.ip(), port)),
+    });
+    match session::serve(server, &mut connection, user.clone(), id, control, swarm).await {
         Ok(()) => tracing::info!(%peer, %user, "member disconnected"),
         Err(session::SessionError::RevokedMidWrite) => {
             tracing::warn!(%peer, %user, "member session ended: access revoked in the middle of a write");

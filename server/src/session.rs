@@ -29,12 +29,18 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use std::collections::HashMap;
+
 use gshare_common::{Connection, ConnectionError};
 use gshare_proto::UserName;
-use gshare_proto::frame::{DeliveryId, Frame, MAX_CHUNK_LEN, Offer, Text};
+use gshare_proto::frame::{
+    DeliveryId, FileKey, Frame, MAX_CHUNK_LEN, MAX_FRAME_LEN, MAX_HASHES_PER_FRAME, MAX_PEERS, Offer, PeerInfo, Text,
+};
+use gshare_proto::swarm::{Bits, MAX_PIECES, PIECE_LEN, piece_count, piece_span};
 
 use crate::state::{Event, Server, SessionControl, blocking};
 use crate::store::{PendingDelivery, StoreError, unix_now};
+use crate::swarm::SwarmMember;
 
 /// Idle time after which the server pings the member.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
@@ -77,11 +83,16 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     user: UserName,
     id: u64,
     mut control: Control,
+    swarm: Option<SwarmMember>,
 ) -> Result<(), SessionError> {
     connection.set_write_timeout(server.config.write_timeout);
+    // A member's own frames can now be as large as a piece bitfield.
+    connection.limit_frames(MAX_FRAME_LEN);
     let seen_user = user.clone();
     let _ = blocking(server, move |store| store.touch_seen(&seen_user, unix_now())).await;
-    let result = session_loop(server, connection, &user, &mut control).await;
+    let mut session = SessionState { user: user.clone(), swarm, peers_sent: HashMap::new() };
+    let result = session_loop(server, connection, &mut session, &mut control).await;
+    server.swarms.leave_all(id);
     server.unregister_session(&user, id);
     let seen_user = user.clone();
     let _ = blocking(server, move |store| store.touch_seen(&seen_user, unix_now())).await;
@@ -91,13 +102,43 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     result
 }
 
+/// What one session keeps beside its connection.
+#[derive(Debug)]
+struct SessionState {
+    user: UserName,
+    /// Set when the member takes files in pieces and passes them on.
+    swarm: Option<SwarmMember>,
+    /// The peer list last sent for each file whose swarm this session is in.
+    peers_sent: HashMap<FileKey, Vec<PeerInfo>>,
+}
+
+/// Sends a fresh peer list for every swarm the session is in whose members changed.
+async fn sync_peers<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Arc<Server>,
+    connection: &mut Connection<S>,
+    session: &mut SessionState,
+) -> Result<(), SessionError> {
+    let Some(me) = &session.swarm else { return Ok(()) };
+    for (file, sent) in &mut session.peers_sent {
+        let mut peers = server.swarms.peers(file, me.session);
+        peers.truncate(MAX_PEERS);
+        if peers != *sent {
+            connection.write_frame(&Frame::Peers { file: *file, peers: peers.clone() }).await?;
+            *sent = peers;
+        }
+    }
+    Ok(())
+}
+
 async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
     server: &Arc<Server>,
     connection: &mut Connection<S>,
-    user: &UserName,
+    session: &mut SessionState,
     control: &mut Control,
 ) -> Result<(), SessionError> {
+    let user = &session.user.clone();
     let mut work = server.watch_work();
+    let mut swarm_changes = server.swarms.watch();
     let mut last_heard = Instant::now();
     loop {
         let current = control.borrow_and_update().clone();
@@ -109,7 +150,12 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
         let (who, subscribed) = (user.clone(), current.groups);
         let pending = blocking(server, move |store| store.pending_for(&who, &subscribed)).await?;
         if let Some(delivery) = pending.into_iter().next() {
-            deliver(server, connection, user, delivery, control).await?;
+            let pieces = piece_count(delivery.size, PIECE_LEN);
+            if session.swarm.is_some() && pieces <= MAX_PIECES {
+                deliver_swarm(server, connection, session, delivery, control).await?;
+            } else {
+                deliver(server, connection, user, delivery, control).await?;
+            }
             last_heard = Instant::now();
             continue;
         }
@@ -120,6 +166,7 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             _ = control.changed() => {}
+            _ = swarm_changes.changed() => sync_peers(server, connection, session).await?,
             () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
                 if last_heard.elapsed() > SILENCE_LIMIT {
                     return Err(SessionError::Timeout);
@@ -220,7 +267,20 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
     if sent == Sent::Cancelled {
         return Ok(());
     }
-    match next_answer(connection, ACK_TIMEOUT, control).await? {
+    let answer = next_answer(connection, ACK_TIMEOUT, control).await?;
+    finish_delivery(server, user, &delivery, answer).await
+}
+
+/// Records the member's last word on a delivery: its ack, or its report that the file did not
+/// verify.
+async fn finish_delivery(
+    server: &Arc<Server>,
+    user: &UserName,
+    delivery: &PendingDelivery,
+    answer: Frame,
+) -> Result<(), SessionError> {
+    let id = DeliveryId(delivery.id);
+    match answer {
         Frame::Ack { delivery: acked } if acked == id => {
             let now = unix_now();
             if !blocking(server, move |store| store.mark_delivered(id.0, now)).await? {
@@ -246,6 +306,174 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
         }
         other => Err(SessionError::Protocol(format!("expected an ack for delivery {id}, got {}", frame_name(&other)))),
     }
+}
+
+/// Most piece requests a member may have waiting at the server: its scheduler keeps far fewer.
+const MAX_QUEUED_PIECES: usize = 64;
+
+/// One delivery in swarm mode: the offer, the piece hashes, the peer list, then pieces on
+/// request (each "new piece" request served with a piece no member has had) until the member
+/// acknowledges the whole file. Reading and writing take turns: the member reads its session
+/// on a task of its own, so a piece being written never waits on the member's requests.
+async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Arc<Server>,
+    connection: &mut Connection<S>,
+    session: &mut SessionState,
+    delivery: PendingDelivery,
+    control: &mut Control,
+) -> Result<(), SessionError> {
+    let user = &session.user.clone();
+    let Some(me) = session.swarm.clone() else { return Ok(()) };
+    let id = DeliveryId(delivery.id);
+    let key: FileKey = parse_hex(&delivery.sha256).ok_or(StoreError::Invalid("file hash"))?;
+    let pieces = piece_count(delivery.size, PIECE_LEN) as u32;
+    let offer = Offer {
+        delivery: id,
+        group: delivery.group.clone(),
+        name: delivery.name.clone().into_bytes(),
+        size: delivery.size,
+        sha256: key,
+    };
+    connection.write_frame(&Frame::SwarmOffer { offer, piece_len: PIECE_LEN }).await?;
+
+    // Every piece hash, before the member takes a piece from anyone (or checks what it holds
+    // from an earlier attempt).
+    let spool = server.spool.clone();
+    let hex = delivery.sha256.clone();
+    let hashes_path = tokio::task::spawn_blocking(move || spool.ensure_piece_hashes(&hex))
+        .await
+        .map_err(|error| SessionError::Spool(std::io::Error::other(error)))?
+        .map_err(SessionError::Spool)?;
+    let hashes = Arc::new(std::fs::File::open(&hashes_path).map_err(SessionError::Spool)?);
+    let mut first = 0u32;
+    while first < pieces {
+        let count = (pieces - first).min(MAX_HASHES_PER_FRAME as u32);
+        let bytes = read_exact_at(&hashes, Vec::new(), u64::from(first) * 32, count as usize * 32)
+            .await
+            .map_err(|error| SessionError::Spool(std::io::Error::other(error)))??;
+        let hashes = bytes.chunks_exact(32).map(|h| h.try_into().unwrap_or([0; 32])).collect();
+        connection.write_frame(&Frame::PieceHashes { delivery: id, first, hashes }).await?;
+        first += count;
+    }
+    let mut held = match next_answer(connection, OFFER_TIMEOUT, control).await? {
+        Frame::SwarmAccept { delivery: accepted, have } if accepted == id => Bits::from_bytes(&have, pieces)
+            .map_err(|error| SessionError::Protocol(format!("swarm acceptance of delivery {id}: {error}")))?,
+        other => return handle_non_resume(server, user, id, other).await,
+    };
+    tracing::info!(%user, delivery = id.0, file = %delivery.name, size = delivery.size, pieces, held = held.count(), "sending in pieces");
+    server.swarms.join(key, pieces, me.clone());
+    session.peers_sent.insert(key, Vec::new());
+    connection.write_frame(&Frame::Peers { file: key, peers: Vec::new() }).await?;
+    sync_peers(server, connection, session).await?;
+
+    let spool_file = Arc::new(std::fs::File::open(server.spool.path(&delivery.sha256)).map_err(SessionError::Spool)?);
+    let mut swarm_changes = server.swarms.watch();
+    let mut queue: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
+    let mut buffer = Vec::new();
+    let mut last_heard = Instant::now();
+    let answer = loop {
+        let current = control.borrow_and_update().clone();
+        if current.closed {
+            return Err(SessionError::Revoked);
+        }
+        if !current.groups.contains(&delivery.group) {
+            server.swarms.leave(&key, me.session);
+            session.peers_sent.remove(&key);
+            let reason = Text::new(&format!("no longer a member of {}", delivery.group));
+            connection.write_frame(&Frame::Cancel { delivery: id, reason }).await?;
+            tracing::info!(%user, delivery = id.0, group = %delivery.group, "transfer cancelled: no longer a member");
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            frame = connection.read_frame() => {
+                last_heard = Instant::now();
+                match frame? {
+                    None => return Err(SessionError::Protocol("closed the session in the middle of a delivery".into())),
+                    Some(Frame::NextPiece { file }) if file == key => match server.swarms.next_piece(&key, &held) {
+                        Some(piece) => queue.push_back(piece),
+                        None => connection.write_frame(&Frame::NoNewPiece { file }).await?,
+                    },
+                    Some(Frame::PieceRequest { file, piece }) if file == key && piece < pieces => queue.push_back(piece),
+                    Some(Frame::SwarmDone { delivery: done, from_server, from_peers, bad_peers }) if done == id => {
+                        record_swarm_totals(server, user, id, from_server, from_peers, bad_peers).await?;
+                    }
+                    Some(answer @ (Frame::Ack { .. } | Frame::Failed { .. })) => break answer,
+                    Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
+                    Some(Frame::Pong) => {}
+                    Some(other) => {
+                        return Err(SessionError::Protocol(format!("unexpected {} during delivery {id}", frame_name(&other))));
+                    }
+                }
+                if queue.len() > MAX_QUEUED_PIECES {
+                    return Err(SessionError::Protocol(format!("more than {MAX_QUEUED_PIECES} piece requests at once")));
+                }
+            }
+            _ = control.changed() => {}
+            _ = swarm_changes.changed() => sync_peers(server, connection, session).await?,
+            () = std::future::ready(()), if !queue.is_empty() => {
+                let Some(piece) = queue.pop_front() else { continue };
+                let Some((offset, len)) = piece_span(delivery.size, PIECE_LEN, piece) else { continue };
+                let _turn = server.transfers.acquire().await.map_err(|_| SessionError::Revoked)?;
+                buffer = read_exact_at(&spool_file, std::mem::take(&mut buffer), offset, len)
+                    .await
+                    .map_err(|error| SessionError::Spool(std::io::Error::other(error)))??;
+                unless_revoked(connection.write_piece(&key, piece, &buffer), control).await?;
+                held.set(piece);
+            }
+            () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
+                // The member may take the rest from other members for a long while.
+                if last_heard.elapsed() > ACK_TIMEOUT {
+                    return Err(SessionError::Timeout);
+                }
+                connection.write_frame(&Frame::Ping).await?;
+            }
+        }
+    };
+    finish_delivery(server, user, &delivery, answer).await
+}
+
+/// Stores where a member's bytes came from, with the members that sent it bad pieces named.
+async fn record_swarm_totals(
+    server: &Arc<Server>,
+    user: &UserName,
+    id: DeliveryId,
+    from_server: u64,
+    from_peers: u64,
+    bad_peers: Vec<gshare_proto::Fingerprint>,
+) -> Result<(), SessionError> {
+    let bad = blocking(server, move |store| {
+        let mut names = Vec::new();
+        for fingerprint in &bad_peers {
+            let who = store.certificate(fingerprint)?.map_or_else(|| "unknown".to_owned(), |c| c.user.to_string());
+            names.push(format!("{who} ({fingerprint})"));
+        }
+        let bad = (!names.is_empty()).then(|| names.join(", "));
+        store.set_swarm_totals(id.0, from_server, from_peers, bad.as_deref())?;
+        Ok(bad)
+    })
+    .await?;
+    if let Some(bad) = bad {
+        tracing::warn!(%user, delivery = id.0, "members sent pieces that did not verify: {bad}");
+    }
+    tracing::info!(%user, delivery = id.0, from_server, from_peers, "swarm totals");
+    Ok(())
+}
+
+/// Reads exactly `len` bytes of `file` at `offset` into `buffer`, on a blocking thread.
+fn read_exact_at(
+    file: &Arc<std::fs::File>,
+    mut buffer: Vec<u8>,
+    offset: u64,
+    len: usize,
+) -> tokio::task::JoinHandle<Result<Vec<u8>, SessionError>> {
+    use std::os::unix::fs::FileExt;
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || {
+        buffer.resize(len, 0);
+        file.read_exact_at(&mut buffer, offset).map_err(SessionError::Spool)?;
+        Ok(buffer)
+    })
 }
 
 /// The member answered an offer with something other than a resume.

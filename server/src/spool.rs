@@ -310,18 +310,14 @@ fn copy_hashing(
 /// Hashes a stream of bytes piece by piece ([`PIECE_LEN`] each, the last one shorter) and
 /// writes each piece's SHA-256 to a file as it completes.
 struct PieceHasher {
-    out: std::io::BufWriter<File>,
+    out: io::BufWriter<File>,
     context: ring::digest::Context,
     in_piece: usize,
 }
 
 impl PieceHasher {
     fn new(out: File) -> Self {
-        Self {
-            out: std::io::BufWriter::new(out),
-            context: ring::digest::Context::new(&ring::digest::SHA256),
-            in_piece: 0,
-        }
+        Self { out: io::BufWriter::new(out), context: ring::digest::Context::new(&ring::digest::SHA256), in_piece: 0 }
     }
 
     fn update(&mut self, mut bytes: &[u8]) -> io::Result<()> {

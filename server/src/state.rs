@@ -73,6 +73,7 @@ pub(crate) struct Server {
     /// Each user's share of `transfers` ([`TRANSFERS_PER_USER`]).
     user_transfers: Mutex<HashMap<UserName, Arc<Semaphore>>>,
     pub spool: Spool,
+    pub swarms: crate::swarm::Swarms,
     sessions: Mutex<HashMap<UserName, Vec<SessionEntry>>>,
     next_session: AtomicU64,
     /// Bumped whenever deliveries are recorded, so idle sessions look for work.
@@ -95,6 +96,7 @@ impl Server {
             transfers,
             user_transfers: Mutex::new(HashMap::new()),
             spool,
+            swarms: crate::swarm::Swarms::default(),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             work: watch::Sender::new(0),

@@ -66,6 +66,13 @@ const MIGRATIONS: &[&str] = &[
         last_seen INTEGER NOT NULL
     );
 "#,
+    r#"
+    -- Swarm delivery: where a member's bytes came from, as it reported them, and the members
+    -- that sent it pieces that did not verify.
+    ALTER TABLE deliveries ADD COLUMN from_server INTEGER;
+    ALTER TABLE deliveries ADD COLUMN from_peers INTEGER;
+    ALTER TABLE deliveries ADD COLUMN bad_peers TEXT;
+"#,
 ];
 
 /// A delivery waiting for its member, with what the session needs to offer it.
@@ -94,6 +101,11 @@ pub struct DeliveryStatus {
     pub bytes_done: u64,
     pub updated_at: i64,
     pub reason: Option<String>,
+    /// Swarm delivery: bytes the member took from the server and from other members.
+    pub from_server: Option<u64>,
+    pub from_peers: Option<u64>,
+    /// Members that sent this member pieces that did not verify.
+    pub bad_peers: Option<String>,
 }
 
 /// A file recorded for a group, and the deliveries made for it.
@@ -367,6 +379,22 @@ impl Store {
         Ok(())
     }
 
+    /// Records where a swarm delivery's bytes came from, as the member reported, and who sent
+    /// it bad pieces (user names with fingerprints), for `status`.
+    pub fn set_swarm_totals(
+        &self,
+        delivery: u64,
+        from_server: u64,
+        from_peers: u64,
+        bad_peers: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.connection().execute(
+            "UPDATE deliveries SET from_server = ?2, from_peers = ?3, bad_peers = ?4 WHERE id = ?1",
+            params![size_to_sql(delivery)?, size_to_sql(from_server)?, size_to_sql(from_peers)?, bad_peers],
+        )?;
+        Ok(())
+    }
+
     /// Records how far a transfer got, for `status`.
     pub fn set_progress(&self, delivery: u64, bytes_done: u64, now: i64) -> Result<(), StoreError> {
         self.connection().execute(
@@ -436,7 +464,8 @@ impl Store {
         let connection = self.connection();
         let mut statement = connection.prepare(
             "SELECT d.id, f.id, f.name, f.size, f.sha256, f.group_name, f.created_at, d.user_name, d.state, d.bytes_done, \
-             d.updated_at, d.reason FROM deliveries d JOIN files f ON f.id = d.file_id ORDER BY f.id DESC, d.user_name",
+             d.updated_at, d.reason, d.from_server, d.from_peers, d.bad_peers \
+             FROM deliveries d JOIN files f ON f.id = d.file_id ORDER BY f.id DESC, d.user_name",
         )?;
         let rows = statement.query_map([], |row| {
             Ok(DeliveryStatus {
@@ -452,6 +481,9 @@ impl Store {
                 bytes_done: row.get::<_, i64>(9)?.max(0) as u64,
                 updated_at: row.get(10)?,
                 reason: row.get(11)?,
+                from_server: row.get::<_, Option<i64>>(12)?.map(|n| n.max(0) as u64),
+                from_peers: row.get::<_, Option<i64>>(13)?.map(|n| n.max(0) as u64),
+                bad_peers: row.get(14)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -1,0 +1,582 @@
+//! Swarm delivery on the member's side: members pass verified pieces of a file to each other,
+//! as the server directs, so that a group receives a file in about the time one member does.
+//!
+//! ```text
+//!   server ══session══▶ this member ◀══peer connection══▶ another member
+//!   (piece hashes, the peer list,     (bitfields, haves, piece requests and pieces, both
+//!    new pieces, missing pieces)        ways; mutually authenticated TLS 1.3)
+//! ```
+//!
+//! What holds, whoever the other member is:
+//!
+//! - **Only the server decides who may have a file.** A piece is served only to a member the
+//!   server named for that file in its latest peer list ([`Swarm::set_peers`]); anything else
+//!   is refused and logged. A member dropped from the list (removed, revoked, left the group)
+//!   loses its connections at once.
+//! - **Nothing unverified is kept or passed on.** Every piece is checked against the SHA-256
+//!   the server stated over this member's own session before it is written, and only written
+//!   pieces are served. A member that sends a bad piece is named to the server and cut off;
+//!   the piece comes from elsewhere.
+//! - **Both ends prove who they are**: TLS 1.3 with member certificates from the pinned CA on
+//!   both sides, and the member dialled must present the certificate the server named.
+//!
+//! Which piece to ask of whom is decided by the sans-IO [`Schedule`]; this module only moves
+//! bytes and feeds it events. Each peer connection runs a reader and a writer task of its own,
+//! so two members sending each other pieces never wait on each other.
+
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+
+use gshare_common::Connection;
+use gshare_proto::Fingerprint;
+use gshare_proto::frame::{FileKey, Frame, PeerInfo, Text};
+use gshare_proto::swarm::{Bits, Schedule, Source};
+
+use crate::tls::{member_name, peer_client_config, peer_server_config};
+use store::PieceStore;
+
+/// Time to reach another member: TCP connection, then TLS handshake.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one write to another member may take.
+const PEER_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most connections from other members accepted at once.
+const MAX_PEER_CONNECTIONS: usize = 256;
+
+/// What a peer connection's writer sends.
+#[derive(Debug)]
+enum PeerOut {
+    Frame(Frame),
+    /// A piece, read from the share when its turn comes.
+    Piece(Arc<FileShare>, u32),
+}
+
+/// A live connection to another member.
+#[derive(Debug)]
+struct PeerHandle {
+    certificate: Fingerprint,
+    out: mpsc::UnboundedSender<PeerOut>,
+    close: watch::Sender<bool>,
+    /// Files this side has sent its bitfield for on this connection.
+    announced: HashSet<FileKey>,
+}
+
+/// How one file is shared: its pieces, the scheduler, and who may take part.
+#[derive(Debug)]
+pub struct FileShare {
+    pub store: PieceStore,
+    state: Mutex<ShareState>,
+    /// Woken when a piece arrives or requests for the server are waiting.
+    pub wake: Notify,
+}
+
+/// A share's changing part.
+#[derive(Debug)]
+pub struct ShareState {
+    pub schedule: Schedule,
+    /// The members the server named for this file: only they are served.
+    allowed: HashMap<Fingerprint, Option<SocketAddr>>,
+    /// Connections exchanging this file.
+    interested: HashSet<u64>,
+    pub from_server: u64,
+    pub from_peers: u64,
+    /// Members that sent pieces that did not verify.
+    pub bad: Vec<Fingerprint>,
+    /// Requests for the server the session has yet to send.
+    pub server_new: u32,
+    pub server_pieces: Vec<u32>,
+    /// Received whole; served from what is on disk, each piece checked again before it goes.
+    pub complete: bool,
+}
+
+impl FileShare {
+    pub fn new(store: PieceStore, held: Bits) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            state: Mutex::new(ShareState {
+                schedule: Schedule::new(held),
+                allowed: HashMap::new(),
+                interested: HashSet::new(),
+                from_server: 0,
+                from_peers: 0,
+                bad: Vec::new(),
+                server_new: 0,
+                server_pieces: Vec::new(),
+                complete: false,
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, ShareState> {
+        // Every update is a few steps on plain data; a poisoned lock still holds usable counts.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// This member's part in every swarm: its identity, its shares, its peer connections.
+#[derive(Debug)]
+pub struct Swarm {
+    me: Fingerprint,
+    client_config: Arc<rustls::ClientConfig>,
+    server_config: Arc<rustls::ServerConfig>,
+    /// Whether this member passes pieces on at all (`[peer] serve`).
+    serve: bool,
+    shares: Mutex<HashMap<FileKey, Arc<FileShare>>>,
+    peers: Mutex<HashMap<u64, PeerHandle>>,
+    dialing: Mutex<HashSet<Fingerprint>>,
+    next_peer: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update is one step on the map; a poisoned lock still holds a consistent map.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Swarm {
+    pub fn new(ca_der: &[u8], certificate_der: &[u8], key_pem: &str, serve: bool) -> Result<Arc<Self>, rustls::Error> {
+        Ok(Arc::new(Self {
+            me: gshare_certs::fingerprint(certificate_der),
+            client_config: peer_client_config(ca_der, certificate_der, key_pem)?,
+            server_config: peer_server_config(ca_der, certificate_der, key_pem)?,
+            serve,
+            shares: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashSet::new()),
+            next_peer: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn serves(&self) -> bool {
+        self.serve
+    }
+
+    /// Accepts other members' connections on `listener` until the task is dropped.
+    pub async fn accept(self: Arc<Self>, listener: TcpListener) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server_config));
+        loop {
+            let (tcp, from) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot accept a member's connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if lock(&self.peers).len() >= MAX_PEER_CONNECTIONS {
+                tracing::warn!(%from, "member connection refused: {MAX_PEER_CONNECTIONS} open already");
+                continue;
+            }
+            let swarm = Arc::clone(&self);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let tls = match tokio::time::timeout(PEER_CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        return tracing::warn!(%from, %error, "member connection refused: TLS handshake failed");
+                    }
+                    Err(_) => return tracing::warn!(%from, "member connection refused: TLS handshake timed out"),
+                };
+                let Some(certificate) = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()) else {
+                    return;
+                };
+                let certificate = gshare_certs::fingerprint(certificate);
+                swarm.run_peer(certificate, tls, from).await;
+            });
+        }
+    }
+
+    /// Starts sharing a file; replaces an earlier share of the same bytes.
+    pub fn add_share(&self, share: &Arc<FileShare>) {
+        lock(&self.shares).insert(share.store.key, Arc::clone(share));
+    }
+
+    /// Stops sharing a file (its delivery was cancelled or failed): peers asking for it are
+    /// refused from now on.
+    pub fn remove_share(&self, key: &FileKey) {
+        lock(&self.shares).remove(key);
+    }
+
+    /// Forgets every share and closes every peer connection: the session they belonged to
+    /// ended, and the next one starts afresh.
+    pub fn clear(&self) {
+        lock(&self.shares).clear();
+        for handle in lock(&self.peers).values() {
+            let _ = handle.close.send(true);
+        }
+    }
+
+    fn share(&self, key: &FileKey) -> Option<Arc<FileShare>> {
+        lock(&self.shares).get(key).cloned()
+    }
+
+    /// The server's latest list of members for `key`: only they are served that file;
+    /// connections to members no longer named for any file are closed, and members newly named
+    /// are dialled (if they listen) and told what this member holds.
+    pub fn set_peers(self: &Arc<Self>, key: FileKey, peers: Vec<PeerInfo>) {
+        let Some(share) = self.share(&key) else { return };
+        {
+            let mut state = share.state();
+            state.allowed = peers.iter().map(|peer| (peer.certificate, peer.address)).collect();
+        }
+        // Who may still be talked to at all.
+        let allowed_anywhere: HashSet<Fingerprint> = lock(&self.shares)
+            .values()
+            .flat_map(|share| share.state().allowed.keys().copied().collect::<Vec<_>>())
+            .collect();
+        let mut connected = HashSet::new();
+        for handle in lock(&self.peers).values_mut() {
+            if !allowed_anywhere.contains(&handle.certificate) {
+                tracing::info!(peer = %handle.certificate, "closing the connection to a member the server no longer names");
+                let _ = handle.close.send(true);
+                continue;
+            }
+            connected.insert(handle.certificate);
+            if share.state().allowed.contains_key(&handle.certificate) && handle.announced.insert(key) {
+                let have = share.state().schedule.have().as_bytes().to_vec();
+                let _ = handle.out.send(PeerOut::Frame(Frame::Bitfield { file: key, have }));
+            }
+        }
+        for peer in peers {
+            let Some(address) = peer.address else { continue };
+            if connected.contains(&peer.certificate) || peer.certificate == self.me {
+                continue;
+            }
+            if !lock(&self.dialing).insert(peer.certificate) {
+                continue;
+            }
+            let swarm = Arc::clone(self);
+            tokio::spawn(async move {
+                swarm.dial(peer.certificate, address).await;
+                lock(&swarm.dialing).remove(&peer.certificate);
+            });
+        }
+    }
+
+    async fn dial(self: &Arc<Self>, certificate: Fingerprint, address: SocketAddr) {
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.client_config));
+        let attempt = async {
+            let tcp = TcpStream::connect(address).await?;
+            let _ = tcp.set_nodelay(true);
+            connector.connect(member_name(), tcp).await
+        };
+        let tls = match tokio::time::timeout(PEER_CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                return tracing::info!(%address, %error, "cannot reach a member; its pieces come from elsewhere");
+            }
+            Err(_) => return tracing::info!(%address, "cannot reach a member in time; its pieces come from elsewhere"),
+        };
+        let presented =
+            tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| gshare_certs::fingerprint(c));
+        if presented != Some(certificate) {
+            return tracing::warn!(%address, expected = %certificate, "a member at that address presented another certificate; not used");
+        }
+        self.run_peer(certificate, tls, address).await;
+    }
+
+    /// Runs one connection to another member until either side ends it.
+    async fn run_peer<S: AsyncRead + AsyncWrite + Send + 'static>(
+        self: &Arc<Self>,
+        certificate: Fingerprint,
+        stream: S,
+        address: SocketAddr,
+    ) {
+        let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
+        let (reader, writer) = tokio::io::split(stream);
+        let (out, outgoing) = mpsc::unbounded_channel();
+        let (close, mut closed) = watch::channel(false);
+        // Tell it what we hold of every file it is named for.
+        let mut announced = HashSet::new();
+        for share in lock(&self.shares).values() {
+            let state = share.state();
+            if state.allowed.contains_key(&certificate) {
+                announced.insert(share.store.key);
+                let have = state.schedule.have().as_bytes().to_vec();
+                let _ = out.send(PeerOut::Frame(Frame::Bitfield { file: share.store.key, have }));
+            }
+        }
+        lock(&self.peers).insert(id, PeerHandle { certificate, out: out.clone(), close: close.clone(), announced });
+        tracing::debug!(%address, peer = %certificate, "member connected");
+        let writing = tokio::spawn(write_peer(writer, outgoing, close.clone()));
+        let mut connection = Connection::new(reader);
+        loop {
+            let frame = tokio::select! {
+                frame = connection.read_frame() => frame,
+                _ = closed.changed() => break,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::info!(%address, peer = %certificate, %error, "member connection ended");
+                    break;
+                }
+            };
+            if let Err(reason) = self.handle_peer_frame(id, certificate, &out, frame).await {
+                tracing::warn!(%address, peer = %certificate, "member connection closed: {reason}");
+                break;
+            }
+        }
+        let _ = close.send(true);
+        writing.abort();
+        lock(&self.peers).remove(&id);
+        let shares: Vec<Arc<FileShare>> = lock(&self.shares).values().cloned().collect();
+        for share in shares {
+            {
+                let mut state = share.state();
+                state.schedule.peer_gone(id);
+                state.interested.remove(&id);
+            }
+            self.pump(&share);
+        }
+    }
+
+    /// Handles one frame from another member; an error closes the connection.
+    async fn handle_peer_frame(
+        self: &Arc<Self>,
+        id: u64,
+        certificate: Fingerprint,
+        out: &mpsc::UnboundedSender<PeerOut>,
+        frame: Frame,
+    ) -> Result<(), String> {
+        let refuse = |file: FileKey, piece: u32, reason: &str| {
+            let _ = out.send(PeerOut::Frame(Frame::PieceRefused { file, piece, reason: Text::new(reason) }));
+        };
+        match frame {
+            Frame::Bitfield { file, have } => {
+                let Some(share) = self.share(&file).filter(|share| share.state().allowed.contains_key(&certificate))
+                else {
+                    tracing::warn!(peer = %certificate, "refused a member the server did not name for a file");
+                    refuse(file, 0, "not named by the server for this file");
+                    return Ok(());
+                };
+                let have = Bits::from_bytes(&have, share.store.pieces).map_err(|e| e.to_string())?;
+                let answer = {
+                    let mut state = share.state();
+                    state.schedule.peer_joined(id, have);
+                    state.interested.insert(id);
+                    state.schedule.have().as_bytes().to_vec()
+                };
+                if let Some(handle) = lock(&self.peers).get_mut(&id) {
+                    if handle.announced.insert(file) {
+                        let _ = out.send(PeerOut::Frame(Frame::Bitfield { file, have: answer }));
+                    }
+                }
+                self.pump(&share);
+            }
+            Frame::Have { file, piece } => {
+                if let Some(share) = self.share(&file) {
+                    share.state().schedule.peer_has(id, piece);
+                    self.pump(&share);
+                }
+            }
+            Frame::PieceRequest { file, piece } => {
+                let share = self.share(&file);
+                let verdict = match &share {
+                    _ if !self.serve => Err("this member does not serve pieces"),
+                    None => Err("no such file here"),
+                    Some(share) => {
+                        let state = share.state();
+                        if !state.allowed.contains_key(&certificate) {
+                            Err("not named by the server for this file")
+                        } else if !state.schedule.have().get(piece) {
+                            Err("piece not held")
+                        } else {
+                            Ok(())
+                        }
+                    }
+                };
+                match (verdict, share) {
+                    (Ok(()), Some(share)) => {
+                        let _ = out.send(PeerOut::Piece(share, piece));
+                    }
+                    (Err(reason), _) => {
+                        if reason == "not named by the server for this file" {
+                            tracing::warn!(peer = %certificate, piece, "refused a piece to a member the server did not name for the file");
+                        }
+                        refuse(file, piece, reason);
+                    }
+                    (Ok(()), None) => {}
+                }
+            }
+            Frame::Piece { file, piece, bytes } => {
+                let Some(share) = self.share(&file) else { return Ok(()) };
+                if !share.state().schedule.is_asked(piece, Source::Peer(id)) {
+                    return Err(format!("sent piece {piece}, which was not asked of it"));
+                }
+                let len = bytes.len() as u64;
+                match verify_and_write(&share, piece, bytes).await {
+                    Ok(true) => self.piece_verified(&share, piece, Source::Peer(id), len),
+                    Ok(false) => {
+                        {
+                            let mut state = share.state();
+                            state.schedule.piece_failed(piece, Source::Peer(id));
+                            if !state.bad.contains(&certificate) {
+                                state.bad.push(certificate);
+                            }
+                        }
+                        eprintln!(
+                            "a member sent a piece that did not verify; thrown away, taken from elsewhere ({certificate})"
+                        );
+                        return Err(format!("piece {piece} did not verify; not kept, not passed on"));
+                    }
+                    Err(error) => return Err(format!("cannot write a piece: {error}")),
+                }
+            }
+            Frame::PieceRefused { file, piece, reason } => {
+                if let Some(share) = self.share(&file) {
+                    {
+                        let mut state = share.state();
+                        // A member that will not serve us this file is asked nothing more of it.
+                        state.schedule.piece_failed(piece, Source::Peer(id));
+                        state.schedule.peer_gone(id);
+                        state.interested.remove(&id);
+                    }
+                    tracing::info!(peer = %certificate, piece, "a member refused a piece: {reason}");
+                    self.pump(&share);
+                }
+            }
+            Frame::Ping => {
+                let _ = out.send(PeerOut::Frame(Frame::Pong));
+            }
+            Frame::Pong => {}
+            _ => return Err("an unexpected frame".into()),
+        }
+        Ok(())
+    }
+
+    /// A piece verified and was written: count it, tell the members exchanging the file, and
+    /// ask for more.
+    pub fn piece_verified(&self, share: &Arc<FileShare>, piece: u32, source: Source, len: u64) {
+        let interested: Vec<u64> = {
+            let mut state = share.state();
+            if !state.schedule.piece_arrived(piece, source) {
+                return;
+            }
+            match source {
+                Source::Server => state.from_server += len,
+                Source::Peer(_) => state.from_peers += len,
+            }
+            state.interested.iter().copied().collect()
+        };
+        {
+            let peers = lock(&self.peers);
+            for id in interested {
+                if let Some(handle) = peers.get(&id) {
+                    let _ = handle.out.send(PeerOut::Frame(Frame::Have { file: share.store.key, piece }));
+                }
+            }
+        }
+        share.wake.notify_one();
+        self.pump(share);
+    }
+
+    /// Asks for what the schedule says to ask for now: pieces of every member exchanging the
+    /// file, and (queued for the session) of the server.
+    pub fn pump(&self, share: &Arc<FileShare>) {
+        let now = Instant::now();
+        let mut asks: Vec<(u64, Vec<u32>)> = Vec::new();
+        let wake = {
+            let mut state = share.state();
+            if state.complete {
+                return;
+            }
+            state.schedule.expire(now);
+            let interested: Vec<u64> = state.interested.iter().copied().collect();
+            for id in interested {
+                let pieces = state.schedule.asks_for_peer(id, now);
+                if !pieces.is_empty() {
+                    asks.push((id, pieces));
+                }
+            }
+            let server = state.schedule.asks_for_server(now);
+            state.server_new += server.new_pieces;
+            state.server_pieces.extend(server.pieces);
+            state.server_new > 0 || !state.server_pieces.is_empty()
+        };
+        let peers = lock(&self.peers);
+        for (id, pieces) in asks {
+            if let Some(handle) = peers.get(&id) {
+                for piece in pieces {
+                    let _ = handle.out.send(PeerOut::Frame(Frame::PieceRequest { file: share.store.key, piece }));
+                }
+            }
+        }
+        if wake {
+            share.wake.notify_one();
+        }
+    }
+}
+
+/// Checks a piece against the server's hash and, if it matches, writes it; on a blocking
+/// thread. `Ok(false)`: it did not verify and nothing was written.
+pub async fn verify_and_write(share: &Arc<FileShare>, piece: u32, bytes: Vec<u8>) -> std::io::Result<bool> {
+    let share = Arc::clone(share);
+    tokio::task::spawn_blocking(move || {
+        if !share.store.verifies(piece, &bytes)? {
+            return Ok(false);
+        }
+        share.store.write(piece, &bytes)?;
+        Ok(true)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Writes what a peer connection has to send, in order, until it is closed.
+async fn write_peer<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut outgoing: mpsc::UnboundedReceiver<PeerOut>,
+    close: watch::Sender<bool>,
+) {
+    let mut connection = Connection::new(writer);
+    connection.set_write_timeout(PEER_WRITE_TIMEOUT);
+    let mut buffer = Vec::new();
+    while let Some(item) = outgoing.recv().await {
+        let written = match item {
+            PeerOut::Frame(frame) => connection.write_frame(&frame).await,
+            PeerOut::Piece(share, piece) => {
+                let reading = Arc::clone(&share);
+                let complete = share.state().complete;
+                let taken = std::mem::take(&mut buffer);
+                let read = tokio::task::spawn_blocking(move || {
+                    let bytes = reading.store.read(piece, taken)?;
+                    // A received file is the person's now and may have changed on disk:
+                    // check it again before passing it on.
+                    if complete && !reading.store.verifies(piece, &bytes)? {
+                        return Err(std::io::Error::other("the received file changed on disk"));
+                    }
+                    Ok(bytes)
+                })
+                .await;
+                match read {
+                    Ok(Ok(bytes)) => {
+                        let result = connection.write_piece(&share.store.key, piece, &bytes).await;
+                        buffer = bytes;
+                        result
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, piece, "cannot serve a piece");
+                        let reason = Text::new("piece not available");
+                        connection.write_frame(&Frame::PieceRefused { file: share.store.key, piece, reason }).await
+                    }
+                    Err(_) => break,
+                }
+            }
+        };
+        if written.is_err() {
+            break;
+        }
+    }
+    let _ = close.send(true);
+}
