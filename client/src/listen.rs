@@ -478,7 +478,7 @@ where
         tracing::info!(delivery = id.0, file = %name, pieces = held.count(), of = pieces, "resuming with the pieces already held");
     }
     connection.write_frame(&Frame::SwarmAccept { delivery: id, have: held.as_bytes().to_vec() }).await?;
-    let share = FileShare::new(store, held);
+    let share = FileShare::new(store, held, swarm.serves());
     swarm.add_share(&share);
     swarm.pump(&share);
     let file = offer.sha256;

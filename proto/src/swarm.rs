@@ -13,10 +13,12 @@
 //!
 //! The member asks the server for "a new piece" while it has any: the server hands out each
 //! piece once, to whichever member asks first, so a fast member takes more and a slow one
-//! fewer, and the server's link carries the file about once. Everything else comes from other
-//! members. Once the server says every piece has gone out, and after a grace period, a piece
-//! that no connected member holds, or that a member has been slow to send, is asked of the
-//! server by number.
+//! fewer, and the server's link carries the file about once. (A member that does not pass
+//! pieces on never asks for new ones: what it took would reach nobody else.) Everything else
+//! comes from other members, rarest first; a piece a member has been slow to send is asked of
+//! another member that holds it too. Only when the other members have made no progress for a
+//! grace period (after the server handed out every piece) is a piece that no connected member
+//! holds, or that only a slow one does, asked of the server by number.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -125,14 +127,15 @@ pub const PEER_DEPTH: u32 = 4;
 /// "New piece" requests to the server at once.
 pub const SERVER_NEW_DEPTH: u32 = 4;
 /// Pieces asked of the server by number at once.
-pub const SERVER_PIECE_DEPTH: u32 = 4;
+pub const SERVER_PIECE_DEPTH: u32 = 8;
 /// A request unanswered this long is given up, and the piece asked again elsewhere.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-/// After the server has handed out every piece, how long a missing piece is left to the
-/// other members before the server is asked for it.
+/// How long the other members must make no progress (no piece arrives from them, none of them
+/// announces a new one) before the server is asked for pieces by number.
 pub const SERVER_GRACE: Duration = Duration::from_millis(1500);
-/// A piece asked of a member this long ago may also be asked of the server (once the grace
-/// has passed): a slow member must not hold the others back.
+/// A piece asked of a member this long ago may be asked again elsewhere: of another member
+/// that holds it, or (if none does, and the grace has passed) of the server. A slow member
+/// must not hold the others back.
 pub const PEER_PATIENCE: Duration = Duration::from_secs(3);
 
 /// What a member knows about another member.
@@ -162,11 +165,21 @@ pub struct Schedule {
     availability: Vec<u16>,
     server_new_in_flight: u32,
     server_exhausted_at: Option<Instant>,
+    /// Whether this member asks for new pieces (it passes pieces on).
+    takes_new_pieces: bool,
+    /// When a piece last arrived from, or was announced by, another member (or, before any
+    /// did, when the schedule began).
+    last_progress: Option<Instant>,
 }
 
 impl Schedule {
-    /// A schedule for a file of `pieces` pieces, of which `have` are held already.
+    /// A schedule for a member that passes pieces on, for a file of which `have` are held.
     pub fn new(have: Bits) -> Self {
+        Self::with_role(have, true)
+    }
+
+    /// A schedule for a member that passes pieces on (`serves`) or does not.
+    pub fn with_role(have: Bits, serves: bool) -> Self {
         let pieces = have.len() as usize;
         Self {
             have,
@@ -175,6 +188,8 @@ impl Schedule {
             availability: vec![0; pieces],
             server_new_in_flight: 0,
             server_exhausted_at: None,
+            takes_new_pieces: serves,
+            last_progress: None,
         }
     }
 
@@ -197,11 +212,14 @@ impl Schedule {
     }
 
     /// A member now holds `piece` too.
-    pub fn peer_has(&mut self, peer: u64, piece: u32) {
+    pub fn peer_has(&mut self, peer: u64, piece: u32, now: Instant) {
         if let Some(view) = self.peers.get_mut(&peer) {
             if piece < view.has.len() && !view.has.get(piece) {
                 view.has.set(piece);
                 self.availability[piece as usize] = self.availability[piece as usize].saturating_add(1);
+                if !self.have.get(piece) {
+                    self.last_progress = Some(now);
+                }
             }
         }
     }
@@ -227,8 +245,11 @@ impl Schedule {
     }
 
     /// A piece arrived from `source` and verified. Returns whether it was new to us.
-    pub fn piece_arrived(&mut self, piece: u32, source: Source) -> bool {
+    pub fn piece_arrived(&mut self, piece: u32, source: Source, now: Instant) -> bool {
         self.forget_request(piece, source);
+        if matches!(source, Source::Peer(_)) {
+            self.last_progress = Some(now);
+        }
         if piece >= self.have.len() || self.have.get(piece) {
             return false;
         }
@@ -293,14 +314,26 @@ impl Schedule {
         if room == 0 {
             return Vec::new();
         }
-        let mut candidates: Vec<(u16, u32)> = view
+        // Pieces nobody is asked for, and (after those) pieces another member is slow to send.
+        let asked_of_others_too_long = |piece: u32| {
+            self.in_flight.get(&piece).is_some_and(|requests| {
+                requests.iter().all(|(source, since)| {
+                    *source != Source::Peer(peer) && now.saturating_duration_since(*since) >= PEER_PATIENCE
+                })
+            })
+        };
+        let mut candidates: Vec<(bool, u16, u32)> = view
             .has
             .ones()
-            .filter(|&piece| !self.have.get(piece) && !self.in_flight.contains_key(&piece))
-            .map(|piece| (self.availability[piece as usize], piece))
+            .filter(|&piece| !self.have.get(piece))
+            .filter_map(|piece| match self.in_flight.contains_key(&piece) {
+                false => Some((false, self.availability[piece as usize], piece)),
+                true if asked_of_others_too_long(piece) => Some((true, self.availability[piece as usize], piece)),
+                true => None,
+            })
             .collect();
         candidates.sort_unstable();
-        let chosen: Vec<u32> = candidates.into_iter().take(room).map(|(_, piece)| piece).collect();
+        let chosen: Vec<u32> = candidates.into_iter().take(room).map(|(_, _, piece)| piece).collect();
         for &piece in &chosen {
             self.in_flight.entry(piece).or_default().push((Source::Peer(peer), now));
         }
@@ -313,12 +346,14 @@ impl Schedule {
     /// What to ask of the server now (and counted as asked).
     pub fn asks_for_server(&mut self, now: Instant) -> ServerAsks {
         let mut asks = ServerAsks::default();
-        let Some(exhausted_at) = self.server_exhausted_at else {
+        let last_progress = *self.last_progress.get_or_insert(now);
+        if self.takes_new_pieces && self.server_exhausted_at.is_none() {
             asks.new_pieces = SERVER_NEW_DEPTH.saturating_sub(self.server_new_in_flight);
             self.server_new_in_flight += asks.new_pieces;
             return asks;
-        };
-        if now.saturating_duration_since(exhausted_at) < SERVER_GRACE {
+        }
+        let quiet_since = self.server_exhausted_at.map_or(last_progress, |exhausted| exhausted.max(last_progress));
+        if now.saturating_duration_since(quiet_since) < SERVER_GRACE {
             return asks;
         }
         let asked_of_server =
@@ -331,14 +366,17 @@ impl Schedule {
             if self.have.get(piece) {
                 continue;
             }
+            let availability = self.availability[piece as usize];
             let requests = self.in_flight.get(&piece);
-            let waiting_on_peer = requests.is_some_and(|requests| {
-                requests.iter().all(|(source, since)| {
-                    matches!(source, Source::Peer(_)) && now.saturating_duration_since(*since) >= PEER_PATIENCE
-                })
-            });
-            let unasked_and_unheld = requests.is_none() && self.availability[piece as usize] == 0;
-            if unasked_and_unheld || waiting_on_peer {
+            // Only a slow member has it, and it has had its chance.
+            let waiting_on_slow_peer = availability <= 1
+                && requests.is_some_and(|requests| {
+                    requests.iter().all(|(source, since)| {
+                        matches!(source, Source::Peer(_)) && now.saturating_duration_since(*since) >= PEER_PATIENCE
+                    })
+                });
+            let unasked_and_unheld = requests.is_none() && availability == 0;
+            if unasked_and_unheld || waiting_on_slow_peer {
                 asks.pieces.push(piece);
             }
         }
@@ -472,10 +510,10 @@ mod tests {
                 if t.from.is_none() {
                     server_uploads += 1;
                 }
-                if schedules[t.to].piece_arrived(t.piece, source) {
+                if schedules[t.to].piece_arrived(t.piece, source, at(now)) {
                     for (other, schedule) in schedules.iter_mut().enumerate() {
                         if other != t.to && !dead[other] {
-                            schedule.peer_has(t.to as u64, t.piece);
+                            schedule.peer_has(t.to as u64, t.piece, at(now));
                         }
                     }
                 }

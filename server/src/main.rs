@@ -322,6 +322,9 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             "bytes_done": delivery.bytes_done,
             "updated_at": delivery.updated_at,
             "reason": delivery.reason,
+            "from_server": delivery.from_server,
+            "from_peers": delivery.from_peers,
+            "bad_peers": delivery.bad_peers,
         });
         match files.last_mut().filter(|f| f["id"] == delivery.file_id) {
             Some(file) => {
@@ -388,7 +391,14 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
                 "delivered" => format!("at {}", when(delivery["updated_at"].as_i64().unwrap_or(0))),
                 _ => delivery["reason"].as_str().map(|r| format!("({r})")).unwrap_or_default(),
             };
-            println!("    {user:<20} {state:<10} {detail}");
+            let sources = match (delivery["from_server"].as_u64(), delivery["from_peers"].as_u64()) {
+                (Some(server), Some(peers)) => format!("; {server} bytes from the server, {peers} from other members"),
+                _ => String::new(),
+            };
+            println!("    {user:<20} {state:<10} {detail}{sources}");
+            if let Some(bad) = delivery["bad_peers"].as_str() {
+                println!("    {:<20} sent pieces that did not verify: {bad}", "");
+            }
         }
     }
     Ok(())

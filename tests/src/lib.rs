@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
 
+pub mod netns;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -423,6 +424,11 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// A listener already started, with its output being collected.
+    pub fn from_parts(child: Child, output: OutputLines) -> Self {
+        Self { child, output }
+    }
+
     /// Starts `gshare-client --home HOME listen --group G... --out OUT`.
     pub fn start(home: &ClientHome, groups: &[&str], out: &Path) -> Self {
         let mut command = home.command();

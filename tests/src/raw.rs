@@ -132,7 +132,11 @@ impl FakeServer {
                     let Ok((tcp, _)) = listener.accept().await else { return };
                     let Ok(tls) = acceptor.accept(tcp).await else { continue };
                     let mut connection = Connection::new(tls);
-                    let Ok(Some(Frame::Subscribe { .. })) = connection.read_frame().await else { continue };
+                    let Ok(Some(Frame::Subscribe { .. } | Frame::SubscribeSwarm { .. })) =
+                        connection.read_frame().await
+                    else {
+                        continue;
+                    };
                     if connection.write_frame(&Frame::Subscribed).await.is_err() {
                         continue;
                     }

@@ -12,78 +12,8 @@ use std::time::{Duration, Instant};
 
 use gshare_proto::membership::MembershipRequest;
 use gshare_proto::{Datagram, Message, Nonce, UnixMillis};
+use gshare_tests::netns::{build_lan, client_in};
 use gshare_tests::{ClientHome, ServerProcess, TestNet, text};
-
-/// Namespaces made by this test, deleted (with their interfaces) on drop.
-struct Namespaces {
-    names: Vec<String>,
-}
-
-impl Namespaces {
-    fn create(prefix: &str, hosts: &[&str]) -> Result<Self, String> {
-        let mut made = Self { names: Vec::new() };
-        for host in hosts {
-            let name = format!("{prefix}-{host}");
-            ip(&["netns", "add", &name])?;
-            made.names.push(name);
-        }
-        Ok(made)
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), text(&output.stderr).trim()))
-    }
-}
-
-/// Builds bridge namespace `br` with `br0`, and one host namespace per address with `eth0`
-/// attached to the bridge.
-fn build_lan(prefix: &str, hosts: &[(&str, &str)]) -> Result<Namespaces, String> {
-    let mut names: Vec<&str> = vec!["br"];
-    names.extend(hosts.iter().map(|(host, _)| *host));
-    let namespaces = Namespaces::create(prefix, &names)?;
-    let bridge = format!("{prefix}-br");
-    ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
-    ip(&["-n", &bridge, "link", "set", "br0", "up"])?;
-    for (index, (host, address)) in hosts.iter().enumerate() {
-        let namespace = format!("{prefix}-{host}");
-        let port = format!("port{index}");
-        ip(&[
-            "-n", &bridge, "link", "add", &port, "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns",
-            &namespace,
-        ])?;
-        ip(&["-n", &bridge, "link", "set", &port, "master", "br0", "up"])?;
-        ip(&["-n", &namespace, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
-        ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
-    }
-    Ok(namespaces)
-}
-
-/// `gshare-client --home HOME ARGS...` inside namespace `namespace`, with `stdin` as input.
-fn client_in(namespace: &str, home: &ClientHome, args: &[&str], stdin: &str) -> std::process::Output {
-    gshare_tests::run_with_stdin(
-        Command::new("ip")
-            .args(["netns", "exec", namespace])
-            .arg(gshare_tests::client_bin())
-            .arg("--home")
-            .arg(home.path())
-            .args(args),
-        stdin,
-    )
-}
 
 #[test]
 fn clients_on_other_hosts_discover_enroll_and_join() {

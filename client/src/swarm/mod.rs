@@ -67,7 +67,13 @@ struct PeerHandle {
     close: watch::Sender<bool>,
     /// Files this side has sent its bitfield for on this connection.
     announced: HashSet<FileKey>,
+    /// Bitfields it sent for files the server has not (yet) named it for: the two members'
+    /// peer lists arrive at slightly different moments. Applied if the server names it.
+    pending: HashMap<FileKey, Vec<u8>>,
 }
+
+/// Most early bitfields kept per connection.
+const MAX_PENDING_BITFIELDS: usize = 16;
 
 /// How one file is shared: its pieces, the scheduler, and who may take part.
 #[derive(Debug)]
@@ -98,11 +104,13 @@ pub struct ShareState {
 }
 
 impl FileShare {
-    pub fn new(store: PieceStore, held: Bits) -> Arc<Self> {
+    /// A share of `store`, of which `held` are held; `serves` says whether this member passes
+    /// pieces on (one that does not never takes new pieces from the server).
+    pub fn new(store: PieceStore, held: Bits, serves: bool) -> Arc<Self> {
         Arc::new(Self {
             store,
             state: Mutex::new(ShareState {
-                schedule: Schedule::new(held),
+                schedule: Schedule::with_role(held, serves),
                 allowed: HashMap::new(),
                 interested: HashSet::new(),
                 from_server: 0,
@@ -234,17 +242,32 @@ impl Swarm {
             .flat_map(|share| share.state().allowed.keys().copied().collect::<Vec<_>>())
             .collect();
         let mut connected = HashSet::new();
-        for handle in lock(&self.peers).values_mut() {
+        let mut joined = false;
+        for (&id, handle) in lock(&self.peers).iter_mut() {
             if !allowed_anywhere.contains(&handle.certificate) {
                 tracing::info!(peer = %handle.certificate, "closing the connection to a member the server no longer names");
                 let _ = handle.close.send(true);
                 continue;
             }
             connected.insert(handle.certificate);
-            if share.state().allowed.contains_key(&handle.certificate) && handle.announced.insert(key) {
+            if !share.state().allowed.contains_key(&handle.certificate) {
+                continue;
+            }
+            if handle.announced.insert(key) {
                 let have = share.state().schedule.have().as_bytes().to_vec();
                 let _ = handle.out.send(PeerOut::Frame(Frame::Bitfield { file: key, have }));
             }
+            if let Some(early) = handle.pending.remove(&key) {
+                if let Ok(have) = Bits::from_bytes(&early, share.store.pieces) {
+                    let mut state = share.state();
+                    state.schedule.peer_joined(id, have);
+                    state.interested.insert(id);
+                    joined = true;
+                }
+            }
+        }
+        if joined {
+            self.pump(&share);
         }
         for peer in peers {
             let Some(address) = peer.address else { continue };
@@ -305,7 +328,9 @@ impl Swarm {
                 let _ = out.send(PeerOut::Frame(Frame::Bitfield { file: share.store.key, have }));
             }
         }
-        lock(&self.peers).insert(id, PeerHandle { certificate, out: out.clone(), close: close.clone(), announced });
+        let handle =
+            PeerHandle { certificate, out: out.clone(), close: close.clone(), announced, pending: HashMap::new() };
+        lock(&self.peers).insert(id, handle);
         tracing::debug!(%address, peer = %certificate, "member connected");
         let writing = tokio::spawn(write_peer(writer, outgoing, close.clone()));
         let mut connection = Connection::new(reader);
@@ -356,8 +381,13 @@ impl Swarm {
             Frame::Bitfield { file, have } => {
                 let Some(share) = self.share(&file).filter(|share| share.state().allowed.contains_key(&certificate))
                 else {
-                    tracing::warn!(peer = %certificate, "refused a member the server did not name for a file");
-                    refuse(file, 0, "not named by the server for this file");
+                    // Perhaps our own list from the server has not caught up yet: kept for
+                    // then, never acted on before.
+                    if let Some(handle) = lock(&self.peers).get_mut(&id) {
+                        if handle.pending.len() < MAX_PENDING_BITFIELDS || handle.pending.contains_key(&file) {
+                            handle.pending.insert(file, have);
+                        }
+                    }
                     return Ok(());
                 };
                 let have = Bits::from_bytes(&have, share.store.pieces).map_err(|e| e.to_string())?;
@@ -376,7 +406,7 @@ impl Swarm {
             }
             Frame::Have { file, piece } => {
                 if let Some(share) = self.share(&file) {
-                    share.state().schedule.peer_has(id, piece);
+                    share.state().schedule.peer_has(id, piece, Instant::now());
                     self.pump(&share);
                 }
             }
@@ -460,7 +490,7 @@ impl Swarm {
     pub fn piece_verified(&self, share: &Arc<FileShare>, piece: u32, source: Source, len: u64) {
         let interested: Vec<u64> = {
             let mut state = share.state();
-            if !state.schedule.piece_arrived(piece, source) {
+            if !state.schedule.piece_arrived(piece, source, Instant::now()) {
                 return;
             }
             match source {

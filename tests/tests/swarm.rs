@@ -1,0 +1,427 @@
+//! Swarm delivery end to end: members pass pieces to each other, as the server directs.
+//!
+//! On a LAN of network namespaces with every link held to a rate, six members receive a file
+//! while the server's host sends it about once; one member that does not serve still receives,
+//! and one killed in the middle does not stop the others. On loopback, hostile members speak
+//! the protocols themselves with valid member certificates: one serving corrupted pieces, one
+//! that the server did not name for the file, and one removed while connected.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use gshare_common::Connection;
+use gshare_proto::frame::{FileKey, Frame};
+use gshare_tests::netns::{build_shaped_lan, client_in, listener_in, sent_bytes};
+use gshare_tests::raw::{self, runtime};
+use gshare_tests::{
+    ClientHome, Listener, ServerProcess, TestNet, default_server_toml, free_tcp_port, random_file, text, wait_until,
+};
+
+const PASSWORD: &str = "correct horse battery staple";
+const LONG: Duration = Duration::from_secs(120);
+
+fn status(server: &ServerProcess) -> serde_json::Value {
+    let output = server.command(&["status", "--json"], "");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Each delivery of the newest file, as `(user, state, from_server, from_peers, bad_peers)`.
+fn deliveries(server: &ServerProcess) -> Vec<(String, String, u64, u64, String)> {
+    let status = status(server);
+    status["files"][0]["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["user"].as_str().unwrap().to_owned(),
+                d["state"].as_str().unwrap().to_owned(),
+                d["from_server"].as_u64().unwrap_or(0),
+                d["from_peers"].as_u64().unwrap_or(0),
+                d["bad_peers"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn six_members_on_a_shaped_lan_receive_a_file_the_server_sends_about_once() {
+    const MEMBERS: usize = 6;
+    const SIZE: usize = 24 << 20;
+    let prefix = format!("gss{}", std::process::id());
+    let mut hosts = vec![("server".to_owned(), "192.0.2.1".to_owned())];
+    hosts.extend((1..=MEMBERS).map(|i| (format!("m{i}"), format!("192.0.2.{}", 10 + i))));
+    let host_refs: Vec<(&str, &str)> = hosts.iter().map(|(h, a)| (h.as_str(), a.as_str())).collect();
+    let _namespaces = match build_shaped_lan(&prefix, &host_refs, Some(100)) {
+        Ok(namespaces) => namespaces,
+        Err(reason) => {
+            eprintln!(
+                "SKIPPED six_members_on_a_shaped_lan_receive_a_file_the_server_sends_about_once: cannot create network namespaces ({reason})"
+            );
+            return;
+        }
+    };
+    let lan = |interface: &str| TestNet {
+        group: "239.255.70.70".parse().unwrap(),
+        port: 7070,
+        interface: interface.parse().unwrap(),
+    };
+    let server_net = lan("192.0.2.1");
+    let config = format!(
+        "groups = [\"Developers\"]\n[tls]\nlisten = \"192.0.2.1:7443\"\n\n{}",
+        server_net.multicast_toml().replace("ttl = 0", "ttl = 1").replace("loop = true", "loop = false")
+    );
+    let server_ns = format!("{prefix}-server");
+    let mut server = ServerProcess::start_with(&server_net, &config, &["ip", "netns", "exec", &server_ns]);
+    let fingerprint = server.fingerprint();
+    let outs: Vec<tempfile::TempDir> = (0..MEMBERS).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut listeners = Vec::new();
+    let mut homes = Vec::new();
+    for i in 1..=MEMBERS {
+        let (host, address) = (&hosts[i].0, &hosts[i].1);
+        let user = format!("member{i}");
+        server.add_user(&user, "Developers", PASSWORD);
+        // Member 5 takes part without passing anything on.
+        let serve = if i == 5 { "serve = false\n" } else { "" };
+        let home = ClientHome::new(&lan(address));
+        let toml = std::fs::read_to_string(home.path().join("client.toml")).unwrap().replace("ttl = 0", "ttl = 1");
+        std::fs::write(
+            home.path().join("client.toml"),
+            format!("{toml}\n[peer]\nlisten = \"{address}:7444\"\n{serve}"),
+        )
+        .unwrap();
+        let namespace = format!("{prefix}-{host}");
+        let enroll = [
+            "enroll",
+            "--user",
+            &user,
+            "--server",
+            "192.0.2.1:7443",
+            "--ca-fingerprint",
+            &fingerprint,
+            "--password-stdin",
+        ];
+        let output = client_in(&namespace, &home, &enroll, &format!("{PASSWORD}\n"));
+        assert!(output.status.success(), "enroll {user}: {}", text(&output.stderr));
+        let mut listener = listener_in(&namespace, &home, &["Developers"], outs[i - 1].path());
+        listener.wait_for("waiting for files", LONG);
+        listeners.push(listener);
+        homes.push(home);
+    }
+
+    let files = tempfile::tempdir().unwrap();
+    let file = random_file(files.path(), "release.tar", SIZE, 11);
+    let before = sent_bytes(&server_ns);
+    let output = server.send("Developers", &[&file], true);
+    assert!(output.status.success(), "send: {}\n{}", text(&output.stderr), text(&output.stdout));
+    let sent = sent_bytes(&server_ns) - before;
+    let expected = std::fs::read(&file).unwrap();
+    for (i, out) in outs.iter().enumerate() {
+        assert!(
+            std::fs::read(out.path().join("release.tar")).unwrap() == expected,
+            "member{} holds other bytes",
+            i + 1
+        );
+    }
+    let rows = deliveries(&server);
+    assert!(rows.iter().all(|row| row.1 == "delivered"), "{rows:?}");
+    let from_peers: u64 = rows.iter().map(|row| row.3).sum();
+    eprintln!(
+        "server host sent {:.2}x the file; members took {:.2}x it from each other",
+        sent as f64 / SIZE as f64,
+        from_peers as f64 / SIZE as f64
+    );
+    assert!(sent < 2 * SIZE as u64, "the server's host sent {sent} bytes for a {SIZE}-byte file: {rows:?}");
+    assert!(from_peers > SIZE as u64, "members passed on only {from_peers} bytes");
+    let non_serving = &rows.iter().find(|row| row.0 == "member5").unwrap();
+    assert!(non_serving.2 + non_serving.3 >= SIZE as u64, "member5 (serve = false) received: {non_serving:?}");
+
+    // A member killed in the middle of the next file: the others still finish.
+    let second = random_file(files.path(), "second.tar", SIZE, 12);
+    let sending = std::thread::spawn({
+        let config = server.config.clone();
+        move || {
+            std::process::Command::new(gshare_tests::server_bin())
+                .arg("--config")
+                .arg(config)
+                .args(["send", "--group", "Developers", "--wait"])
+                .arg(second)
+                .output()
+                .unwrap()
+        }
+    });
+    assert!(wait_until(LONG, || std::fs::read_dir(outs[2].path())
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".part"))));
+    listeners[2].kill();
+    let output = sending.join().unwrap();
+    assert!(output.status.success(), "send: {}", text(&output.stderr));
+    for (i, out) in outs.iter().enumerate().filter(|(i, _)| *i != 2) {
+        assert!(out.path().join("second.tar").exists(), "member{} did not finish", i + 1);
+    }
+    drop(homes);
+}
+
+/// A hostile member's side of things: its session with the server, and its own peer listener.
+struct Hostile {
+    home: ClientHome,
+    port: u16,
+}
+
+impl Hostile {
+    fn member_config(&self) -> Arc<rustls::ClientConfig> {
+        let read = |name: &str| std::fs::read_to_string(self.home.path().join(name)).unwrap();
+        let ca = gshare_certs::authority::pem_certificate_der(&read("ca.crt")).unwrap();
+        let certificate = gshare_certs::authority::pem_certificate_der(&read("client.crt")).unwrap();
+        raw::client_config(&ca, Some((&certificate, &read("client.key"))))
+    }
+
+    fn peer_config(&self) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let read = |name: &str| std::fs::read_to_string(self.home.path().join(name)).unwrap();
+        let ca = gshare_certs::authority::pem_certificate_der(&read("ca.crt")).unwrap();
+        let certificate = gshare_certs::authority::pem_certificate_der(&read("client.crt")).unwrap();
+        let key = read("client.key");
+        (
+            gshare_client::tls::peer_server_config(&ca, &certificate, &key).unwrap(),
+            gshare_client::tls::peer_client_config(&ca, &certificate, &key).unwrap(),
+        )
+    }
+}
+
+/// Joins the swarm of the next file offered, claiming to hold every piece; returns the file.
+async fn join_swarm_claiming_everything(
+    address: &str,
+    hostile: &Hostile,
+) -> (FileKey, Connection<tokio_rustls::client::TlsStream<TcpStream>>) {
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(gshare_certs::SERVER_NAME).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(hostile.member_config()).connect(name, tcp).await.unwrap();
+    let mut session = Connection::new(tls);
+    let subscribe =
+        Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: Some(hostile.port) };
+    session.write_frame(&subscribe).await.unwrap();
+    assert!(matches!(session.read_frame().await, Ok(Some(Frame::Subscribed))));
+    let (offer, piece_len) = loop {
+        match session.read_frame().await.unwrap() {
+            Some(Frame::SwarmOffer { offer, piece_len }) => break (offer, piece_len),
+            Some(_) => {}
+            None => panic!("session closed"),
+        }
+    };
+    let pieces = gshare_proto::swarm::piece_count(offer.size, piece_len) as u32;
+    let mut hashes = 0;
+    while hashes < pieces {
+        if let Some(Frame::PieceHashes { hashes: part, .. }) = session.read_frame().await.unwrap() {
+            hashes += part.len() as u32;
+        }
+    }
+    let mut all = gshare_proto::swarm::Bits::new(pieces);
+    (0..pieces).for_each(|piece| all.set(piece));
+    let accept = Frame::SwarmAccept { delivery: offer.delivery, have: all.as_bytes().to_vec() };
+    session.write_frame(&accept).await.unwrap();
+    (offer.sha256, session)
+}
+
+/// Serves every member that connects: claims every piece, and answers each request with bytes
+/// that are not the piece. Counts the requests it answered.
+async fn serve_garbage(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    pieces: u32,
+    served: Arc<std::sync::atomic::AtomicU32>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { return };
+        let Ok(tls) = acceptor.accept(tcp).await else { continue };
+        let served = Arc::clone(&served);
+        tokio::spawn(async move {
+            let mut connection = Connection::new(tls);
+            let mut all = gshare_proto::swarm::Bits::new(pieces);
+            (0..pieces).for_each(|piece| all.set(piece));
+            while let Ok(Some(frame)) = connection.read_frame().await {
+                let answer = match frame {
+                    Frame::Bitfield { file, .. } => Frame::Bitfield { file, have: all.as_bytes().to_vec() },
+                    Frame::PieceRequest { file, piece } => {
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Frame::Piece { file, piece, bytes: vec![0xee; gshare_proto::swarm::PIECE_LEN as usize] }
+                    }
+                    _ => continue,
+                };
+                if connection.write_frame(&answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn loopback_member(net: &TestNet, server: &mut ServerProcess, user: &str, groups: &str, peer_port: u16) -> ClientHome {
+    server.add_user(user, groups, PASSWORD);
+    let home = ClientHome::with_extra(net, "");
+    let toml = std::fs::read_to_string(home.path().join("client.toml")).unwrap();
+    std::fs::write(home.path().join("client.toml"), format!("{toml}\n[peer]\nlisten = \"127.0.0.1:{peer_port}\"\n"))
+        .unwrap();
+    let output = home.enroll(server, user, PASSWORD);
+    assert!(output.status.success(), "enroll {user}: {}", text(&output.stderr));
+    for group in groups.split(',') {
+        assert!(home.run(&["join", "--group", group]).status.success());
+    }
+    home
+}
+
+fn loopback_server(net: &TestNet) -> ServerProcess {
+    let port = free_tcp_port();
+    let mut server = ServerProcess::start_with(net, &default_server_toml(net, port), &[]);
+    server.tls_address = Some(format!("127.0.0.1:{port}"));
+    server
+}
+
+#[test]
+fn a_peer_serving_corrupted_pieces_is_caught_and_the_file_still_arrives() {
+    let net = TestNet::loopback();
+    let mut server = loopback_server(&net);
+    let mallory_port = free_tcp_port();
+    let mallory =
+        Hostile { home: loopback_member(&net, &mut server, "mallory", "Developers", mallory_port), port: mallory_port };
+    let alice = loopback_member(&net, &mut server, "alice", "Developers", free_tcp_port());
+    let address = server.tls_address.clone().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let size = 64 << 20;
+    let file = random_file(files.path(), "dataset.bin", size, 21);
+    assert!(server.send("Developers", &[&file], false).status.success());
+
+    let rt = runtime();
+    let served = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (server_config, _) = mallory.peer_config();
+    let pieces = gshare_proto::swarm::piece_count(size as u64, gshare_proto::swarm::PIECE_LEN) as u32;
+    let _session = rt.block_on(async {
+        let listener = TcpListener::bind(("127.0.0.1", mallory_port)).await.unwrap();
+        tokio::spawn(serve_garbage(listener, server_config, pieces, Arc::clone(&served)));
+        join_swarm_claiming_everything(&address, &mallory).await
+    });
+    // Keep mallory's side running while alice receives.
+    let background =
+        std::thread::spawn(move || rt.block_on(async { tokio::time::sleep(Duration::from_secs(90)).await }));
+
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&alice, &["Developers"], out.path());
+    listener.wait_for("received dataset.bin", LONG);
+    assert!(std::fs::read(out.path().join("dataset.bin")).unwrap() == std::fs::read(&file).unwrap(), "bytes differ");
+    assert!(served.load(std::sync::atomic::Ordering::Relaxed) > 0, "alice never asked mallory for a piece");
+    assert!(listener.output().contains("did not verify"), "{}", listener.output());
+    let alice_row = deliveries(&server).into_iter().find(|row| row.0 == "alice").unwrap();
+    assert!(
+        wait_until(LONG, || deliveries(&server).iter().any(|row| row.0 == "alice" && row.4.contains("mallory"))),
+        "{alice_row:?}"
+    );
+    let entries: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, ["dataset.bin"], "nothing else under a final name");
+    drop(background);
+}
+
+/// Connects to a member's peer port as `hostile` and asks for piece 0 of `file`; the answer.
+async fn ask_for_a_piece(port: u16, hostile: &Hostile, file: FileKey) -> Option<Frame> {
+    let (_, config) = hostile.peer_config();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config).connect(gshare_client::tls::member_name(), tcp).await.unwrap();
+    let mut connection = Connection::new(tls);
+    connection.write_frame(&Frame::Bitfield { file, have: vec![0] }).await.unwrap();
+    connection.write_frame(&Frame::PieceRequest { file, piece: 0 }).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), connection.read_frame()).await {
+            Ok(Ok(Some(Frame::Bitfield { .. } | Frame::Have { .. }))) => continue,
+            Ok(Ok(frame)) => return frame,
+            _ => return None,
+        }
+    }
+}
+
+#[test]
+fn a_member_not_named_for_a_file_is_refused_and_a_removed_member_is_cut_off() {
+    let net = TestNet::loopback();
+    let mut server = loopback_server(&net);
+    let alice_port = free_tcp_port();
+    let alice = loopback_member(&net, &mut server, "alice", "Developers", alice_port);
+    let eve = Hostile { home: loopback_member(&net, &mut server, "eve", "Designers", free_tcp_port()), port: 0 };
+    let bob_port = free_tcp_port();
+    let bob = Hostile { home: loopback_member(&net, &mut server, "bob", "Developers", bob_port), port: bob_port };
+    let files = tempfile::tempdir().unwrap();
+    let file = random_file(files.path(), "plan.pdf", 1 << 20, 31);
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&alice, &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    assert!(server.send("Developers", &[&file], false).status.success());
+    listener.wait_for("received plan.pdf", LONG);
+    let key: FileKey = {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&file).unwrap());
+        digest.as_ref().try_into().unwrap()
+    };
+
+    let rt = runtime();
+    // Eve holds a valid member certificate, but the server never named her for this file.
+    let answer = rt.block_on(ask_for_a_piece(alice_port, &eve, key));
+    assert!(
+        matches!(&answer, Some(Frame::PieceRefused { reason, .. }) if reason.as_str().contains("not named")),
+        "{answer:?}"
+    );
+
+    // Bob joins the file's swarm (so alice serves him), then is removed while connected.
+    let address = server.tls_address.clone().unwrap();
+    let (_session, mut connection) = rt.block_on(async {
+        let (_, session) = join_swarm_claiming_everything(&address, &bob).await;
+        // Alice learns of bob from the server; then bob's pieces are served.
+        let mut served = None;
+        for _ in 0..50 {
+            let (_, config) = bob.peer_config();
+            let tcp = TcpStream::connect(("127.0.0.1", alice_port)).await.unwrap();
+            let tls =
+                tokio_rustls::TlsConnector::from(config).connect(gshare_client::tls::member_name(), tcp).await.unwrap();
+            let mut connection = Connection::new(tls);
+            connection.write_frame(&Frame::Bitfield { file: key, have: vec![0] }).await.unwrap();
+            connection.write_frame(&Frame::PieceRequest { file: key, piece: 0 }).await.unwrap();
+            let mut got_piece = false;
+            while let Ok(Ok(Some(frame))) = tokio::time::timeout(Duration::from_secs(5), connection.read_frame()).await
+            {
+                match frame {
+                    Frame::Piece { .. } => {
+                        got_piece = true;
+                        break;
+                    }
+                    Frame::PieceRefused { reason, .. } => {
+                        eprintln!("refused: {reason}");
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if got_piece {
+                served = Some(connection);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (session, served.expect("alice never served bob, whom the server named"))
+    });
+    assert!(server.command(&["user", "remove", "bob"], "").status.success());
+    let closed = rt.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), connection.read_frame()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(_) => return true,
+                Err(_) => return false,
+            }
+        }
+    });
+    assert!(closed, "alice kept her connection to bob open after bob was removed");
+}
