@@ -477,7 +477,10 @@ def main():
                 if uftp is not None:
                     uftp.close()
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not os.environ.get("GSHARE_BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept {workdir}")
 
     output = Path(args.json)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -54,14 +54,15 @@ struct PeerToml {
     serve: Option<bool>,
 }
 
-/// Default address a listening member accepts other members' connections on.
-pub const DEFAULT_PEER_LISTEN: &str = "0.0.0.0:7444";
+/// Default port a listening member accepts other members' connections on, on its multicast
+/// interface's address (the address it has on the LAN its group is on).
+pub const DEFAULT_PEER_PORT: u16 = 7444;
 
 /// How this member takes part in swarm delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSettings {
-    /// Where to accept connections from other members (`[peer] listen`, default
-    /// [`DEFAULT_PEER_LISTEN`]); port 0 takes any free port.
+    /// Where to accept connections from other members (`[peer] listen`; default: the
+    /// multicast interface's address, port [`DEFAULT_PEER_PORT`]); port 0 takes any free port.
     pub listen: std::net::SocketAddr,
     /// Whether to pass pieces on to other members at all (`[peer] serve`, default true).
     pub serve: bool,
@@ -126,6 +127,10 @@ impl ClientSettings {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => ClientToml::default(),
             Err(error) => return Err(ConfigFileError::whole_file(&path, format!("cannot read the file: {error}"))),
         };
+        let peer = PeerSettings {
+            listen: raw.peer.listen.unwrap_or(std::net::SocketAddr::from((raw.multicast.interface, DEFAULT_PEER_PORT))),
+            serve: raw.peer.serve.unwrap_or(true),
+        };
         Ok(Self {
             home: home.to_owned(),
             multicast: raw.multicast,
@@ -134,12 +139,7 @@ impl ClientSettings {
             answer_timeout: std::time::Duration::from_secs(
                 raw.answer_timeout_secs.map_or(DEFAULT_ANSWER_TIMEOUT_SECS, |secs| secs.0),
             ),
-            peer: PeerSettings {
-                listen: raw.peer.listen.unwrap_or_else(|| {
-                    DEFAULT_PEER_LISTEN.parse().unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], 7444)))
-                }),
-                serve: raw.peer.serve.unwrap_or(true),
-            },
+            peer,
         })
     }
 }
@@ -172,6 +172,40 @@ mod tests {
         let settings = ClientSettings::load(home.path()).unwrap();
         assert_eq!(settings.multicast, MulticastSettings::default());
         assert!(settings.ca_fingerprint.is_none() && settings.server.is_none());
+        // Other members are accepted on the multicast interface's address: loopback by default.
+        assert_eq!(settings.peer, PeerSettings { listen: "127.0.0.1:7444".parse().unwrap(), serve: true });
+    }
+
+    #[test]
+    fn the_peer_table_follows_the_interface_unless_given() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(
+            home.path().join(CLIENT_TOML),
+            "[multicast]
+interface = \"10.1.2.3\"
+",
+        )
+        .unwrap();
+        assert_eq!(ClientSettings::load(home.path()).unwrap().peer.listen, "10.1.2.3:7444".parse().unwrap());
+        std::fs::write(
+            home.path().join(CLIENT_TOML),
+            "[peer]
+listen = \"0.0.0.0:9444\"
+serve = false
+",
+        )
+        .unwrap();
+        let peer = ClientSettings::load(home.path()).unwrap().peer;
+        assert_eq!(peer, PeerSettings { listen: "0.0.0.0:9444".parse().unwrap(), serve: false });
+        std::fs::write(
+            home.path().join(CLIENT_TOML),
+            "[peer]
+listen = \"nowhere\"
+",
+        )
+        .unwrap();
+        let error = ClientSettings::load(home.path()).unwrap_err();
+        assert_eq!(error.line, Some(2), "{error}");
     }
 
     #[test]

@@ -388,9 +388,12 @@ where
     Ok(())
 }
 
-/// How often the schedule is looked at while a file arrives in pieces, besides every arrival:
-/// requests time out, and the server is asked for what nobody else could give.
+/// How often the schedule is looked at while a file arrives in pieces, besides when events
+/// wake it: requests time out, and the server is asked for what nobody else could give.
 const SCHEDULE_TICK: Duration = Duration::from_millis(250);
+/// Least time between two looks at the schedule: events come by the thousand, and one look
+/// answers all those that came since the last.
+const PUMP_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Answers one swarm offer: checks the name and group, takes the piece hashes, resumes with
 /// the pieces already held, then takes the rest from the server and other members until the
@@ -463,6 +466,7 @@ where
         return Ok(());
     }
 
+    let fresh = !inbox.has_temporary(key);
     let store = PieceStore::new(
         offer.sha256,
         offer.size,
@@ -471,9 +475,15 @@ where
         inbox.open_part(key, offer.size)?,
         std::fs::File::open(&hashes_path)?,
     );
-    let (store, held) = tokio::task::spawn_blocking(move || store.scan().map(|held| (store, held)))
-        .await
-        .map_err(std::io::Error::other)??;
+    // A temporary file left by an earlier attempt is checked piece by piece; a new one holds
+    // nothing (and reading and hashing its holes would cost as much as a whole file).
+    let (store, held) = if fresh {
+        (store, Bits::new(pieces))
+    } else {
+        tokio::task::spawn_blocking(move || store.scan().map(|held| (store, held)))
+            .await
+            .map_err(std::io::Error::other)??
+    };
     if held.count() > 0 {
         tracing::info!(delivery = id.0, file = %name, pieces = held.count(), of = pieces, "resuming with the pieces already held");
     }
@@ -483,6 +493,7 @@ where
     swarm.pump(&share);
     let file = offer.sha256;
     let mut tick = tokio::time::interval(SCHEDULE_TICK);
+    let mut last_pump = Instant::now();
     loop {
         let (new_pieces, numbered) = {
             let mut state = share.state();
@@ -516,7 +527,7 @@ where
                 }
                 Some(Frame::NoNewPiece { file: piece_file }) if piece_file == file => {
                     share.state().schedule.server_exhausted(Instant::now());
-                    swarm.pump(&share);
+                    share.wake.notify_one();
                 }
                 Some(Frame::Peers { file: peers_file, peers }) => swarm.set_peers(peers_file, peers),
                 Some(Frame::Cancel { delivery, reason }) if delivery == id => {
@@ -533,8 +544,17 @@ where
                 None => return Err(SessionError::Protocol("closed in the middle of a file".into())),
                 Some(_) => return Err(SessionError::Protocol("an unexpected frame in the middle of a file".into())),
             },
-            () = share.wake.notified() => {}
-            _ = tick.tick() => swarm.pump(&share),
+            () = share.wake.notified() => {
+                if let Some(wait) = PUMP_INTERVAL.checked_sub(last_pump.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+                swarm.pump(&share);
+                last_pump = Instant::now();
+            }
+            _ = tick.tick() => {
+                swarm.pump(&share);
+                last_pump = Instant::now();
+            }
         }
     }
 

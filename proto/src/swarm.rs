@@ -122,8 +122,17 @@ pub enum Source {
     Peer(u64),
 }
 
-/// Pieces asked of one member at once: enough to keep a LAN link busy (2 MiB in flight).
+/// Pieces asked of one member at once.
 pub const PEER_DEPTH: u32 = 4;
+/// Pieces asked of all members together at once (32 MiB): a bound, far above what a LAN link
+/// needs, on what one member can have waiting.
+pub const MAX_IN_FLIGHT: u32 = 64;
+/// Pieces a member sends at once, to everyone together; a request beyond them is answered
+/// "busy" at once, and asked elsewhere, instead of waiting in a long queue (8 pieces take a
+/// third of a second at 100 Mbit/s).
+pub const UPLOAD_SLOTS: usize = 1000;
+/// How long a member that said it is busy is left alone.
+pub const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 /// "New piece" requests to the server at once.
 pub const SERVER_NEW_DEPTH: u32 = 4;
 /// Pieces asked of the server by number at once.
@@ -143,6 +152,8 @@ pub const PEER_PATIENCE: Duration = Duration::from_secs(3);
 struct PeerView {
     has: Bits,
     in_flight: u32,
+    /// Asked nothing until then: it said it was busy.
+    busy_until: Option<Instant>,
 }
 
 /// What the server should be asked now.
@@ -208,7 +219,7 @@ impl Schedule {
         for piece in has.ones() {
             self.availability[piece as usize] = self.availability[piece as usize].saturating_add(1);
         }
-        self.peers.insert(peer, PeerView { has, in_flight: 0 });
+        self.peers.insert(peer, PeerView { has, in_flight: 0, busy_until: None });
     }
 
     /// A member now holds `piece` too.
@@ -262,6 +273,20 @@ impl Schedule {
         self.forget_request(piece, source);
     }
 
+    /// `peer` is sending as much as it can: the piece is asked elsewhere, and the peer is left
+    /// alone for [`BUSY_BACKOFF`].
+    pub fn peer_busy(&mut self, peer: u64, piece: u32, now: Instant) {
+        self.forget_request(piece, Source::Peer(peer));
+        if let Some(view) = self.peers.get_mut(&peer) {
+            view.busy_until = Some(now + BUSY_BACKOFF);
+        }
+    }
+
+    /// Pieces asked of other members now.
+    fn asked_of_peers(&self) -> u32 {
+        self.peers.values().map(|view| view.in_flight).sum()
+    }
+
     fn forget_request(&mut self, piece: u32, source: Source) {
         let mut was_asked = false;
         if let Some(requests) = self.in_flight.get_mut(&piece) {
@@ -283,6 +308,11 @@ impl Schedule {
             Source::Server if !was_asked => self.server_new_in_flight = self.server_new_in_flight.saturating_sub(1),
             _ => {}
         }
+    }
+
+    /// Whether `peer` holds `piece`, as far as it told us.
+    pub fn peer_holds(&self, peer: u64, piece: u32) -> bool {
+        self.peers.get(&peer).is_some_and(|view| view.has.get(piece))
     }
 
     /// Whether `piece` is asked of `source` now: anything else it sends was not asked for.
@@ -310,7 +340,11 @@ impl Schedule {
     /// Pieces to ask of `peer` now (and counted as asked), rarest first.
     pub fn asks_for_peer(&mut self, peer: u64, now: Instant) -> Vec<u32> {
         let Some(view) = self.peers.get(&peer) else { return Vec::new() };
-        let room = PEER_DEPTH.saturating_sub(view.in_flight) as usize;
+        if view.busy_until.is_some_and(|until| now < until) {
+            return Vec::new();
+        }
+        let room =
+            PEER_DEPTH.saturating_sub(view.in_flight).min(MAX_IN_FLIGHT.saturating_sub(self.asked_of_peers())) as usize;
         if room == 0 {
             return Vec::new();
         }
@@ -485,22 +519,53 @@ mod tests {
                 }
                 for other in (0..members).filter(|&other| other != me && !dead[other]) {
                     for piece in schedules[me].asks_for_peer(other as u64, at(now)) {
-                        transfers.push(Transfer { from: Some(other), to: me, piece, left: f64::from(PIECE_LEN) });
+                        let sending = transfers.iter().filter(|t| t.from == Some(other)).count();
+                        if sending >= UPLOAD_SLOTS {
+                            schedules[me].peer_busy(other as u64, piece, at(now));
+                        } else {
+                            transfers.push(Transfer { from: Some(other), to: me, piece, left: f64::from(PIECE_LEN) });
+                        }
                     }
                 }
             }
-            // Links carry a step's worth, shared equally among the transfers crossing them.
-            let mut up = vec![0u32; members + 1];
-            let mut down = vec![0u32; members];
-            for t in &transfers {
-                up[t.from.unwrap_or(members)] += 1;
-                down[t.to] += 1;
+            // Links carry a step's worth, shared max-min fairly among the transfers crossing
+            // them (as TCP flows roughly are): the most crowded link fixes its flows' rate,
+            // and what they leave unused on their other link goes to the rest.
+            let links = 2 * members + 1; // uplinks 0..members, the server's uplink, downlinks
+            let up_link = |from: Option<usize>| from.unwrap_or(members);
+            let down_link = |to: usize| members + 1 + to;
+            let mut capacity: Vec<f64> = (0..links)
+                .map(|link| match link {
+                    l if l < members => rates[l],
+                    l if l == members => RATE,
+                    l => rates[l - members - 1],
+                })
+                .collect();
+            let mut rate = vec![None::<f64>; transfers.len()];
+            loop {
+                let mut count = vec![0u32; links];
+                for (t, transfer) in transfers.iter().enumerate() {
+                    if rate[t].is_none() {
+                        count[up_link(transfer.from)] += 1;
+                        count[down_link(transfer.to)] += 1;
+                    }
+                }
+                let tightest = (0..links)
+                    .filter(|&link| count[link] > 0)
+                    .map(|link| (capacity[link] / f64::from(count[link]), link))
+                    .min_by(|a, b| a.0.total_cmp(&b.0));
+                let Some((share, link)) = tightest else { break };
+                for (t, transfer) in transfers.iter().enumerate() {
+                    let (up, down) = (up_link(transfer.from), down_link(transfer.to));
+                    if rate[t].is_none() && (up == link || down == link) {
+                        rate[t] = Some(share);
+                        capacity[up] -= share;
+                        capacity[down] -= share;
+                    }
+                }
             }
-            let up_rate = |from: Option<usize>| from.map_or(RATE, |m| rates[m]);
-            for t in &mut transfers {
-                let share = (up_rate(t.from) / f64::from(up[t.from.unwrap_or(members)]))
-                    .min(rates[t.to] / f64::from(down[t.to]));
-                t.left -= share * STEP;
+            for (t, transfer) in transfers.iter_mut().enumerate() {
+                transfer.left -= rate[t].unwrap_or(0.0) * STEP;
             }
             now += STEP;
             let (done, going): (Vec<Transfer>, Vec<Transfer>) = transfers.into_iter().partition(|t| t.left <= 0.0);

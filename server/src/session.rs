@@ -15,6 +15,21 @@
 //!                                  or Failed (did not verify: offered again, a few times)
 //! ```
 //!
+//! A member that subscribed for swarm delivery (`SubscribeSwarm`) takes each file in pieces
+//! instead, passing them on to the other members the server names (see the `swarm` module):
+//!
+//! ```text
+//!  server                         member
+//!    SwarmOffer (id, name, size, SHA-256, piece length) ─▶
+//!    PieceHashes … (every piece's SHA-256, in parts) ─▶
+//!                               ◀─ SwarmAccept (bitfield of pieces held, checked on disk)
+//!    Peers (the other members of the file's swarm; again whenever it changes) ─▶
+//!                               ◀─ NextPiece (a piece no member has had)  ─▶ Piece / NoNewPiece
+//!                               ◀─ PieceRequest (a piece by number)       ─▶ Piece
+//!                               ◀─ SwarmDone (bytes from the server, from members; bad members)
+//!                               ◀─ Ack or Failed, as above
+//! ```
+//!
 //! Only an ack makes a delivery delivered. Idle sessions wait for new deliveries and exchange
 //! keepalives. A session whose user or certificate is revoked is closed at once, even in the
 //! middle of a write; one whose member leaves a group (or may no longer be in it) stops

@@ -142,6 +142,8 @@ pub struct Swarm {
     peers: Mutex<HashMap<u64, PeerHandle>>,
     dialing: Mutex<HashSet<Fingerprint>>,
     next_peer: AtomicU64,
+    /// Whether other members can connect to this one (it told the server a port).
+    listening: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -160,6 +162,7 @@ impl Swarm {
             peers: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashSet::new()),
             next_peer: AtomicU64::new(1),
+            listening: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -169,6 +172,7 @@ impl Swarm {
 
     /// Accepts other members' connections on `listener` until the task is dropped.
     pub async fn accept(self: Arc<Self>, listener: TcpListener) {
+        self.listening.store(true, Ordering::Relaxed);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server_config));
         loop {
             let (tcp, from) = match listener.accept().await {
@@ -267,11 +271,16 @@ impl Swarm {
             }
         }
         if joined {
-            self.pump(&share);
+            share.wake.notify_one();
         }
         for peer in peers {
             let Some(address) = peer.address else { continue };
             if connected.contains(&peer.certificate) || peer.certificate == self.me {
+                continue;
+            }
+            // One connection per pair of members: when both accept connections, the one
+            // whose fingerprint sorts first dials.
+            if self.listening.load(Ordering::Relaxed) && peer.certificate.0 < self.me.0 {
                 continue;
             }
             if !lock(&self.dialing).insert(peer.certificate) {
@@ -362,7 +371,7 @@ impl Swarm {
                 state.schedule.peer_gone(id);
                 state.interested.remove(&id);
             }
-            self.pump(&share);
+            share.wake.notify_one();
         }
     }
 
@@ -402,12 +411,12 @@ impl Swarm {
                         let _ = out.send(PeerOut::Frame(Frame::Bitfield { file, have: answer }));
                     }
                 }
-                self.pump(&share);
+                share.wake.notify_one();
             }
             Frame::Have { file, piece } => {
                 if let Some(share) = self.share(&file) {
                     share.state().schedule.peer_has(id, piece, Instant::now());
-                    self.pump(&share);
+                    share.wake.notify_one();
                 }
             }
             Frame::PieceRequest { file, piece } => {
@@ -473,7 +482,7 @@ impl Swarm {
                         state.interested.remove(&id);
                     }
                     tracing::info!(peer = %certificate, piece, "a member refused a piece: {reason}");
-                    self.pump(&share);
+                    share.wake.notify_one();
                 }
             }
             Frame::Ping => {
@@ -497,7 +506,8 @@ impl Swarm {
                 Source::Server => state.from_server += len,
                 Source::Peer(_) => state.from_peers += len,
             }
-            state.interested.iter().copied().collect()
+            // Members that hold it already need not hear of it.
+            state.interested.iter().copied().filter(|&id| !state.schedule.peer_holds(id, piece)).collect()
         };
         {
             let peers = lock(&self.peers);
@@ -508,15 +518,16 @@ impl Swarm {
             }
         }
         share.wake.notify_one();
-        self.pump(share);
     }
 
     /// Asks for what the schedule says to ask for now: pieces of every member exchanging the
-    /// file, and (queued for the session) of the server.
+    /// file, and (queued for the session to send) of the server. Called by the session's loop
+    /// for the file, which events wake (at most every few milliseconds: looking at every
+    /// member's pieces on every single event would cost more than the events).
     pub fn pump(&self, share: &Arc<FileShare>) {
         let now = Instant::now();
         let mut asks: Vec<(u64, Vec<u32>)> = Vec::new();
-        let wake = {
+        {
             let mut state = share.state();
             if state.complete {
                 return;
@@ -532,8 +543,7 @@ impl Swarm {
             let server = state.schedule.asks_for_server(now);
             state.server_new += server.new_pieces;
             state.server_pieces.extend(server.pieces);
-            state.server_new > 0 || !state.server_pieces.is_empty()
-        };
+        }
         let peers = lock(&self.peers);
         for (id, pieces) in asks {
             if let Some(handle) = peers.get(&id) {
@@ -541,9 +551,6 @@ impl Swarm {
                     let _ = handle.out.send(PeerOut::Frame(Frame::PieceRequest { file: share.store.key, piece }));
                 }
             }
-        }
-        if wake {
-            share.wake.notify_one();
         }
     }
 }
