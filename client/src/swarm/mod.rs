@@ -48,6 +48,8 @@ use store::PieceStore;
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest one write to another member may take.
 const PEER_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a member waits for another to connect before it dials that member itself.
+const DIAL_BACK_AFTER: Duration = Duration::from_secs(2);
 /// Most connections from other members accepted at once.
 const MAX_PEER_CONNECTIONS: usize = 256;
 
@@ -227,6 +229,10 @@ impl Swarm {
         }
     }
 
+    fn is_connected(&self, certificate: &Fingerprint) -> bool {
+        lock(&self.peers).values().any(|handle| handle.certificate == *certificate)
+    }
+
     fn share(&self, key: &FileKey) -> Option<Arc<FileShare>> {
         lock(&self.shares).get(key).cloned()
     }
@@ -278,17 +284,21 @@ impl Swarm {
             if connected.contains(&peer.certificate) || peer.certificate == self.me {
                 continue;
             }
-            // One connection per pair of members: when both accept connections, the one
-            // whose fingerprint sorts first dials.
-            if self.listening.load(Ordering::Relaxed) && peer.certificate.0 < self.me.0 {
-                continue;
-            }
             if !lock(&self.dialing).insert(peer.certificate) {
                 continue;
             }
+            // One connection per pair of members: when both accept connections, the one whose
+            // fingerprint sorts first dials, and the other only if no connection came by
+            // itself (its dial may have failed: a firewall in the way).
+            let wait_first = self.listening.load(Ordering::Relaxed) && peer.certificate.0 < self.me.0;
             let swarm = Arc::clone(self);
             tokio::spawn(async move {
-                swarm.dial(peer.certificate, address).await;
+                if wait_first {
+                    tokio::time::sleep(DIAL_BACK_AFTER).await;
+                }
+                if !swarm.is_connected(&peer.certificate) {
+                    swarm.dial(peer.certificate, address).await;
+                }
                 lock(&swarm.dialing).remove(&peer.certificate);
             });
         }
