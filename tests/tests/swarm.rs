@@ -240,25 +240,60 @@ async fn serve_garbage(
     loop {
         let Ok((tcp, _)) = listener.accept().await else { return };
         let Ok(tls) = acceptor.accept(tcp).await else { continue };
-        let served = Arc::clone(&served);
-        tokio::spawn(async move {
-            let mut connection = Connection::new(tls);
-            let mut all = gshare_proto::swarm::Bits::new(pieces);
-            (0..pieces).for_each(|piece| all.set(piece));
-            while let Ok(Some(frame)) = connection.read_frame().await {
-                let answer = match frame {
-                    Frame::Bitfield { file, .. } => Frame::Bitfield { file, have: all.as_bytes().to_vec() },
-                    Frame::PieceRequest { file, piece } => {
-                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Frame::Piece { file, piece, bytes: vec![0xee; gshare_proto::swarm::PIECE_LEN as usize] }
-                    }
-                    _ => continue,
-                };
-                if connection.write_frame(&answer).await.is_err() {
-                    return;
-                }
+        tokio::spawn(garbage_on(tls, None, pieces, Arc::clone(&served)));
+    }
+}
+
+/// On one connection: claims every piece (announcing first for `file`, if given) and answers
+/// each request with bytes that are not the piece.
+async fn garbage_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
+    file: Option<FileKey>,
+    pieces: u32,
+    served: Arc<std::sync::atomic::AtomicU32>,
+) {
+    let mut connection = Connection::new(stream);
+    let mut all = gshare_proto::swarm::Bits::new(pieces);
+    (0..pieces).for_each(|piece| all.set(piece));
+    if let Some(file) = file {
+        if connection.write_frame(&Frame::Bitfield { file, have: all.as_bytes().to_vec() }).await.is_err() {
+            return;
+        }
+    }
+    while let Ok(Some(frame)) = connection.read_frame().await {
+        let answer = match frame {
+            Frame::Bitfield { file, .. } => Frame::Bitfield { file, have: all.as_bytes().to_vec() },
+            Frame::PieceRequest { file, piece } => {
+                served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Frame::Piece { file, piece, bytes: vec![0xee; gshare_proto::swarm::PIECE_LEN as usize] }
             }
-        });
+            _ => continue,
+        };
+        if connection.write_frame(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Dials a member's peer port (retrying until it listens) and serves garbage on the connection.
+async fn dial_with_garbage(
+    hostile: &Hostile,
+    port: u16,
+    file: FileKey,
+    pieces: u32,
+    served: Arc<std::sync::atomic::AtomicU32>,
+) {
+    let (_, config) = hostile.peer_config();
+    for _ in 0..600 {
+        if let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)).await {
+            if let Ok(tls) = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+                .connect(gshare_client::tls::member_name(), tcp)
+                .await
+            {
+                return garbage_on(tls, Some(file), pieces, served).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -290,7 +325,8 @@ fn a_peer_serving_corrupted_pieces_is_caught_and_the_file_still_arrives() {
     let mallory_port = free_tcp_port();
     let mallory =
         Hostile { home: loopback_member(&net, &mut server, "mallory", "Developers", mallory_port), port: mallory_port };
-    let alice = loopback_member(&net, &mut server, "alice", "Developers", free_tcp_port());
+    let alice_port = free_tcp_port();
+    let alice = loopback_member(&net, &mut server, "alice", "Developers", alice_port);
     let address = server.tls_address.clone().unwrap();
     let files = tempfile::tempdir().unwrap();
     let size = 64 << 20;
@@ -299,13 +335,24 @@ fn a_peer_serving_corrupted_pieces_is_caught_and_the_file_still_arrives() {
 
     let rt = runtime();
     let served = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let served_by_dial = Arc::clone(&served);
     let (server_config, _) = mallory.peer_config();
     let pieces = gshare_proto::swarm::piece_count(size as u64, gshare_proto::swarm::PIECE_LEN) as u32;
-    let _session = rt.block_on(async {
+    let (file_key, _session) = rt.block_on(async {
         let listener = TcpListener::bind(("127.0.0.1", mallory_port)).await.unwrap();
         tokio::spawn(serve_garbage(listener, server_config, pieces, Arc::clone(&served)));
         join_swarm_claiming_everything(&address, &mallory).await
     });
+    // Mallory also dials alice as soon as she listens (whichever of the two dials, alice must
+    // check what arrives).
+    let mallory_home = mallory.home.path().to_owned();
+    let dialer = Hostile { home: ClientHome { dir: tempfile::tempdir().unwrap() }, port: mallory_port };
+    for name in ["ca.crt", "client.crt", "client.key"] {
+        std::fs::copy(mallory_home.join(name), dialer.home.path().join(name)).unwrap();
+    }
+    rt.spawn(
+        async move { dial_with_garbage(&dialer, alice_port, file_key, pieces, Arc::clone(&served_by_dial)).await },
+    );
     // Keep mallory's side running while alice receives.
     let background =
         std::thread::spawn(move || rt.block_on(async { tokio::time::sleep(Duration::from_secs(90)).await }));
