@@ -218,7 +218,7 @@ def tcp_floor_seconds(size, members):
 
 
 class Gshare:
-    def __init__(self, workdir, member_counts):
+    def __init__(self, workdir, member_counts, swarm=True):
         self.dir = workdir / "gshare"
         self.dir.mkdir()
         members = max(member_counts)
@@ -231,6 +231,7 @@ class Gshare:
             f'groups = {json.dumps(list(groups.values()))}\n'
             f'[tls]\nlisten = "{SERVER_IP}:7443"\n'
             f'[multicast]\ninterface = "{SERVER_IP}"\nttl = 1\nloop = false\n'
+            f'[delivery]\nswarm = {"true" if swarm else "false"}\n'
         )
         self.config = config
         for i in range(1, members + 1):
@@ -415,6 +416,8 @@ def main():
     parser.add_argument("--skip-uftp", action="store_true", help="do not run UFTP")
     parser.add_argument("--uftp-rate", type=int, default=None,
                         help="run UFTP at this fixed rate in Kbps (-1: as fast as possible) instead of TFMCC")
+    parser.add_argument("--no-swarm", action="store_true",
+                        help="every member gets its own copy from the server ([delivery] swarm = false)")
     parser.add_argument("--link-mbit", type=int, default=None,
                         help="hold every host's link to this many Mbit/s each way (tc tbf); UFTP then runs at 95%% of it")
     parser.add_argument("--workdir", default=None,
@@ -447,7 +450,7 @@ def main():
     print(f"files under {workdir.parent}")
     try:
         with Lan(max(member_counts), args.link_mbit):
-            gshare = Gshare(workdir, member_counts)
+            gshare = Gshare(workdir, member_counts, swarm=not args.no_swarm)
             uftp = None if args.skip_uftp else Uftp(workdir, max(member_counts), args.uftp_rate)
             try:
                 for size in sizes:

@@ -488,6 +488,7 @@ where
         tracing::info!(delivery = id.0, file = %name, pieces = held.count(), of = pieces, "resuming with the pieces already held");
     }
     connection.write_frame(&Frame::SwarmAccept { delivery: id, have: held.as_bytes().to_vec() }).await?;
+    store.mark_held(&held);
     let share = FileShare::new(store, held, swarm.serves());
     swarm.add_share(&share);
     swarm.pump(&share);
@@ -512,7 +513,9 @@ where
             frame = read(connection) => match frame? {
                 Some(Frame::Piece { file: piece_file, piece, bytes }) if piece_file == file => {
                     let len = bytes.len() as u64;
-                    if verify_and_write(&share, piece, bytes).await? {
+                    let (verified, bytes) = verify_and_write(&share, piece, bytes).await?;
+                    connection.recycle(bytes);
+                    if verified {
                         swarm.piece_verified(&share, piece, Source::Server, len);
                     } else {
                         // The server's own copy is damaged: asking again would get the same.
@@ -561,7 +564,7 @@ where
     // Whole: the file's own SHA-256, read back from disk, before it takes its name.
     let checking = Arc::clone(&share);
     let digest = tokio::task::spawn_blocking(move || {
-        let digest = checking.store.whole_file_sha256()?;
+        let digest = checking.store.whole_file_digest()?;
         checking.store.sync()?;
         Ok::<_, std::io::Error>(digest)
     })

@@ -164,6 +164,13 @@ impl<S: AsyncWrite + Unpin> Connection<S> {
         Self::bounded(self.write_timeout, self.stream.flush()).await
     }
 
+    /// Writes one frame without flushing it: for a writer that sends many small frames in a
+    /// row (over a buffered stream) and flushes when it has nothing more to send.
+    pub async fn write_frame_unflushed(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
+        let bytes = frame.encode()?;
+        Self::bounded(self.write_timeout, self.stream.write_all(&bytes)).await
+    }
+
     /// Writes a data frame straight from `bytes`, without building it in memory first.
     /// Not flushed: the next write or [`Connection::flush`] sends it.
     pub async fn write_data(&mut self, delivery: DeliveryId, bytes: &[u8]) -> Result<(), ConnectionError> {

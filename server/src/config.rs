@@ -79,6 +79,7 @@ struct ServerToml {
 struct DeliveryToml {
     retention_days: Spanned<u32>,
     max_attempts: Spanned<u32>,
+    swarm: bool,
 }
 
 impl Default for DeliveryToml {
@@ -86,6 +87,7 @@ impl Default for DeliveryToml {
         Self {
             retention_days: Spanned::new(0..0, DEFAULT_RETENTION_DAYS),
             max_attempts: Spanned::new(0..0, DEFAULT_MAX_ATTEMPTS),
+            swarm: true,
         }
     }
 }
@@ -245,6 +247,9 @@ pub struct Config {
     pub retention: Duration,
     /// Attempts at a delivery whose data fails verification before it is failed for good.
     pub max_attempts: u32,
+    /// Whether members that can pass pieces on to each other get files in pieces (swarm
+    /// delivery), or every member its own whole copy from the server.
+    pub swarm: bool,
 }
 
 impl Config {
@@ -390,6 +395,7 @@ impl Config {
             max_file_bytes,
             concurrent_transfers,
             retention: Duration::from_secs(u64::from(retention_days) * 86_400),
+            swarm: raw.delivery.swarm,
             max_attempts,
         })
     }

@@ -166,7 +166,7 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
         let pending = blocking(server, move |store| store.pending_for(&who, &subscribed)).await?;
         if let Some(delivery) = pending.into_iter().next() {
             let pieces = piece_count(delivery.size, PIECE_LEN);
-            if session.swarm.is_some() && pieces <= MAX_PIECES {
+            if server.config.swarm && session.swarm.is_some() && pieces <= MAX_PIECES {
                 deliver_swarm(server, connection, session, delivery, control).await?;
             } else {
                 deliver(server, connection, user, delivery, control).await?;

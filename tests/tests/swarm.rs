@@ -469,3 +469,23 @@ fn a_member_not_named_for_a_file_is_refused_and_a_removed_member_is_cut_off() {
     });
     assert!(closed, "alice kept her connection to bob open after bob was removed");
 }
+
+#[test]
+fn with_swarm_delivery_off_every_member_gets_its_own_copy_from_the_server() {
+    let net = TestNet::loopback();
+    let port = free_tcp_port();
+    let config = format!("{}\n[delivery]\nswarm = false\n", default_server_toml(&net, port));
+    let mut server = ServerProcess::start_with(&net, &config, &[]);
+    server.tls_address = Some(format!("127.0.0.1:{port}"));
+    let alice = loopback_member(&net, &mut server, "alice", "Developers", free_tcp_port());
+    let files = tempfile::tempdir().unwrap();
+    let file = random_file(files.path(), "direct.bin", 3 << 20, 41);
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&alice, &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    assert!(server.send("Developers", &[&file], true).status.success());
+    listener.wait_for("received direct.bin", LONG);
+    assert_eq!(std::fs::read(out.path().join("direct.bin")).unwrap(), std::fs::read(&file).unwrap());
+    let log = server.log();
+    assert!(!log.contains("sending in pieces") && log.contains(" sending "), "{log}");
+}

@@ -366,9 +366,13 @@ impl Swarm {
                     break;
                 }
             };
-            if let Err(reason) = self.handle_peer_frame(id, certificate, &out, frame).await {
-                tracing::warn!(%address, peer = %certificate, "member connection closed: {reason}");
-                break;
+            match self.handle_peer_frame(id, certificate, &out, frame).await {
+                Ok(Some(buffer)) => connection.recycle(buffer),
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::warn!(%address, peer = %certificate, "member connection closed: {reason}");
+                    break;
+                }
             }
         }
         let _ = close.send(true);
@@ -392,7 +396,7 @@ impl Swarm {
         certificate: Fingerprint,
         out: &mpsc::UnboundedSender<PeerOut>,
         frame: Frame,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Vec<u8>>, String> {
         let refuse = |file: FileKey, piece: u32, reason: &str| {
             let _ = out.send(PeerOut::Frame(Frame::PieceRefused { file, piece, reason: Text::new(reason) }));
         };
@@ -407,7 +411,7 @@ impl Swarm {
                             handle.pending.insert(file, have);
                         }
                     }
-                    return Ok(());
+                    return Ok(None);
                 };
                 let have = Bits::from_bytes(&have, share.store.pieces).map_err(|e| e.to_string())?;
                 let answer = {
@@ -459,14 +463,17 @@ impl Swarm {
                 }
             }
             Frame::Piece { file, piece, bytes } => {
-                let Some(share) = self.share(&file) else { return Ok(()) };
+                let Some(share) = self.share(&file) else { return Ok(None) };
                 if !share.state().schedule.is_asked(piece, Source::Peer(id)) {
                     return Err(format!("sent piece {piece}, which was not asked of it"));
                 }
                 let len = bytes.len() as u64;
                 match verify_and_write(&share, piece, bytes).await {
-                    Ok(true) => self.piece_verified(&share, piece, Source::Peer(id), len),
-                    Ok(false) => {
+                    Ok((true, bytes)) => {
+                        self.piece_verified(&share, piece, Source::Peer(id), len);
+                        return Ok(Some(bytes));
+                    }
+                    Ok((false, _)) => {
                         {
                             let mut state = share.state();
                             state.schedule.piece_failed(piece, Source::Peer(id));
@@ -501,7 +508,7 @@ impl Swarm {
             Frame::Pong => {}
             _ => return Err("an unexpected frame".into()),
         }
-        Ok(())
+        Ok(None)
     }
 
     /// A piece verified and was written: count it, tell the members exchanging the file, and
@@ -566,15 +573,17 @@ impl Swarm {
 }
 
 /// Checks a piece against the server's hash and, if it matches, writes it; on a blocking
-/// thread. `Ok(false)`: it did not verify and nothing was written.
-pub async fn verify_and_write(share: &Arc<FileShare>, piece: u32, bytes: Vec<u8>) -> std::io::Result<bool> {
+/// thread. `Ok((false, _))`: it did not verify and nothing was written. The buffer comes back,
+/// for the connection to read the next piece into.
+pub async fn verify_and_write(share: &Arc<FileShare>, piece: u32, bytes: Vec<u8>) -> std::io::Result<(bool, Vec<u8>)> {
     let share = Arc::clone(share);
     tokio::task::spawn_blocking(move || {
         if !share.store.verifies(piece, &bytes)? {
-            return Ok(false);
+            return Ok((false, bytes));
         }
         share.store.write(piece, &bytes)?;
-        Ok(true)
+        share.store.piece_written(piece, &bytes)?;
+        Ok((true, bytes))
     })
     .await
     .map_err(std::io::Error::other)?
@@ -586,12 +595,17 @@ async fn write_peer<W: AsyncWrite + Unpin>(
     mut outgoing: mpsc::UnboundedReceiver<PeerOut>,
     close: watch::Sender<bool>,
 ) {
-    let mut connection = Connection::new(writer);
+    // Small frames (haves, requests) gather in a buffer and go out together, in one TLS
+    // record, when there is nothing more to send right now.
+    let mut connection = Connection::new(tokio::io::BufWriter::with_capacity(16 * 1024, writer));
     connection.set_write_timeout(PEER_WRITE_TIMEOUT);
     let mut buffer = Vec::new();
     while let Some(item) = outgoing.recv().await {
         let written = match item {
-            PeerOut::Frame(frame) => connection.write_frame(&frame).await,
+            PeerOut::Frame(frame) => match connection.write_frame_unflushed(&frame).await {
+                Ok(()) if outgoing.is_empty() => connection.flush().await,
+                other => other,
+            },
             PeerOut::Piece(share, piece) => {
                 let reading = Arc::clone(&share);
                 let complete = share.state().complete;
