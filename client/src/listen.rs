@@ -282,6 +282,9 @@ async fn session(
                 receive_in_pieces(&mut connection, offer, piece_len, inboxes, link.swarm).await?;
             }
             Some(Frame::Peers { file, peers }) => link.swarm.set_peers(file, peers),
+            // Answers to requests that crossed the end of their file's delivery.
+            Some(Frame::Piece { bytes, .. }) => connection.recycle(bytes),
+            Some(Frame::NoNewPiece { .. }) => {}
             Some(Frame::Refused { reason }) => return Err(SessionError::Refused(reason.to_string())),
             Some(_) => return Err(SessionError::Protocol("an unexpected frame between deliveries".into())),
         }
@@ -533,6 +536,9 @@ where
                     share.wake.notify_one();
                 }
                 Some(Frame::Peers { file: peers_file, peers }) => swarm.set_peers(peers_file, peers),
+                // Answers about an earlier file that crossed the end of its delivery.
+                Some(Frame::Piece { bytes, .. }) => connection.recycle(bytes),
+                Some(Frame::NoNewPiece { .. }) => {}
                 Some(Frame::Cancel { delivery, reason }) if delivery == id => {
                     swarm.remove_share(&file);
                     drop(share);

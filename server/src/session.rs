@@ -194,6 +194,8 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     None => return Ok(()),
                     Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
                     Some(Frame::Pong) => {}
+                    // Requests that crossed the end of their file's delivery.
+                    Some(Frame::NextPiece { .. } | Frame::PieceRequest { .. }) => {}
                     Some(other) => return Err(SessionError::Protocol(format!("unexpected {} while idle", frame_name(&other)))),
                 }
             }
@@ -414,6 +416,8 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
                         record_swarm_totals(server, user, id, from_server, from_peers, bad_peers).await?;
                     }
                     Some(answer @ (Frame::Ack { .. } | Frame::Failed { .. })) => break answer,
+                    // Requests about an earlier file that crossed the end of its delivery.
+                    Some(Frame::NextPiece { .. } | Frame::PieceRequest { .. }) => {}
                     Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
                     Some(Frame::Pong) => {}
                     Some(other) => {

@@ -418,9 +418,13 @@ fn a_member_not_named_for_a_file_is_refused_and_a_removed_member_is_cut_off() {
     let rt = runtime();
     // Eve holds a valid member certificate, but the server never named her for this file.
     let answer = rt.block_on(ask_for_a_piece(alice_port, &eve, key));
+    // Refused: as not named for the file (or, had alice's session with the server been
+    // renewed meanwhile, as a file she no longer shares): never a piece.
     assert!(
-        matches!(&answer, Some(Frame::PieceRefused { reason, .. }) if reason.as_str().contains("not named")),
-        "{answer:?}"
+        matches!(&answer, Some(Frame::PieceRefused { reason, .. })
+            if reason.as_str().contains("not named") || reason.as_str().contains("no such file")),
+        "{answer:?}\nalice:\n{}",
+        listener.output()
     );
 
     // Bob joins the file's swarm (so alice serves him), then is removed while connected.
