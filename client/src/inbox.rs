@@ -177,9 +177,9 @@ impl Inbox {
         std::fs::read_to_string(self.journal_entry(delivery)).ok()
     }
 
-    /// Opens the temporary file of `delivery` to receive a file of `size` bytes, keeping and
-    /// re-hashing what an earlier, interrupted attempt left.
-    pub fn prepare(&self, delivery: &DeliveryKey, size: u64) -> io::Result<Partial> {
+    /// Opens (creating, mode 0600) the temporary file of `delivery`, relative to the out
+    /// directory's handle and never through a symlink.
+    fn open_temporary(&self, delivery: &DeliveryKey) -> io::Result<File> {
         let name = temporary_name(delivery);
         let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(&self.dir, name.as_str(), flags, Mode::from_raw_mode(0o600)) {
@@ -191,12 +191,18 @@ impl Inbox {
             }
             Err(error) => return Err(error.into()),
         };
-        let mut file = File::from(fd);
-        let metadata = file.metadata()?;
-        if !metadata.is_file() {
+        let file = File::from(fd);
+        if !file.metadata()?.is_file() {
             return Err(io::Error::other(format!("{name} in {} is not a regular file", self.path.display())));
         }
-        let mut held = metadata.len();
+        Ok(file)
+    }
+
+    /// Opens the temporary file of `delivery` to receive a file of `size` bytes, keeping and
+    /// re-hashing what an earlier, interrupted attempt left.
+    pub fn prepare(&self, delivery: &DeliveryKey, size: u64) -> io::Result<Partial> {
+        let mut file = self.open_temporary(delivery)?;
+        let mut held = file.metadata()?.len();
         if held > size {
             file.set_len(0)?;
             held = 0;
@@ -223,20 +229,7 @@ impl Inbox {
     /// delivery), `size` bytes long, keeping what an earlier attempt left there. Returns the
     /// file, to be read and written at offsets only.
     pub fn open_part(&self, delivery: &DeliveryKey, size: u64) -> io::Result<File> {
-        let name = temporary_name(delivery);
-        let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(&self.dir, name.as_str(), flags, Mode::from_raw_mode(0o600)) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::LOOP) => {
-                rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty())?;
-                rustix::fs::openat(&self.dir, name.as_str(), flags | OFlags::EXCL, Mode::from_raw_mode(0o600))?
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let file = File::from(fd);
-        if !file.metadata()?.is_file() {
-            return Err(io::Error::other(format!("{name} in {} is not a regular file", self.path.display())));
-        }
+        let file = self.open_temporary(delivery)?;
         file.set_len(size)?;
         Ok(file)
     }

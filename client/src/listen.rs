@@ -301,6 +301,23 @@ where
         .map_err(Into::into)
 }
 
+/// The offer's file name and the inbox of its group, or why the offer is declined (said to the
+/// person and logged).
+fn accepted<'a>(offer: &Offer, inboxes: &'a HashMap<GroupName, Inbox>) -> Result<(FileName, &'a Inbox), String> {
+    let id = offer.delivery;
+    let name = FileName::from_bytes(&offer.name).map_err(|error| {
+        let shown = String::from_utf8_lossy(&offer.name).escape_debug().to_string();
+        tracing::warn!(delivery = id.0, name = %shown, "refused a file: {error}");
+        eprintln!("refused a file named \"{shown}\": {error}");
+        error.to_string()
+    })?;
+    let inbox = inboxes.get(&offer.group).ok_or_else(|| {
+        tracing::warn!(delivery = id.0, group = %offer.group, "refused a file for a group not subscribed");
+        format!("not subscribed to {}", offer.group)
+    })?;
+    Ok((name, inbox))
+}
+
 /// Answers one offer: decline it, acknowledge it as already held, or receive it.
 async fn receive<S>(
     connection: &mut Connection<S>,
@@ -313,18 +330,9 @@ where
     let id = offer.delivery;
     let key = &DeliveryKey { id, sha256: offer.sha256 };
     let decline = |reason: String| Frame::Decline { delivery: id, reason: Text::new(&reason) };
-    let name = match FileName::from_bytes(&offer.name) {
-        Ok(name) => name,
-        Err(error) => {
-            let shown = String::from_utf8_lossy(&offer.name).escape_debug().to_string();
-            tracing::warn!(delivery = id.0, name = %shown, "refused a file: {error}");
-            eprintln!("refused a file named \"{shown}\": {error}");
-            return Ok(connection.write_frame(&decline(error.to_string())).await?);
-        }
-    };
-    let Some(inbox) = inboxes.get(&offer.group) else {
-        tracing::warn!(delivery = id.0, group = %offer.group, "refused a file for a group not subscribed");
-        return Ok(connection.write_frame(&decline(format!("not subscribed to {}", offer.group))).await?);
+    let (name, inbox) = match accepted(&offer, inboxes) {
+        Ok(accepted) => accepted,
+        Err(reason) => return Ok(connection.write_frame(&decline(reason)).await?),
     };
 
     // Already stored (our acknowledgement was lost): finish the rename if a crash interrupted
@@ -415,18 +423,9 @@ where
     let key = &DeliveryKey { id, sha256: offer.sha256 };
     let decline = |reason: String| Frame::Decline { delivery: id, reason: Text::new(&reason) };
     let pieces = piece_count(offer.size, piece_len);
-    let name = match FileName::from_bytes(&offer.name) {
-        Ok(name) => name,
-        Err(error) => {
-            let shown = String::from_utf8_lossy(&offer.name).escape_debug().to_string();
-            tracing::warn!(delivery = id.0, name = %shown, "refused a file: {error}");
-            eprintln!("refused a file named \"{shown}\": {error}");
-            return Ok(connection.write_frame(&decline(error.to_string())).await?);
-        }
-    };
-    let Some(inbox) = inboxes.get(&offer.group) else {
-        tracing::warn!(delivery = id.0, group = %offer.group, "refused a file for a group not subscribed");
-        return Ok(connection.write_frame(&decline(format!("not subscribed to {}", offer.group))).await?);
+    let (name, inbox) = match accepted(&offer, inboxes) {
+        Ok(accepted) => accepted,
+        Err(reason) => return Ok(connection.write_frame(&decline(reason)).await?),
     };
     if pieces > MAX_PIECES {
         return Ok(connection.write_frame(&decline(format!("{pieces} pieces is more than {MAX_PIECES}"))).await?);
