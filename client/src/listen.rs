@@ -478,8 +478,26 @@ where
         std::fs::File::open(&hashes_path)?,
     );
     // A temporary file left by an earlier attempt is checked piece by piece; a new one holds
-    // nothing (and reading and hashing its holes would cost as much as a whole file).
-    let (store, held) = if fresh {
+    // nothing (and reading and hashing its holes would cost as much as a whole file), unless
+    // the same bytes were received whole before in this session: then every piece that still
+    // verifies there is copied here.
+    let previous = swarm.complete_share(&offer.sha256);
+    let (store, held) = if let (true, Some(previous)) = (fresh, previous) {
+        tokio::task::spawn_blocking(move || {
+            let mut held = Bits::new(pieces);
+            let mut buffer = Vec::new();
+            for piece in 0..pieces {
+                buffer = previous.store.read(piece, buffer)?;
+                if store.verifies(piece, &buffer)? {
+                    store.write(piece, &buffer)?;
+                    held.set(piece);
+                }
+            }
+            Ok::<_, std::io::Error>((store, held))
+        })
+        .await
+        .map_err(std::io::Error::other)??
+    } else if fresh {
         (store, Bits::new(pieces))
     } else {
         tokio::task::spawn_blocking(move || store.scan().map(|held| (store, held)))

@@ -493,3 +493,21 @@ fn with_swarm_delivery_off_every_member_gets_its_own_copy_from_the_server() {
     let log = server.log();
     assert!(!log.contains("sending in pieces") && log.contains(" sending "), "{log}");
 }
+
+#[test]
+fn the_same_bytes_sent_again_are_copied_from_what_the_member_holds() {
+    let net = TestNet::loopback();
+    let mut server = loopback_server(&net);
+    let alice = loopback_member(&net, &mut server, "alice", "Developers,Designers", free_tcp_port());
+    let files = tempfile::tempdir().unwrap();
+    let file = random_file(files.path(), "deck.pdf", 4 << 20, 51);
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&alice, &["Developers", "Designers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    assert!(server.send("Developers", &[&file], true).status.success());
+    assert!(server.send("Designers", &[&file], true).status.success());
+    listener.wait_for("deck (1).pdf", LONG);
+    assert_eq!(std::fs::read(out.path().join("deck (1).pdf")).unwrap(), std::fs::read(&file).unwrap());
+    let second = deliveries(&server).into_iter().find(|row| row.0 == "alice").unwrap();
+    assert_eq!((second.2, second.3), (0, 0), "the second copy took nothing over the network: {second:?}");
+}

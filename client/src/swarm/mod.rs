@@ -233,6 +233,12 @@ impl Swarm {
         lock(&self.peers).values().any(|handle| handle.certificate == *certificate)
     }
 
+    /// A file with these bytes already received whole in this session, if there is one: a new
+    /// delivery of the same bytes (sent again, or to another group) copies its pieces locally.
+    pub fn complete_share(&self, key: &FileKey) -> Option<Arc<FileShare>> {
+        self.share(key).filter(|share| share.state().complete)
+    }
+
     fn share(&self, key: &FileKey) -> Option<Arc<FileShare>> {
         lock(&self.shares).get(key).cloned()
     }
