@@ -209,6 +209,13 @@ impl Schedule {
         }
     }
 
+    /// Starts the look for pieces to ask members for at `start` (bytes into the bitfield):
+    /// members that each start somewhere else ask a member that holds everything for different
+    /// pieces, and pass them on to each other, instead of all asking for the same ones first.
+    pub fn start_at(&mut self, start: usize) {
+        self.cursor = start;
+    }
+
     pub fn have(&self) -> &Bits {
         &self.have
     }

@@ -109,10 +109,13 @@ impl FileShare {
     /// A share of `store`, of which `held` are held; `serves` says whether this member passes
     /// pieces on (one that does not never takes new pieces from the server).
     pub fn new(store: PieceStore, held: Bits, serves: bool) -> Arc<Self> {
+        let mut schedule = Schedule::with_role(held, serves);
+        let start: [u8; 4] = gshare_certs::random_bytes().unwrap_or_default();
+        schedule.start_at(u32::from_be_bytes(start) as usize);
         Arc::new(Self {
             store,
             state: Mutex::new(ShareState {
-                schedule: Schedule::with_role(held, serves),
+                schedule,
                 allowed: HashMap::new(),
                 interested: HashSet::new(),
                 from_server: 0,
