@@ -454,9 +454,13 @@ def main():
             uftp = None if args.skip_uftp else Uftp(workdir, max(member_counts), args.uftp_rate)
             try:
                 for size in sizes:
-                    data = make_file(workdir, size)
                     for members in member_counts:
-                        runs = [gshare.send(data, members) for _ in range(args.runs)]
+                        # A new file for every run: members keep what they received (and
+                        # share it), so bytes sent before would be a different measurement.
+                        runs = []
+                        for _ in range(args.runs):
+                            data = make_file(workdir, size)
+                            runs.append(gshare.send(data, members))
                         row = {
                             "members": members,
                             "size": size,
@@ -474,7 +478,7 @@ def main():
                             row["uftp"] = {key: statistics.median(r[key] for r in uftp_runs) for key in uftp_runs[0]}
                         results.append(row)
                         report_row(row)
-                    data.unlink()
+                        data.unlink()
             finally:
                 gshare.close()
                 if uftp is not None:
