@@ -442,35 +442,12 @@ impl Swarm {
                     share.wake.notify_one();
                 }
             }
-            Frame::PieceRequest { file, piece } => {
-                let share = self.share(&file);
-                let verdict = match &share {
-                    _ if !self.serve => Err("this member does not serve pieces"),
-                    None => Err("no such file here"),
-                    Some(share) => {
-                        let state = share.state();
-                        if !state.allowed.contains_key(&certificate) {
-                            Err("not named by the server for this file")
-                        } else if !state.schedule.have().get(piece) {
-                            Err("piece not held")
-                        } else {
-                            Ok(())
-                        }
-                    }
-                };
-                match (verdict, share) {
-                    (Ok(()), Some(share)) => {
-                        let _ = out.send(PeerOut::Piece(share, piece));
-                    }
-                    (Err(reason), _) => {
-                        if reason == "not named by the server for this file" {
-                            tracing::warn!(peer = %certificate, piece, "refused a piece to a member the server did not name for the file");
-                        }
-                        refuse(file, piece, reason);
-                    }
-                    (Ok(()), None) => {}
+            Frame::PieceRequest { file, piece } => match self.servable(&file, piece, certificate) {
+                Ok(share) => {
+                    let _ = out.send(PeerOut::Piece(share, piece));
                 }
-            }
+                Err(reason) => refuse(file, piece, reason),
+            },
             Frame::Piece { file, piece, bytes } => {
                 let Some(share) = self.share(&file) else { return Ok(None) };
                 if !share.state().schedule.is_asked(piece, Source::Peer(id)) {
@@ -518,6 +495,26 @@ impl Swarm {
             _ => return Err("an unexpected frame".into()),
         }
         Ok(None)
+    }
+
+    /// The share to serve piece `piece` of `file` from to the member with `certificate`, or
+    /// why not. Only members the server named for the file are served, and only pieces held.
+    fn servable(&self, file: &FileKey, piece: u32, certificate: Fingerprint) -> Result<Arc<FileShare>, &'static str> {
+        if !self.serve {
+            return Err("this member does not serve pieces");
+        }
+        let share = self.share(file).ok_or("no such file here")?;
+        {
+            let state = share.state();
+            if !state.allowed.contains_key(&certificate) {
+                tracing::warn!(peer = %certificate, piece, "refused a piece to a member the server did not name for the file");
+                return Err("not named by the server for this file");
+            }
+            if !state.schedule.have().get(piece) {
+                return Err("piece not held");
+            }
+        }
+        Ok(share)
     }
 
     /// A piece verified and was written: count it, tell the members exchanging the file, and
