@@ -365,9 +365,8 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
     let mut first = 0u32;
     while first < pieces {
         let count = (pieces - first).min(MAX_HASHES_PER_FRAME as u32);
-        let bytes = read_exact_at(&hashes, Vec::new(), u64::from(first) * 32, count as usize * 32)
-            .await
-            .map_err(|error| SessionError::Spool(std::io::Error::other(error)))??;
+        let len = count as usize * 32;
+        let bytes = read_whole(read_at(&hashes, Vec::new(), u64::from(first) * 32, len), len, &delivery.sha256).await?;
         let hashes = bytes.chunks_exact(32).map(|h| h.try_into().unwrap_or([0; 32])).collect();
         connection.write_frame(&Frame::PieceHashes { delivery: id, first, hashes }).await?;
         first += count;
@@ -434,9 +433,8 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
                 let Some(piece) = queue.pop_front() else { continue };
                 let Some((offset, len)) = piece_span(delivery.size, PIECE_LEN, piece) else { continue };
                 let _turn = server.transfers.acquire().await.map_err(|_| SessionError::Revoked)?;
-                buffer = read_exact_at(&spool_file, std::mem::take(&mut buffer), offset, len)
-                    .await
-                    .map_err(|error| SessionError::Spool(std::io::Error::other(error)))??;
+                let reading = read_at(&spool_file, std::mem::take(&mut buffer), offset, len);
+                buffer = read_whole(reading, len, &delivery.sha256).await?;
                 unless_revoked(connection.write_piece(&key, piece, &buffer), control).await?;
                 held.set(piece);
             }
@@ -477,22 +475,6 @@ async fn record_swarm_totals(
     }
     tracing::info!(%user, delivery = id.0, from_server, from_peers, "swarm totals");
     Ok(())
-}
-
-/// Reads exactly `len` bytes of `file` at `offset` into `buffer`, on a blocking thread.
-fn read_exact_at(
-    file: &Arc<std::fs::File>,
-    mut buffer: Vec<u8>,
-    offset: u64,
-    len: usize,
-) -> tokio::task::JoinHandle<Result<Vec<u8>, SessionError>> {
-    use std::os::unix::fs::FileExt;
-    let file = Arc::clone(file);
-    tokio::task::spawn_blocking(move || {
-        buffer.resize(len, 0);
-        file.read_exact_at(&mut buffer, offset).map_err(SessionError::Spool)?;
-        Ok(buffer)
-    })
 }
 
 /// The member answered an offer with something other than a resume.
@@ -552,7 +534,9 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
     let path = server.spool.path(&delivery.sha256);
     let file = Arc::new(std::fs::File::open(&path).map_err(SessionError::Spool)?);
     // One chunk is read on a blocking thread while the one before it is encrypted and sent.
-    let mut reading = Some(read_chunk(&file, Vec::new(), offset, delivery.size));
+    // At most a chunk at a time, never past the recorded size.
+    let chunk_at = |at: u64| usize::try_from(delivery.size - at).unwrap_or(MAX_CHUNK_LEN).min(MAX_CHUNK_LEN);
+    let mut reading = Some(read_at(&file, Vec::new(), offset, chunk_at(offset)));
     let mut spare = Vec::new();
     let mut sent = offset;
     let mut next_progress = offset + PROGRESS_STEP;
@@ -569,14 +553,12 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let chunk = read.await.map_err(|error| SessionError::Spool(std::io::Error::other(error)))??;
         if chunk.is_empty() {
-            return Err(SessionError::Spool(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("spool entry {} is shorter than recorded", delivery.sha256),
-            )));
+            return Err(shorter_than_recorded(&delivery.sha256));
         }
         let read = chunk.len();
         if sent + (read as u64) < delivery.size {
-            reading = Some(read_chunk(&file, std::mem::take(&mut spare), sent + read as u64, delivery.size));
+            let next = sent + read as u64;
+            reading = Some(read_at(&file, std::mem::take(&mut spare), next, chunk_at(next)));
         }
         unless_revoked(connection.write_data(id, &chunk), control).await?;
         spare = chunk;
@@ -593,29 +575,49 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Sent::Whole)
 }
 
-/// Reads the chunk of the spool entry at `offset` (at most [`MAX_CHUNK_LEN`] bytes, not past
-/// `size`) into `buffer` on a blocking thread. Positional reads: the file is shared, never
-/// seeked. An empty chunk means the entry ended early.
-fn read_chunk(
+/// Reads up to `len` bytes of `file` at `offset` into `buffer` on a blocking thread: fewer
+/// only where the file ends. Positional reads: the file is shared, never seeked. The read
+/// starts at once, so a caller can read ahead while it sends what it read before.
+fn read_at(
     file: &Arc<std::fs::File>,
     mut buffer: Vec<u8>,
     offset: u64,
-    size: u64,
+    len: usize,
 ) -> tokio::task::JoinHandle<Result<Vec<u8>, SessionError>> {
     use std::os::unix::fs::FileExt;
     let file = Arc::clone(file);
     tokio::task::spawn_blocking(move || {
-        let want = usize::try_from(size.saturating_sub(offset)).unwrap_or(MAX_CHUNK_LEN).min(MAX_CHUNK_LEN);
-        buffer.resize(want, 0);
-        let read = loop {
-            match file.read_at(&mut buffer, offset) {
+        buffer.resize(len, 0);
+        let mut read = 0;
+        while read < len {
+            match file.read_at(&mut buffer[read..], offset + read as u64) {
+                Ok(0) => break,
+                Ok(n) => read += n,
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                other => break other.map_err(SessionError::Spool)?,
+                Err(error) => return Err(SessionError::Spool(error)),
             }
-        };
+        }
         buffer.truncate(read);
         Ok(buffer)
     })
+}
+
+/// A read begun by [`read_at`], which must have given all `len` bytes: a spool entry (or its
+/// piece hashes) shorter than recorded is an error naming the entry.
+async fn read_whole(
+    reading: tokio::task::JoinHandle<Result<Vec<u8>, SessionError>>,
+    len: usize,
+    entry: &str,
+) -> Result<Vec<u8>, SessionError> {
+    let bytes = reading.await.map_err(|error| SessionError::Spool(std::io::Error::other(error)))??;
+    if bytes.len() == len { Ok(bytes) } else { Err(shorter_than_recorded(entry)) }
+}
+
+fn shorter_than_recorded(entry: &str) -> SessionError {
+    SessionError::Spool(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("spool entry {entry} is shorter than recorded"),
+    ))
 }
 
 /// Deletes spool entries that no pending delivery needs any more.
