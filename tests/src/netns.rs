@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::{ClientHome, Listener, OutputLines, client_bin, text};
+use crate::{ClientHome, Listener, OutputLines, ServerProcess, TestNet, client_bin, text};
 
 /// Namespaces made by this test, deleted (with their interfaces) on drop.
 #[derive(Debug)]
@@ -47,14 +47,9 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 /// Builds bridge namespace `br` with `br0`, and one host namespace per address with `eth0`
-/// attached to the bridge.
-pub fn build_lan(prefix: &str, hosts: &[(&str, &str)]) -> Result<Namespaces, String> {
-    build_shaped_lan(prefix, hosts, None)
-}
-
-/// [`build_lan`], with every host's link held to `mbit` Mbit/s each way when given (a token
-/// bucket on the host's `eth0` and on its bridge port).
-pub fn build_shaped_lan(prefix: &str, hosts: &[(&str, &str)], mbit: Option<u32>) -> Result<Namespaces, String> {
+/// attached to the bridge, every host's link held to `mbit` Mbit/s each way when given (a
+/// token bucket on the host's `eth0` and on its bridge port).
+fn build_shaped_lan(prefix: &str, hosts: &[(&str, &str)], mbit: Option<u32>) -> Result<Namespaces, String> {
     let mut names: Vec<&str> = vec!["br"];
     names.extend(hosts.iter().map(|(host, _)| *host));
     let namespaces = Namespaces::create(prefix, &names)?;
@@ -137,4 +132,67 @@ pub fn client_in(namespace: &str, home: &ClientHome, args: &[&str], stdin: &str)
             .args(args),
         stdin,
     )
+}
+
+/// The server host's address on every test LAN (its host is named `server`).
+pub const SERVER_ADDRESS: &str = "192.0.2.1";
+
+/// A LAN of a test's own: its namespaces (removed on drop) and the prefix of their names.
+#[derive(Debug)]
+pub struct Lan {
+    prefix: String,
+    _namespaces: Namespaces,
+}
+
+impl Lan {
+    /// Builds the LAN for test `test` (hosts named and addressed as `hosts`, links shaped to
+    /// `mbit` when given), or says on stderr that the test is skipped and returns `None` where
+    /// network namespaces cannot be created.
+    pub fn build(test: &str, prefix: &str, hosts: &[(&str, &str)], mbit: Option<u32>) -> Option<Self> {
+        match build_shaped_lan(prefix, hosts, mbit) {
+            Ok(namespaces) => Some(Self { prefix: prefix.to_owned(), _namespaces: namespaces }),
+            Err(reason) => {
+                eprintln!("SKIPPED {test}: cannot create network namespaces ({reason})");
+                None
+            }
+        }
+    }
+
+    /// The namespace of host `host`.
+    pub fn namespace(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    /// The multicast settings of the host at `address`: the group and port every host shares.
+    pub fn net(address: &str) -> TestNet {
+        TestNet {
+            group: "239.255.70.70".parse().expect("a group"),
+            port: 7070,
+            interface: address.parse().expect("an address"),
+        }
+    }
+
+    /// Starts gshare-server on the server host, with `groups`, TLS on port 7443, multicast
+    /// with TTL 1 and no loop back.
+    pub fn start_server(&self, groups: &[&str]) -> ServerProcess {
+        let net = Self::net(SERVER_ADDRESS);
+        let groups: Vec<String> = groups.iter().map(|group| format!("\"{group}\"")).collect();
+        let config = format!(
+            "groups = [{}]\n[tls]\nlisten = \"{SERVER_ADDRESS}:7443\"\n\n{}",
+            groups.join(", "),
+            net.multicast_toml().replace("ttl = 0", "ttl = 1").replace("loop = true", "loop = false")
+        );
+        ServerProcess::start_with(&net, &config, &["ip", "netns", "exec", &self.namespace("server")])
+    }
+
+    /// A client home for the host at `address`: client.toml with the LAN's multicast settings
+    /// (TTL 1), and `extra` after them.
+    pub fn home(address: &str, extra: &str) -> ClientHome {
+        let home = ClientHome::new(&Self::net(address));
+        let toml = std::fs::read_to_string(home.path().join("client.toml"))
+            .expect("client.toml")
+            .replace("ttl = 0", "ttl = 1");
+        std::fs::write(home.path().join("client.toml"), format!("{toml}\n{extra}")).expect("write client.toml");
+        home
+    }
 }

@@ -12,43 +12,23 @@ use std::time::{Duration, Instant};
 
 use gshare_proto::membership::MembershipRequest;
 use gshare_proto::{Datagram, Message, Nonce, UnixMillis};
-use gshare_tests::netns::{build_lan, client_in};
-use gshare_tests::{ClientHome, ServerProcess, TestNet, text};
+use gshare_tests::netns::{Lan, SERVER_ADDRESS, client_in};
+use gshare_tests::{ClientHome, text};
 
 #[test]
 fn clients_on_other_hosts_discover_enroll_and_join() {
     let prefix = format!("gsh{}", std::process::id());
-    let hosts = [("server", "192.0.2.1"), ("alice", "192.0.2.2"), ("bob", "192.0.2.3")];
-    let _namespaces = match build_lan(&prefix, &hosts) {
-        Ok(namespaces) => namespaces,
-        Err(reason) => {
-            eprintln!(
-                "SKIPPED clients_on_other_hosts_discover_enroll_and_join: cannot create network namespaces ({reason})"
-            );
-            return;
-        }
+    let hosts = [("server", SERVER_ADDRESS), ("alice", "192.0.2.2"), ("bob", "192.0.2.3")];
+    let Some(lan) = Lan::build("clients_on_other_hosts_discover_enroll_and_join", &prefix, &hosts, None) else {
+        return;
     };
-
-    let lan = |interface: &str| TestNet {
-        group: "239.255.70.70".parse().unwrap(),
-        port: 7070,
-        interface: interface.parse().unwrap(),
-    };
-    let server_net = lan("192.0.2.1");
-    let config = format!(
-        "groups = [\"Developers\", \"Designers\"]\n[tls]\nlisten = \"192.0.2.1:7443\"\n\n{}",
-        server_net.multicast_toml().replace("ttl = 0", "ttl = 1").replace("loop = true", "loop = false")
-    );
-    let server_ns = format!("{prefix}-server");
-    let mut server = ServerProcess::start_with(&server_net, &config, &["ip", "netns", "exec", &server_ns]);
+    let mut server = lan.start_server(&["Developers", "Designers"]);
     let fingerprint = server.fingerprint();
     server.add_user("alice", "Developers", "correct horse battery staple");
 
     for (host, address) in &hosts[1..] {
-        let home = ClientHome::new(&lan(address));
-        let toml = std::fs::read_to_string(home.path().join("client.toml")).unwrap().replace("ttl = 0", "ttl = 1");
-        std::fs::write(home.path().join("client.toml"), toml).unwrap();
-        let namespace = format!("{prefix}-{host}");
+        let home = Lan::home(address, "");
+        let namespace = lan.namespace(host);
         let output = client_in(&namespace, &home, &["groups", "--wait", "1s"], "");
         let stdout = text(&output.stdout);
         assert!(output.status.success(), "{host}: {}\nserver log:\n{}", text(&output.stderr), server.log());
@@ -104,34 +84,15 @@ fn floods_of_join_requests_do_not_delay_an_honest_join() {
     const DATAGRAMS: usize = 20_000;
     const SECONDS: f64 = 5.0;
     let prefix = format!("gsf{}", std::process::id());
-    let hosts = [("server", "192.0.2.1"), ("alice", "192.0.2.2"), ("flood", "192.0.2.3")];
-    let _namespaces = match build_lan(&prefix, &hosts) {
-        Ok(namespaces) => namespaces,
-        Err(reason) => {
-            eprintln!(
-                "SKIPPED floods_of_join_requests_do_not_delay_an_honest_join: cannot create network namespaces ({reason})"
-            );
-            return;
-        }
+    let hosts = [("server", SERVER_ADDRESS), ("alice", "192.0.2.2"), ("flood", "192.0.2.3")];
+    let Some(lan) = Lan::build("floods_of_join_requests_do_not_delay_an_honest_join", &prefix, &hosts, None) else {
+        return;
     };
-    let lan = |interface: &str| TestNet {
-        group: "239.255.70.70".parse().unwrap(),
-        port: 7070,
-        interface: interface.parse().unwrap(),
-    };
-    let server_net = lan("192.0.2.1");
-    let config = format!(
-        "groups = [\"Developers\"]\n[tls]\nlisten = \"192.0.2.1:7443\"\n\n{}",
-        server_net.multicast_toml().replace("ttl = 0", "ttl = 1").replace("loop = true", "loop = false")
-    );
-    let server_ns = format!("{prefix}-server");
-    let mut server = ServerProcess::start_with(&server_net, &config, &["ip", "netns", "exec", &server_ns]);
+    let mut server = lan.start_server(&["Developers"]);
     let fingerprint = server.fingerprint();
     server.add_user("alice", "Developers", "correct horse battery staple");
-    let alice_ns = format!("{prefix}-alice");
-    let home = ClientHome::new(&lan("192.0.2.2"));
-    let toml = std::fs::read_to_string(home.path().join("client.toml")).unwrap().replace("ttl = 0", "ttl = 1");
-    std::fs::write(home.path().join("client.toml"), toml).unwrap();
+    let alice_ns = lan.namespace("alice");
+    let home = Lan::home("192.0.2.2", "");
     let enroll = [
         "enroll",
         "--user",
@@ -168,7 +129,7 @@ fn floods_of_join_requests_do_not_delay_an_honest_join() {
     let scratch = tempfile::tempdir().unwrap();
     let flood_file = scratch.path().join("flood.bin");
     std::fs::write(&flood_file, datagrams).unwrap();
-    let flood_ns = format!("{prefix}-flood");
+    let flood_ns = lan.namespace("flood");
     let flood = Command::new("ip")
         .args(["netns", "exec", &flood_ns, "python3", "-c", FLOOD_SCRIPT])
         .arg(&flood_file)

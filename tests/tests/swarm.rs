@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use gshare_common::Connection;
 use gshare_proto::frame::{FileKey, Frame};
-use gshare_tests::netns::{build_shaped_lan, client_in, listener_in, sent_bytes};
+use gshare_tests::netns::{Lan, SERVER_ADDRESS, client_in, listener_in, sent_bytes};
 use gshare_tests::raw::{self, runtime};
 use gshare_tests::{
     ClientHome, Listener, ServerProcess, TestNet, default_server_toml, free_tcp_port, random_file, text, wait_until,
@@ -54,30 +54,13 @@ fn six_members_on_a_shaped_lan_receive_a_file_the_server_sends_about_once() {
     const MEMBERS: usize = 6;
     const SIZE: usize = 24 << 20;
     let prefix = format!("gss{}", std::process::id());
-    let mut hosts = vec![("server".to_owned(), "192.0.2.1".to_owned())];
+    let mut hosts = vec![("server".to_owned(), SERVER_ADDRESS.to_owned())];
     hosts.extend((1..=MEMBERS).map(|i| (format!("m{i}"), format!("192.0.2.{}", 10 + i))));
     let host_refs: Vec<(&str, &str)> = hosts.iter().map(|(h, a)| (h.as_str(), a.as_str())).collect();
-    let _namespaces = match build_shaped_lan(&prefix, &host_refs, Some(100)) {
-        Ok(namespaces) => namespaces,
-        Err(reason) => {
-            eprintln!(
-                "SKIPPED six_members_on_a_shaped_lan_receive_a_file_the_server_sends_about_once: cannot create network namespaces ({reason})"
-            );
-            return;
-        }
-    };
-    let lan = |interface: &str| TestNet {
-        group: "239.255.70.70".parse().unwrap(),
-        port: 7070,
-        interface: interface.parse().unwrap(),
-    };
-    let server_net = lan("192.0.2.1");
-    let config = format!(
-        "groups = [\"Developers\"]\n[tls]\nlisten = \"192.0.2.1:7443\"\n\n{}",
-        server_net.multicast_toml().replace("ttl = 0", "ttl = 1").replace("loop = true", "loop = false")
-    );
-    let server_ns = format!("{prefix}-server");
-    let mut server = ServerProcess::start_with(&server_net, &config, &["ip", "netns", "exec", &server_ns]);
+    let test = "six_members_on_a_shaped_lan_receive_a_file_the_server_sends_about_once";
+    let Some(lan) = Lan::build(test, &prefix, &host_refs, Some(100)) else { return };
+    let server_ns = lan.namespace("server");
+    let mut server = lan.start_server(&["Developers"]);
     let fingerprint = server.fingerprint();
     let outs: Vec<tempfile::TempDir> = (0..MEMBERS).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut listeners = Vec::new();
@@ -88,14 +71,8 @@ fn six_members_on_a_shaped_lan_receive_a_file_the_server_sends_about_once() {
         server.add_user(&user, "Developers", PASSWORD);
         // Member 5 takes part without passing anything on.
         let serve = if i == 5 { "serve = false\n" } else { "" };
-        let home = ClientHome::new(&lan(address));
-        let toml = std::fs::read_to_string(home.path().join("client.toml")).unwrap().replace("ttl = 0", "ttl = 1");
-        std::fs::write(
-            home.path().join("client.toml"),
-            format!("{toml}\n[peer]\nlisten = \"{address}:7444\"\n{serve}"),
-        )
-        .unwrap();
-        let namespace = format!("{prefix}-{host}");
+        let home = Lan::home(address, &format!("[peer]\nlisten = \"{address}:7444\"\n{serve}"));
+        let namespace = lan.namespace(host);
         let enroll = [
             "enroll",
             "--user",
