@@ -63,6 +63,24 @@ pub async fn first_answer(
         .map_err(|e| e.to_string())
 }
 
+/// A real server's identity, from its state directory's `identity/`: the CA certificate, the
+/// server certificate and its key.
+fn server_identity(identity_dir: &Path) -> (CertificateDer<'static>, CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let read = |name: &str| std::fs::read_to_string(identity_dir.join(name)).unwrap();
+    let ca = CertificateDer::from_pem_slice(read("ca.crt").as_bytes()).unwrap();
+    let certificate = CertificateDer::from_pem_slice(read("server.crt").as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(read("server.key").as_bytes()).unwrap();
+    (ca, certificate, key)
+}
+
+/// A listener on a free loopback port, ready to hand to a tokio runtime.
+fn loopback_listener() -> (std::net::TcpListener, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    (listener, address)
+}
+
 /// One offer the fake server makes: what it declares, and the bytes it then sends.
 #[derive(Debug, Clone)]
 pub struct HostileOffer {
@@ -104,10 +122,7 @@ impl FakeServer {
     /// Serves with the identity in `identity_dir` (ca.crt, server.crt, server.key); session
     /// `n` plays `sessions[n]`, and sessions after the last just idle.
     pub fn start(identity_dir: &Path, sessions: Vec<Vec<HostileOffer>>) -> Self {
-        let read = |name: &str| std::fs::read_to_string(identity_dir.join(name)).unwrap();
-        let ca = CertificateDer::from_pem_slice(read("ca.crt").as_bytes()).unwrap();
-        let certificate = CertificateDer::from_pem_slice(read("server.crt").as_bytes()).unwrap();
-        let key = PrivateKeyDer::from_pem_slice(read("server.key").as_bytes()).unwrap();
+        let (ca, certificate, key) = server_identity(identity_dir);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone()).unwrap();
         let verifier =
@@ -120,9 +135,7 @@ impl FakeServer {
             .unwrap();
         config.alpn_protocols = vec![gshare_common::ALPN.to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let address = listener.local_addr().unwrap();
+        let (listener, address) = loopback_listener();
         let (sender, reports) = channel();
         std::thread::spawn(move || {
             runtime().block_on(async move {
@@ -230,10 +243,7 @@ pub struct SilentServer {
 
 impl SilentServer {
     pub fn start(identity_dir: &Path) -> Self {
-        let read = |name: &str| std::fs::read_to_string(identity_dir.join(name)).unwrap();
-        let ca = CertificateDer::from_pem_slice(read("ca.crt").as_bytes()).unwrap();
-        let certificate = CertificateDer::from_pem_slice(read("server.crt").as_bytes()).unwrap();
-        let key = PrivateKeyDer::from_pem_slice(read("server.key").as_bytes()).unwrap();
+        let (ca, certificate, key) = server_identity(identity_dir);
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
@@ -242,9 +252,7 @@ impl SilentServer {
             .unwrap();
         config.alpn_protocols = vec![gshare_common::ALPN.to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let address = listener.local_addr().unwrap();
+        let (listener, address) = loopback_listener();
         std::thread::spawn(move || {
             runtime().block_on(async move {
                 let listener = TcpListener::from_std(listener).unwrap();
