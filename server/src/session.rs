@@ -388,16 +388,9 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buffer = Vec::new();
     let mut last_heard = Instant::now();
     let answer = loop {
-        let current = control.borrow_and_update().clone();
-        if current.closed {
-            return Err(SessionError::Revoked);
-        }
-        if !current.groups.contains(&delivery.group) {
+        if cancelled_if_left(connection, control, user, &delivery).await? {
             server.swarms.leave(&key, me.session);
             session.peers_sent.remove(&key);
-            let reason = Text::new(&format!("no longer a member of {}", delivery.group));
-            connection.write_frame(&Frame::Cancel { delivery: id, reason }).await?;
-            tracing::info!(%user, delivery = id.0, group = %delivery.group, "transfer cancelled: no longer a member");
             return Ok(());
         }
         tokio::select! {
@@ -508,6 +501,29 @@ async fn handle_non_resume(
     }
 }
 
+/// Between two pieces of a transfer: an error if the session was revoked; `true` (after
+/// telling the member to throw away what it got) if the member may no longer receive the
+/// file's group.
+async fn cancelled_if_left<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    control: &mut Control,
+    user: &UserName,
+    delivery: &PendingDelivery,
+) -> Result<bool, SessionError> {
+    let current = control.borrow_and_update().clone();
+    if current.closed {
+        return Err(SessionError::Revoked);
+    }
+    if current.groups.contains(&delivery.group) {
+        return Ok(false);
+    }
+    let id = DeliveryId(delivery.id);
+    let reason = Text::new(&format!("no longer a member of {}", delivery.group));
+    connection.write_frame(&Frame::Cancel { delivery: id, reason }).await?;
+    tracing::info!(%user, delivery = id.0, group = %delivery.group, "transfer cancelled: no longer a member");
+    Ok(true)
+}
+
 /// How a transfer ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
@@ -541,14 +557,7 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
     let mut sent = offset;
     let mut next_progress = offset + PROGRESS_STEP;
     while let Some(read) = reading.take() {
-        let current = control.borrow_and_update().clone();
-        if current.closed {
-            return Err(SessionError::Revoked);
-        }
-        if !current.groups.contains(&delivery.group) {
-            let reason = Text::new(&format!("no longer a member of {}", delivery.group));
-            connection.write_frame(&Frame::Cancel { delivery: id, reason }).await?;
-            tracing::info!(%user, delivery = id.0, group = %delivery.group, "transfer cancelled: no longer a member");
+        if cancelled_if_left(connection, control, user, delivery).await? {
             return Ok(Sent::Cancelled);
         }
         let chunk = read.await.map_err(|error| SessionError::Spool(std::io::Error::other(error)))??;
