@@ -122,16 +122,27 @@ impl ClientSettings {
     /// Reads `client.toml` from `home`; a missing file gives the defaults.
     pub fn load(home: &Path) -> Result<Self, ConfigFileError> {
         let path = home.join(CLIENT_TOML);
-        let raw = match std::fs::read_to_string(&path) {
-            Ok(text) => config_file::parse::<ClientToml>(&path, &text)?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => ClientToml::default(),
-            Err(error) => return Err(ConfigFileError::whole_file(&path, format!("cannot read the file: {error}"))),
-        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(home, &text),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Self::from_raw(home, ClientToml::default()))
+            }
+            Err(error) => Err(ConfigFileError::whole_file(&path, format!("cannot read the file: {error}"))),
+        }
+    }
+
+    /// Parses the text of `client.toml` for the member home `home`.
+    pub fn parse(home: &Path, text: &str) -> Result<Self, ConfigFileError> {
+        let raw = config_file::parse::<ClientToml>(&home.join(CLIENT_TOML), text)?;
+        Ok(Self::from_raw(home, raw))
+    }
+
+    fn from_raw(home: &Path, raw: ClientToml) -> Self {
         let peer = PeerSettings {
             listen: raw.peer.listen.unwrap_or(std::net::SocketAddr::from((raw.multicast.interface, DEFAULT_PEER_PORT))),
             serve: raw.peer.serve.unwrap_or(true),
         };
-        Ok(Self {
+        Self {
             home: home.to_owned(),
             multicast: raw.multicast,
             server: raw.server.map(|s| s.0),
@@ -140,7 +151,7 @@ impl ClientSettings {
                 raw.answer_timeout_secs.map_or(DEFAULT_ANSWER_TIMEOUT_SECS, |secs| secs.0),
             ),
             peer,
-        })
+        }
     }
 }
 

@@ -385,7 +385,10 @@ where
     if digest != offer.sha256 {
         inbox.discard(key);
         tracing::warn!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
-        eprintln!("{}/{name}: SHA-256 mismatch; thrown away, the server will offer it again", offer.group);
+        eprintln!(
+            "{}/{name}: SHA-256 mismatch; thrown away, the server will check its copy and offer it again",
+            offer.group
+        );
         let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
         return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
     }
@@ -542,8 +545,7 @@ where
                         swarm.remove_share(&file);
                         drop(share);
                         inbox.discard(key);
-                        tracing::warn!(delivery = id.0, file = %name, piece, "SHA-256 mismatch in a piece from the server: the file was thrown away");
-                        eprintln!("{}/{name}: SHA-256 mismatch; thrown away (a piece from the server did not verify), the server will offer it again", offer.group);
+                        eprintln!("{}/{name}: SHA-256 mismatch in piece {piece} from the server; thrown away, the server will check its copy and offer it again", offer.group);
                         let reason = Text::new(&format!("SHA-256 mismatch: piece {piece} from the server does not match its hash"));
                         return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
                     }
@@ -602,7 +604,10 @@ where
         swarm.remove_share(&file);
         inbox.discard(key);
         tracing::warn!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
-        eprintln!("{}/{name}: SHA-256 mismatch; thrown away, the server will offer it again", offer.group);
+        eprintln!(
+            "{}/{name}: SHA-256 mismatch; thrown away, the server will check its copy and offer it again",
+            offer.group
+        );
         let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
         return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
     }

@@ -166,10 +166,21 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
         let pending = blocking(server, move |store| store.pending_for(&who, &subscribed)).await?;
         if let Some(delivery) = pending.into_iter().next() {
             let pieces = piece_count(delivery.size, PIECE_LEN);
-            if server.config.swarm && session.swarm.is_some() && pieces <= MAX_PIECES {
-                deliver_swarm(server, connection, session, delivery, control).await?;
+            let checked = delivery.clone();
+            let delivered = if server.config.swarm && session.swarm.is_some() && pieces <= MAX_PIECES {
+                deliver_swarm(server, connection, session, delivery, control).await
             } else {
-                deliver(server, connection, user, delivery, control).await?;
+                deliver(server, connection, user, delivery, control).await
+            };
+            match delivered {
+                // The entry is short, gone or unreadable: if its bytes are damaged, every
+                // delivery of it has just failed, and this member throws away what it got.
+                Err(SessionError::Spool(error)) if fail_if_spool_corrupt(server, &checked).await? => {
+                    tracing::warn!(%user, delivery = checked.id, %error, "transfer stopped: its spool entry is corrupt");
+                    let cancel = Frame::Cancel { delivery: DeliveryId(checked.id), reason: Text::new(SPOOL_CORRUPT) };
+                    connection.write_frame(&cancel).await?;
+                }
+                other => other?,
             }
             last_heard = Instant::now();
             continue;
@@ -311,6 +322,9 @@ async fn finish_delivery(
             Ok(())
         }
         Frame::Failed { delivery: failed, reason } if failed == id => {
+            if fail_if_spool_corrupt(server, delivery).await? {
+                return Ok(());
+            }
             let (max, reason_text, now) = (server.config.max_attempts, reason.to_string(), unix_now());
             let retrying =
                 blocking(server, move |store| store.mark_attempt_failed(id.0, &reason_text, max, now)).await?;
@@ -323,6 +337,48 @@ async fn finish_delivery(
         }
         other => Err(SessionError::Protocol(format!("expected an ack for delivery {id}, got {}", frame_name(&other)))),
     }
+}
+
+/// What `status` says of a delivery whose spool entry changed on disk.
+pub(crate) const SPOOL_CORRUPT: &str =
+    "spool entry corrupt (its bytes changed on the server's disk); send the file again";
+
+/// After a member reports that a file did not verify: re-hashes the file's spool entry, and if
+/// its bytes no longer match (changed on disk behind the server's back, or gone), fails every
+/// pending delivery of those bytes at once, instead of sending bad bytes until the attempts
+/// run out. Returns whether the entry was corrupt.
+async fn fail_if_spool_corrupt(server: &Arc<Server>, delivery: &PendingDelivery) -> Result<bool, SessionError> {
+    let _one_at_a_time = server.spool_checks.lock().await;
+    let (spool, hash) = (server.spool.clone(), delivery.sha256.clone());
+    let checked = blocking(server, move |store| {
+        // The files are listed before the entry is read: a file sent again while it is read
+        // gets a fresh entry, and must not be failed with the old one.
+        let files = store.files_with_hash(&hash)?;
+        match spool.verify(&hash) {
+            Ok(true) => Ok(Ok(None)),
+            Ok(false) => store.fail_files(&files, SPOOL_CORRUPT, unix_now()).map(|failed| Ok(Some(failed))),
+            Err(error) => Ok(Err(error)),
+        }
+    })
+    .await?;
+    let failed = match checked {
+        Ok(None) => return Ok(false),
+        Ok(Some(failed)) => failed,
+        Err(error) => {
+            // The member's report stands as an ordinary failed attempt.
+            tracing::error!(entry = %delivery.sha256, %error, "cannot re-read a spool entry to check it");
+            return Ok(false);
+        }
+    };
+    tracing::error!(
+        entry = %delivery.sha256, file = %delivery.name, deliveries = failed.len(),
+        "spool entry corrupt: its bytes changed on disk; its deliveries failed; send the file again"
+    );
+    release_spool(server).await;
+    for (id, user) in failed {
+        server.emit(Event::Failed { delivery: id, user, reason: SPOOL_CORRUPT.to_owned(), retrying: false });
+    }
+    Ok(true)
 }
 
 /// Most piece requests a member may have waiting at the server: its scheduler keeps far fewer.

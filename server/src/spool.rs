@@ -198,6 +198,27 @@ impl Spool {
         result.map(|()| path)
     }
 
+    /// Whether the entry's bytes still hash to its name: `false` if they changed on disk behind
+    /// the server's back, or the entry is gone. Reads the whole entry; blocking.
+    pub fn verify(&self, sha256_hex: &str) -> io::Result<bool> {
+        let mut input = match File::open(self.path(sha256_hex)) {
+            Ok(input) => input,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(error),
+        };
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buffer = vec![0u8; COPY_BUFFER];
+        loop {
+            match input.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => context.update(&buffer[..read]),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(hex(context.finish().as_ref()) == sha256_hex)
+    }
+
     /// Deletes the entries `release` names (it is asked under the pin lock, so its answer
     /// and the deletions are one step against ingests), except pinned ones. Returns what was
     /// deleted.

@@ -73,6 +73,9 @@ pub(crate) struct Server {
     /// Each user's share of `transfers` ([`TRANSFERS_PER_USER`]).
     user_transfers: Mutex<HashMap<UserName, Arc<Semaphore>>>,
     pub spool: Spool,
+    /// Held while a spool entry is re-hashed after a member's failed check, so that members
+    /// failing together cost one pass over the entry at a time, not one each at once.
+    pub spool_checks: tokio::sync::Mutex<()>,
     pub swarms: crate::swarm::Swarms,
     sessions: Mutex<HashMap<UserName, Vec<SessionEntry>>>,
     next_session: AtomicU64,
@@ -96,6 +99,7 @@ impl Server {
             transfers,
             user_transfers: Mutex::new(HashMap::new()),
             spool,
+            spool_checks: tokio::sync::Mutex::new(()),
             swarms: crate::swarm::Swarms::default(),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),

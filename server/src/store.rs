@@ -379,6 +379,40 @@ impl Store {
         Ok(())
     }
 
+    /// The files, not yet released, whose bytes are the spool entry `sha256`.
+    pub fn files_with_hash(&self, sha256: &str) -> Result<Vec<u64>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare("SELECT id FROM files WHERE sha256 = ?1 AND released_at IS NULL")?;
+        let rows = statement.query_map([sha256], |row| row.get::<_, i64>(0))?;
+        rows.map(|id| id_from_sql(id?)).collect()
+    }
+
+    /// Fails, for good and with `reason`, every pending delivery of `files`: their spool entry
+    /// is damaged, so offering them again would only send bad bytes. Returns the deliveries
+    /// failed, with their users.
+    pub fn fail_files(&self, files: &[u64], reason: &str, now: i64) -> Result<Vec<(u64, UserName)>, StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        let mut failed = Vec::new();
+        for &file in files {
+            let mut statement =
+                transaction.prepare("SELECT id, user_name FROM deliveries WHERE file_id = ?1 AND state = 'pending'")?;
+            let rows = statement
+                .query_map([size_to_sql(file)?], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, user) = row?;
+                let user = UserName::new(&user).map_err(|_| StoreError::Invalid("user name"))?;
+                failed.push((id_from_sql(id)?, user));
+            }
+            transaction.execute(
+                "UPDATE deliveries SET state = 'failed', reason = ?2, updated_at = ?3 WHERE file_id = ?1 AND state = 'pending'",
+                params![size_to_sql(file)?, reason, now],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(failed)
+    }
+
     /// Records where a swarm delivery's bytes came from, as the member reported, and who sent
     /// it bad pieces (user names with fingerprints), for `status`.
     pub fn set_swarm_totals(

@@ -129,15 +129,36 @@ fn an_offline_member_receives_its_files_when_it_connects_even_after_a_server_res
     assert!(wait_until(LONG, || delivery_states(&server) == ["alice:delivered", "alice:delivered"]));
 }
 
+/// The only spool entry, as a path.
+fn spool_entry(server: &ServerProcess) -> std::path::PathBuf {
+    let entries: Vec<_> = std::fs::read_dir(server.state_dir().join("spool"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.to_string_lossy().ends_with(".pieces"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0].clone()
+}
+
+fn spool_is_empty(server: &ServerProcess) -> bool {
+    std::fs::read_dir(server.state_dir().join("spool")).unwrap().next().is_none()
+}
+
+/// The reason `status` gives for the first file's first delivery.
+fn first_reason(server: &ServerProcess) -> String {
+    status(server)["files"][0]["deliveries"][0]["reason"].as_str().unwrap_or_default().to_owned()
+}
+
 #[test]
-fn data_that_does_not_match_the_offered_hash_never_takes_the_final_name() {
+fn a_spool_entry_changed_on_disk_is_found_at_the_first_mismatch_and_never_sent_again() {
     let (_net, server, homes) = server_with(&[("alice", "Developers")]);
     join(&homes[0], "Developers");
     let source = tempfile::tempdir().unwrap();
     let file = random_file(source.path(), "ledger.csv", 100_000, 4);
     assert!(server.send("Developers", &[&file], false).status.success());
-    // Corrupt the spooled copy: the server streams it as it is; the member must notice.
-    let spool = std::fs::read_dir(server.state_dir().join("spool")).unwrap().next().unwrap().unwrap().path();
+    // Flip one bit of the spooled copy behind the server's back.
+    let spool = spool_entry(&server);
     let mut bytes = std::fs::read(&spool).unwrap();
     bytes[50_000] ^= 0x01;
     std::fs::write(&spool, bytes).unwrap();
@@ -146,11 +167,42 @@ fn data_that_does_not_match_the_offered_hash_never_takes_the_final_name() {
     let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
     listener.wait_for("SHA-256 mismatch", LONG);
     assert!(wait_until(LONG, || delivery_states(&server) == ["alice:failed"]), "{}", server.log());
-    let status = status(&server);
-    let reason = status["files"][0]["deliveries"][0]["reason"].as_str().unwrap().to_owned();
-    assert!(reason.contains("SHA-256 mismatch"), "{reason}");
-    assert_eq!(listener.output().matches("SHA-256 mismatch; thrown away").count(), 3, "offered max_attempts times");
+    assert!(first_reason(&server).contains("spool entry corrupt"), "{}", first_reason(&server));
+    let status_text = text(&server.command(&["status"], "").stdout);
+    assert!(status_text.contains("spool entry corrupt"), "{status_text}");
+    assert!(wait_until(LONG, || spool_is_empty(&server)), "the corrupt entry was kept");
+    assert_eq!(
+        listener.output().matches("SHA-256 mismatch").count(),
+        1,
+        "offered again after the check:\n{}",
+        listener.output()
+    );
     assert!(files_in(out.path()).is_empty(), "{:?}", files_in(out.path()));
+
+    // The operator's way out: send the file again, from its source.
+    assert!(server.send("Developers", &[&file], false).status.success());
+    listener.wait_for("received ledger.csv", LONG);
+    assert_eq!(std::fs::read(out.path().join("ledger.csv")).unwrap(), std::fs::read(&file).unwrap());
+}
+
+#[test]
+fn a_spool_entry_cut_short_on_disk_fails_its_deliveries_and_the_member_keeps_nothing() {
+    let (_net, server, homes) = server_with(&[("alice", "Developers")]);
+    join(&homes[0], "Developers");
+    let source = tempfile::tempdir().unwrap();
+    let file = random_file(source.path(), "backup.tar", 3 * 1024 * 1024, 8);
+    assert!(server.send("Developers", &[&file], false).status.success());
+    let spool = spool_entry(&server);
+    std::fs::OpenOptions::new().write(true).open(&spool).unwrap().set_len(1024 * 1024 + 5).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    assert!(wait_until(LONG, || delivery_states(&server) == ["alice:failed"]), "{}", server.log());
+    assert!(first_reason(&server).contains("spool entry corrupt"), "{}", first_reason(&server));
+    assert!(wait_until(LONG, || spool_is_empty(&server)), "the corrupt entry was kept");
+    assert!(wait_until(LONG, || files_in(out.path()).is_empty()), "{:?}", files_in(out.path()));
+    assert!(!listener.output().contains("received backup.tar"), "{}", listener.output());
 }
 
 #[test]
