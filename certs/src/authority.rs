@@ -303,6 +303,17 @@ mod tests {
         OffsetDateTime::now_utc()
     }
 
+    /// Writes a member's request, as `enroll` makes it, into the fuzz target's seed corpus.
+    /// Run by hand: `cargo test -p gshare-certs write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz/seeds/csr; run by hand"]
+    fn write_fuzz_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/csr");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_, csr) = member_key_and_request("alice").unwrap();
+        std::fs::write(dir.join("member"), csr).unwrap();
+    }
+
     #[test]
     fn a_generated_ca_reloads_with_the_same_fingerprint() {
         let ca = CertificateAuthority::generate("test", now()).unwrap();

@@ -270,6 +270,37 @@ mod tests {
         Datagram { timestamp: UnixMillis(1_700_000_000_123), nonce: Nonce([7; NONCE_LEN]), message }
     }
 
+    /// Writes one datagram of every kind into the fuzz target's seed corpus. Run by hand after
+    /// adding a kind: `cargo test -p gshare-proto write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz/seeds/datagram; run by hand"]
+    fn write_fuzz_seeds() {
+        use crate::membership::{MembershipReply, MembershipRequest, Outcome};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/datagram");
+        std::fs::create_dir_all(&dir).unwrap();
+        let request = MembershipRequest {
+            certificate: crate::Fingerprint([3; 32]),
+            group: GroupName::new("Developers").unwrap(),
+        };
+        let reply = MembershipReply {
+            request_nonce: Nonce([4; NONCE_LEN]),
+            group: GroupName::new("Developers").unwrap(),
+            outcome: Outcome::Accepted,
+        };
+        let messages = [
+            Message::ListRequest,
+            Message::Announcement(announcement(&["Developers", "Designers"])),
+            Message::JoinRequest(request.clone()),
+            Message::LeaveRequest(request),
+            Message::MembershipReply(reply),
+        ];
+        for message in messages {
+            let kind = message.kind();
+            let bytes = datagram(message).encode(Some(&FakeSigner)).unwrap();
+            std::fs::write(dir.join(format!("{kind:02}")), bytes).unwrap();
+        }
+    }
+
     #[test]
     fn list_request_round_trip() {
         let bytes = list_request(UnixMillis(5), Nonce([1; NONCE_LEN]));

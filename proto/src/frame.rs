@@ -649,9 +649,9 @@ mod tests {
         assert_eq!(declared_len(&[0x7f, 0xff, 0xff, 0xff]), None, "beyond the maximum");
     }
 
-    #[test]
-    fn round_trips_and_partial_input() {
-        for frame in [
+    /// One frame of every kind, with the fields at interesting sizes.
+    fn samples() -> Vec<Frame> {
+        vec![
             enroll(),
             Frame::EnrollAccepted { certificate: vec![1; 500], ca_certificate: vec![2; 400] },
             Frame::Refused { reason: Text::new("wrong user name or password") },
@@ -710,7 +710,34 @@ mod tests {
                 from_peers: 2,
                 bad_peers: vec![crate::Fingerprint([7; 32])],
             },
-        ] {
+        ]
+    }
+
+    /// Writes one file per sample frame into the fuzz target's seed corpus. Run by hand after
+    /// adding a frame kind: `cargo test -p gshare-proto write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz/seeds/frame; run by hand"]
+    fn write_fuzz_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/frame");
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = [
+            Frame::Data { delivery: DeliveryId(7), bytes: vec![0xab; 100] },
+            Frame::Piece { file: [4; 32], piece: 9, bytes: vec![0x5a; 100] },
+        ];
+        // Frames above libFuzzer's default input size are left out; the small ones above stand
+        // in for them.
+        for frame in samples().into_iter().chain(small) {
+            let bytes = frame.encode().unwrap();
+            if bytes.len() > 4096 {
+                continue;
+            }
+            std::fs::write(dir.join(format!("{:02}", bytes[4])), bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn round_trips_and_partial_input() {
+        for frame in samples() {
             let bytes = frame.encode().unwrap();
             assert_eq!(decode(&bytes).unwrap(), Some((frame.clone(), bytes.len())));
             for cut in 0..bytes.len() {
