@@ -10,7 +10,7 @@
 //! retrying (revoked, not allowed in the group) ends `listen` with the reason.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use gshare_common::{Connection, ConnectionError};
-use gshare_proto::frame::{Frame, Offer, Text};
+use gshare_proto::frame::{DeliveryId, Frame, Offer, Text};
 use gshare_proto::membership::Outcome;
 use gshare_proto::swarm::{Bits, MAX_PIECES, Source, piece_count};
 use gshare_proto::{FileName, GroupName, ServerAddress};
@@ -339,7 +339,9 @@ where
     // it, and acknowledge without taking the data again.
     if let Some(stored) = inbox.delivered_name(key) {
         if inbox.has_temporary(key) {
-            inbox.store(key, &FileName::new(&stored).unwrap_or(name.clone()))?;
+            if let Err(error) = inbox.store(key, &FileName::new(&stored).unwrap_or(name.clone())) {
+                return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
+            }
         }
         connection.write_frame(&Frame::Resume { delivery: id, offset: offer.size }).await?;
         connection.write_frame(&Frame::Ack { delivery: id }).await?;
@@ -347,7 +349,10 @@ where
         return Ok(());
     }
 
-    let mut partial = inbox.prepare(key, offer.size)?;
+    let mut partial = match inbox.prepare(key, offer.size) {
+        Ok(partial) => partial,
+        Err(error) => return cannot_store(connection, &offer, &name, inbox.path(), &error).await,
+    };
     if partial.held > 0 {
         tracing::info!(delivery = id.0, file = %name, offset = partial.held, "resuming");
     }
@@ -364,7 +369,17 @@ where
                         .await?;
                     return Err(SessionError::Protocol("more data than offered".into()));
                 }
-                partial.write(bytes).await?;
+                let len = bytes.len() as u64;
+                if let Err(error) = partial.write(bytes).await {
+                    // What was written stays for the next attempt; the rest of this one is
+                    // read and dropped, so the session can go on.
+                    let rest = offer.size - partial.held - len;
+                    drop(partial);
+                    if !skip_data(connection, id, rest).await? {
+                        return Ok(()); // withdrawn meanwhile
+                    }
+                    return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
+                }
                 for buffer in partial.written_buffers() {
                     connection.recycle(buffer);
                 }
@@ -381,7 +396,10 @@ where
             Some(_) => return Err(SessionError::Protocol("an unexpected frame in the middle of a file".into())),
         }
     }
-    let digest = partial.finish()?;
+    let digest = match partial.finish() {
+        Ok(digest) => digest,
+        Err(error) => return cannot_store(connection, &offer, &name, inbox.path(), &error).await,
+    };
     if digest != offer.sha256 {
         inbox.discard(key);
         tracing::warn!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
@@ -392,7 +410,10 @@ where
         let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
         return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
     }
-    let stored = inbox.store(key, &name)?;
+    let stored = match inbox.store(key, &name) {
+        Ok(stored) => stored,
+        Err(error) => return cannot_store(connection, &offer, &name, inbox.path(), &error).await,
+    };
     connection.write_frame(&Frame::Ack { delivery: id }).await?;
     if stored != name {
         tracing::warn!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
@@ -400,6 +421,60 @@ where
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, "received and verified");
     println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
     Ok(())
+}
+
+/// Why this member cannot store a file in `dir`, as the server records it and `status` and
+/// the person read it.
+fn storage_failure(dir: &Path, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    if matches!(error.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge) {
+        format!("no space left on the member's disk for {} ({error})", dir.display())
+    } else {
+        format!("the member cannot write in {}: {error}", dir.display())
+    }
+}
+
+/// Tells the server that the file cannot be stored here now (it keeps what it holds and
+/// offers the file again a little later), and the person why.
+async fn cannot_store<S>(
+    connection: &mut Connection<S>,
+    offer: &Offer,
+    name: &FileName,
+    dir: &Path,
+    error: &std::io::Error,
+) -> Result<(), SessionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let reason = storage_failure(dir, error);
+    tracing::debug!(delivery = offer.delivery.0, file = %name, "cannot store: {reason}");
+    eprintln!(
+        "{}/{name}: {reason}; what arrived is kept, and the server offers the file again shortly (free some space, or fix the directory)",
+        offer.group
+    );
+    connection.write_frame(&Frame::CannotStore { delivery: offer.delivery, reason: Text::new(&reason) }).await?;
+    Ok(())
+}
+
+/// Reads and drops the `rest` bytes of a delivery's data still on their way. `false` if the
+/// server withdrew the delivery meanwhile.
+async fn skip_data<S>(connection: &mut Connection<S>, id: DeliveryId, mut rest: u64) -> Result<bool, SessionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while rest > 0 {
+        match read(connection).await? {
+            Some(Frame::Data { delivery, bytes }) if delivery == id => {
+                rest = rest.saturating_sub(bytes.len() as u64);
+                connection.recycle(bytes);
+            }
+            Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
+            Some(Frame::Cancel { delivery, .. }) if delivery == id => return Ok(false),
+            None => return Err(SessionError::Protocol("closed in the middle of a file".into())),
+            Some(_) => return Err(SessionError::Protocol("an unexpected frame in the middle of a file".into())),
+        }
+    }
+    Ok(true)
 }
 
 /// How often the schedule is looked at while a file arrives in pieces, besides when events
@@ -436,8 +511,11 @@ where
     let pieces = pieces as u32;
 
     // Every piece hash first, over this session: the only source of truth for pieces.
+    // They go to a file beside the journal; if it cannot be written, the rest are still read,
+    // so the session can go on.
     let hashes_path = inbox.piece_hashes_path(key);
-    let mut hashes = std::fs::File::create(&hashes_path)?;
+    let hashes_dir = hashes_path.parent().unwrap_or(inbox.path()).to_owned();
+    let mut hashes = std::fs::File::create(&hashes_path);
     let mut next = 0u32;
     while next < pieces {
         match read(connection).await? {
@@ -447,20 +525,29 @@ where
                 if count == 0 || count > pieces - next {
                     return Err(SessionError::Protocol("piece hashes that do not fit the file".into()));
                 }
-                let bytes: Vec<u8> = part.iter().flatten().copied().collect();
-                hashes.write_all(&bytes)?;
+                if let Ok(file) = &mut hashes {
+                    let bytes: Vec<u8> = part.iter().flatten().copied().collect();
+                    if let Err(error) = file.write_all(&bytes) {
+                        hashes = Err(error);
+                    }
+                }
                 next += count;
             }
             Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
             _ => return Err(SessionError::Protocol("expected piece hashes".into())),
         }
     }
-    drop(hashes);
+    if let Err(error) = hashes {
+        let _ = std::fs::remove_file(&hashes_path);
+        return cannot_store(connection, &offer, &name, &hashes_dir, &error).await;
+    }
 
     // Already stored (our acknowledgement was lost): say we hold everything, and acknowledge.
     if let Some(stored) = inbox.delivered_name(key) {
         if inbox.has_temporary(key) {
-            inbox.store(key, &FileName::new(&stored).unwrap_or(name.clone()))?;
+            if let Err(error) = inbox.store(key, &FileName::new(&stored).unwrap_or(name.clone())) {
+                return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
+            }
         }
         let mut all = Bits::new(pieces);
         (0..pieces).for_each(|piece| all.set(piece));
@@ -472,20 +559,18 @@ where
     }
 
     let fresh = !inbox.has_temporary(key);
-    let store = PieceStore::new(
-        offer.sha256,
-        offer.size,
-        piece_len,
-        pieces,
-        inbox.open_part(key, offer.size)?,
-        std::fs::File::open(&hashes_path)?,
-    );
+    let opened = inbox.open_part(key, offer.size).and_then(|part| Ok((part, std::fs::File::open(&hashes_path)?)));
+    let (part, hashes) = match opened {
+        Ok(opened) => opened,
+        Err(error) => return cannot_store(connection, &offer, &name, inbox.path(), &error).await,
+    };
+    let store = PieceStore::new(offer.sha256, offer.size, piece_len, pieces, part, hashes);
     // A temporary file left by an earlier attempt is checked piece by piece; a new one holds
     // nothing (and reading and hashing its holes would cost as much as a whole file), unless
     // the same bytes were received whole before in this session: then every piece that still
     // verifies there is copied here.
     let previous = swarm.complete_share(&offer.sha256);
-    let (store, held) = if let (true, Some(previous)) = (fresh, previous) {
+    let prepared = if let (true, Some(previous)) = (fresh, previous) {
         tokio::task::spawn_blocking(move || {
             let mut held = Bits::new(pieces);
             let mut buffer = Vec::new();
@@ -499,13 +584,19 @@ where
             Ok::<_, std::io::Error>((store, held))
         })
         .await
-        .map_err(std::io::Error::other)??
+        .map_err(std::io::Error::other)
+        .and_then(|result| result)
     } else if fresh {
-        (store, Bits::new(pieces))
+        Ok((store, Bits::new(pieces)))
     } else {
         tokio::task::spawn_blocking(move || store.scan().map(|held| (store, held)))
             .await
-            .map_err(std::io::Error::other)??
+            .map_err(std::io::Error::other)
+            .and_then(|result| result)
+    };
+    let (store, held) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return cannot_store(connection, &offer, &name, inbox.path(), &error).await,
     };
     if held.count() > 0 {
         tracing::info!(delivery = id.0, file = %name, pieces = held.count(), of = pieces, "resuming with the pieces already held");
@@ -529,6 +620,11 @@ where
         for piece in numbered {
             connection.write_frame(&Frame::PieceRequest { file, piece }).await?;
         }
+        let disk_error = share.state().disk_error.take();
+        if let Some(error) = disk_error {
+            swarm.remove_share(&file);
+            return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
+        }
         if share.state().schedule.is_done() {
             break;
         }
@@ -536,7 +632,13 @@ where
             frame = read(connection) => match frame? {
                 Some(Frame::Piece { file: piece_file, piece, bytes }) if piece_file == file => {
                     let len = bytes.len() as u64;
-                    let (verified, bytes) = verify_and_write(&share, piece, bytes).await?;
+                    let (verified, bytes) = match verify_and_write(&share, piece, bytes).await {
+                        Ok(written) => written,
+                        Err(error) => {
+                            swarm.remove_share(&file);
+                            return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
+                        }
+                    };
                     connection.recycle(bytes);
                     if verified {
                         swarm.piece_verified(&share, piece, Source::Server, len);
@@ -594,7 +696,15 @@ where
         Ok::<_, std::io::Error>(digest)
     })
     .await
-    .map_err(std::io::Error::other)??;
+    .map_err(std::io::Error::other)
+    .and_then(|result| result);
+    let digest = match digest {
+        Ok(digest) => digest,
+        Err(error) => {
+            swarm.remove_share(&file);
+            return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
+        }
+    };
     let (from_server, from_peers, bad_peers) = {
         let state = share.state();
         (state.from_server, state.from_peers, state.bad.clone())
@@ -611,7 +721,13 @@ where
         let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
         return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
     }
-    let stored = inbox.store(key, &name)?;
+    let stored = match inbox.store(key, &name) {
+        Ok(stored) => stored,
+        Err(error) => {
+            swarm.remove_share(&file);
+            return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
+        }
+    };
     // Still served to the others (from the stored file, each piece checked again first).
     share.state().complete = true;
     let _ = std::fs::remove_file(&hashes_path);

@@ -70,6 +70,11 @@ pub enum Frame {
     /// Server → member: stop taking this delivery and throw away what arrived of it (the
     /// member left the file's group, or may no longer be in it). Sent between data frames.
     Cancel { delivery: DeliveryId, reason: Text },
+    /// Member → server, instead of `Resume`, `SwarmAccept`, `Ack` or `Failed`: it could not
+    /// store the file for a reason of its own (its disk is full, its directory not writable).
+    /// It keeps what it holds; the server records the reason, counts no attempt, and offers the
+    /// file again after a while.
+    CannotStore { delivery: DeliveryId, reason: Text },
     /// Server → member, instead of `Subscribed`: not now (the server is full, or this
     /// certificate has too many sessions open); try again later.
     Busy { reason: Text },
@@ -247,6 +252,7 @@ impl Frame {
             Frame::Bitfield { .. } => 26,
             Frame::Have { .. } => 27,
             Frame::SwarmDone { .. } => 28,
+            Frame::CannotStore { .. } => 29,
         }
     }
 
@@ -351,7 +357,8 @@ impl Frame {
             }
             Frame::Decline { delivery, reason }
             | Frame::Failed { delivery, reason }
-            | Frame::Cancel { delivery, reason } => {
+            | Frame::Cancel { delivery, reason }
+            | Frame::CannotStore { delivery, reason } => {
                 out.extend_from_slice(&delivery.0.to_be_bytes());
                 put_long_bytes(&mut out, reason.0.as_bytes());
             }
@@ -502,6 +509,7 @@ pub fn decode_with(
         13 => Frame::Pong,
         14 => Frame::Cancel { delivery: DeliveryId(reader.u64()?), reason: read_text(&mut reader)? },
         15 => Frame::Busy { reason: read_text(&mut reader)? },
+        29 => Frame::CannotStore { delivery: DeliveryId(reader.u64()?), reason: read_text(&mut reader)? },
         16 => {
             let groups = read_groups(&mut reader)?;
             let port = reader.u16()?;
@@ -672,6 +680,7 @@ mod tests {
             Frame::Ping,
             Frame::Pong,
             Frame::Cancel { delivery: DeliveryId(7), reason: Text::new("left the group") },
+            Frame::CannotStore { delivery: DeliveryId(7), reason: Text::new("no space left on the device") },
             Frame::Busy { reason: Text::new("server full") },
             Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: Some(7444) },
             Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: None },

@@ -121,6 +121,23 @@ async fn write(writer: &mut (impl AsyncWrite + Unpin), answer: &Answer) -> std::
     writer.write_all(&line).await
 }
 
+/// Room kept free beside what a send spools: piece hashes, the database's growth, and a margin
+/// for everything else on the disk.
+const SPOOL_HEADROOM: u64 = 16 * 1024 * 1024;
+
+/// Why the spool cannot take `files` now, if it cannot: their sizes (plus headroom) against
+/// the space free on its filesystem. A file that cannot be read is left to the copy to report.
+fn spool_cannot_hold(server: &Server, files: &[(PathBuf, FileName)]) -> Option<String> {
+    let needed: u64 = files.iter().filter_map(|(path, _)| std::fs::metadata(path).ok()).map(|m| m.len()).sum();
+    let free = server.spool.free_bytes().ok()?;
+    (needed.saturating_add(SPOOL_HEADROOM) > free).then(|| {
+        format!(
+            "the spool ({}) has {free} bytes free, too few for the {needed} bytes of this send; nothing was recorded; free space there (or send less) and try again",
+            server.spool.dir().display()
+        )
+    })
+}
+
 async fn send(
     server: &Arc<Server>,
     writer: &mut (impl AsyncWrite + Unpin),
@@ -140,6 +157,10 @@ async fn send(
             Ok(name) => named.push((path.clone(), name)),
             Err(error) => return write(writer, &fail(format!("{}: cannot be sent: {error}", path.display()))).await,
         }
+    }
+    // A batch the spool cannot hold is refused whole, before anything is copied.
+    if let Some(refusal) = spool_cannot_hold(server, &named) {
+        return write(writer, &fail(refusal)).await;
     }
     // Subscribe before recording, so no event about these deliveries is missed.
     let mut events = server.events.subscribe();

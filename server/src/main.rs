@@ -386,7 +386,8 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             let state = delivery["state"].as_str().unwrap_or("");
             let detail = match state {
                 "pending" if delivery["bytes_done"].as_u64().unwrap_or(0) > 0 => {
-                    format!("transferring, {} of {} bytes", delivery["bytes_done"], file["size"])
+                    let waiting = delivery["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+                    format!("transferring, {} of {} bytes{waiting}", delivery["bytes_done"], file["size"])
                 }
                 "delivered" => format!("at {}", when(delivery["updated_at"].as_i64().unwrap_or(0))),
                 _ => delivery["reason"].as_str().map(|r| format!("({r})")).unwrap_or_default(),

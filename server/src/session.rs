@@ -105,7 +105,8 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     connection.limit_frames(MAX_FRAME_LEN);
     let seen_user = user.clone();
     let _ = blocking(server, move |store| store.touch_seen(&seen_user, unix_now())).await;
-    let mut session = SessionState { user: user.clone(), swarm, peers_sent: HashMap::new() };
+    let mut session =
+        SessionState { user: user.clone(), swarm, peers_sent: HashMap::new(), deferred: Deferrals::default() };
     let result = session_loop(server, connection, &mut session, &mut control).await;
     server.swarms.leave_all(id);
     server.unregister_session(&user, id);
@@ -125,6 +126,38 @@ struct SessionState {
     swarm: Option<SwarmMember>,
     /// The peer list last sent for each file whose swarm this session is in.
     peers_sent: HashMap<FileKey, Vec<PeerInfo>>,
+    /// Deliveries the member could not store, offered again only later.
+    deferred: Deferrals,
+}
+
+/// First wait before a file the member could not store is offered to it again; it doubles
+/// with each refusal up to [`MAX_DEFERRAL`]. Short: freeing space should be met soon.
+const FIRST_DEFERRAL: Duration = Duration::from_secs(1);
+const MAX_DEFERRAL: Duration = Duration::from_secs(15);
+
+/// Deliveries a session's member could not store (its disk full, say), with when each is
+/// offered again and how long the next wait is.
+#[derive(Debug, Default)]
+struct Deferrals {
+    until: HashMap<u64, (Instant, Duration)>,
+}
+
+impl Deferrals {
+    /// The member could not store `delivery` (again): wait before offering it once more.
+    fn defer(&mut self, delivery: u64, now: Instant) -> Duration {
+        let wait = self.until.get(&delivery).map_or(FIRST_DEFERRAL, |(_, last)| (*last * 2).min(MAX_DEFERRAL));
+        self.until.insert(delivery, (now + wait, wait));
+        wait
+    }
+
+    fn is_deferred(&self, delivery: u64, now: Instant) -> bool {
+        self.until.get(&delivery).is_some_and(|(until, _)| *until > now)
+    }
+
+    /// When the earliest deferred delivery may be offered again.
+    fn next_due(&self, now: Instant) -> Option<Instant> {
+        self.until.values().map(|(until, _)| *until).filter(|until| *until > now).min()
+    }
 }
 
 /// Sends a fresh peer list for every swarm the session is in whose members changed.
@@ -164,13 +197,14 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
         work.borrow_and_update();
         let (who, subscribed) = (user.clone(), current.groups);
         let pending = blocking(server, move |store| store.pending_for(&who, &subscribed)).await?;
-        if let Some(delivery) = pending.into_iter().next() {
+        let now = Instant::now();
+        if let Some(delivery) = pending.into_iter().find(|d| !session.deferred.is_deferred(d.id, now)) {
             let pieces = piece_count(delivery.size, PIECE_LEN);
             let checked = delivery.clone();
             let delivered = if server.config.swarm && session.swarm.is_some() && pieces <= MAX_PIECES {
                 deliver_swarm(server, connection, session, delivery, control).await
             } else {
-                deliver(server, connection, user, delivery, control).await
+                deliver(server, connection, session, delivery, control).await
             };
             match delivered {
                 // The entry is short, gone or unreadable: if its bytes are damaged, every
@@ -193,6 +227,7 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ = control.changed() => {}
             _ = swarm_changes.changed() => sync_peers(server, connection, session).await?,
+            () = sleep_until(session.deferred.next_due(now)) => {}
             () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
                 if last_heard.elapsed() > SILENCE_LIMIT {
                     return Err(SessionError::Timeout);
@@ -266,10 +301,11 @@ async fn unless_revoked<T>(
 async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
     server: &Arc<Server>,
     connection: &mut Connection<S>,
-    user: &UserName,
+    session: &mut SessionState,
     delivery: PendingDelivery,
     control: &mut Control,
 ) -> Result<(), SessionError> {
+    let user = &session.user.clone();
     let id = DeliveryId(delivery.id);
     let sha256 = parse_hex(&delivery.sha256).ok_or(StoreError::Invalid("file hash"))?;
     let offer = Offer {
@@ -282,7 +318,7 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
     connection.write_frame(&Frame::Offer(offer)).await?;
     let offset = match next_answer(connection, OFFER_TIMEOUT, control).await? {
         Frame::Resume { delivery: resumed, offset } if resumed == id && offset <= delivery.size => offset,
-        other => return handle_non_resume(server, user, id, other).await,
+        other => return handle_non_resume(server, session, &delivery, other).await,
     };
     let sent = {
         // Neither semaphore is ever closed; waiting here is the user's turn among its own
@@ -296,19 +332,23 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(());
     }
     let answer = next_answer(connection, ACK_TIMEOUT, control).await?;
-    finish_delivery(server, user, &delivery, answer).await
+    finish_delivery(server, session, &delivery, answer).await
 }
 
 /// Records the member's last word on a delivery: its ack, or its report that the file did not
 /// verify.
 async fn finish_delivery(
     server: &Arc<Server>,
-    user: &UserName,
+    session: &mut SessionState,
     delivery: &PendingDelivery,
     answer: Frame,
 ) -> Result<(), SessionError> {
+    let user = &session.user;
     let id = DeliveryId(delivery.id);
     match answer {
+        Frame::CannotStore { delivery: unstored, reason } if unstored == id => {
+            cannot_store(server, session, delivery, reason).await
+        }
         Frame::Ack { delivery: acked } if acked == id => {
             let now = unix_now();
             if !blocking(server, move |store| store.mark_delivered(id.0, now)).await? {
@@ -336,6 +376,32 @@ async fn finish_delivery(
             Ok(())
         }
         other => Err(SessionError::Protocol(format!("expected an ack for delivery {id}, got {}", frame_name(&other)))),
+    }
+}
+
+/// The member could not store a file (its disk is full, say): the reason goes into `status`
+/// and to `send --wait`, no attempt is counted, and the file is offered to this session again
+/// after a wait that grows with each refusal.
+async fn cannot_store(
+    server: &Arc<Server>,
+    session: &mut SessionState,
+    delivery: &PendingDelivery,
+    reason: Text,
+) -> Result<(), SessionError> {
+    let (user, id) = (session.user.clone(), delivery.id);
+    let wait = session.deferred.defer(id, Instant::now());
+    let (text, now) = (reason.to_string(), unix_now());
+    blocking(server, move |store| store.set_waiting_reason(id, &text, now)).await?;
+    tracing::warn!(%user, delivery = id, file = %delivery.name, wait_ms = wait.as_millis() as u64, "member cannot store the file: {reason}");
+    server.emit(Event::Failed { delivery: id, user, reason: reason.to_string(), retrying: true });
+    Ok(())
+}
+
+/// Sleeps until `until`, or forever if there is nothing to wait for.
+async fn sleep_until(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -430,7 +496,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
     let mut held = match next_answer(connection, OFFER_TIMEOUT, control).await? {
         Frame::SwarmAccept { delivery: accepted, have } if accepted == id => Bits::from_bytes(&have, pieces)
             .map_err(|error| SessionError::Protocol(format!("swarm acceptance of delivery {id}: {error}")))?,
-        other => return handle_non_resume(server, user, id, other).await,
+        other => return handle_non_resume(server, session, &delivery, other).await,
     };
     tracing::info!(%user, delivery = id.0, file = %delivery.name, size = delivery.size, pieces, held = held.count(), "sending in pieces");
     server.swarms.join(key, pieces, me.clone());
@@ -463,7 +529,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
                     Some(Frame::SwarmDone { delivery: done, from_server, from_peers, bad_peers }) if done == id => {
                         record_swarm_totals(server, user, id, from_server, from_peers, bad_peers).await?;
                     }
-                    Some(answer @ (Frame::Ack { .. } | Frame::Failed { .. })) => break answer,
+                    Some(answer @ (Frame::Ack { .. } | Frame::Failed { .. } | Frame::CannotStore { .. })) => break answer,
                     // Requests about an earlier file that crossed the end of its delivery.
                     Some(Frame::NextPiece { .. } | Frame::PieceRequest { .. }) => {}
                     Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
@@ -496,7 +562,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    finish_delivery(server, user, &delivery, answer).await
+    finish_delivery(server, session, &delivery, answer).await
 }
 
 /// Stores where a member's bytes came from, with the members that sent it bad pieces named.
@@ -529,11 +595,15 @@ async fn record_swarm_totals(
 /// The member answered an offer with something other than a resume.
 async fn handle_non_resume(
     server: &Arc<Server>,
-    user: &UserName,
-    id: DeliveryId,
+    session: &mut SessionState,
+    delivery: &PendingDelivery,
     answer: Frame,
 ) -> Result<(), SessionError> {
+    let (user, id) = (&session.user, DeliveryId(delivery.id));
     match answer {
+        Frame::CannotStore { delivery: unstored, reason } if unstored == id => {
+            cannot_store(server, session, delivery, reason).await
+        }
         Frame::Decline { delivery, reason } if delivery == id => {
             let (reason_text, now) = (reason.to_string(), unix_now());
             blocking(server, move |store| store.mark_failed(id.0, &format!("declined: {reason_text}"), now)).await?;
@@ -731,6 +801,7 @@ pub(crate) fn frame_name(frame: &Frame) -> &'static str {
         Frame::Ping => "a ping",
         Frame::Pong => "a pong",
         Frame::Cancel { .. } => "a cancellation",
+        Frame::CannotStore { .. } => "a report that the file cannot be stored",
         Frame::Busy { .. } => "a busy answer",
         Frame::SubscribeSwarm { .. } => "a swarm subscription",
         Frame::SwarmOffer { .. } => "a swarm offer",

@@ -35,8 +35,10 @@ const COPY_QUEUE: usize = 8;
 /// Why a file could not be spooled.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("{}", path.display())]
+    #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error("the spool ({}) ran out of space; free space there and send it again", .0.display())]
+    NoSpace(PathBuf),
     #[error("{} is {size} bytes, larger than the {limit}-byte limit (limits.max_file_bytes)", path.display())]
     TooLarge { path: PathBuf, size: u64, limit: u64 },
     #[error("{} is not a regular file", .0.display())]
@@ -158,7 +160,22 @@ impl Spool {
             let _ = fs::remove_file(&temporary);
             let _ = fs::remove_file(&temporary_pieces);
         }
-        result
+        result.map_err(|error| match error {
+            SpoolError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
+                SpoolError::NoSpace(self.dir.clone())
+            }
+            other => other,
+        })
+    }
+
+    /// Bytes free for the spool on its filesystem (for an unprivileged process).
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let stats = rustix::fs::statvfs(&self.dir)?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Where the piece hashes of an entry are kept.

@@ -370,6 +370,16 @@ impl Store {
         Ok(state == "pending")
     }
 
+    /// Records why a pending delivery waits (the member could not store it), without counting
+    /// an attempt.
+    pub fn set_waiting_reason(&self, delivery: u64, reason: &str, now: i64) -> Result<(), StoreError> {
+        self.connection().execute(
+            "UPDATE deliveries SET reason = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'pending'",
+            params![size_to_sql(delivery)?, reason, now],
+        )?;
+        Ok(())
+    }
+
     /// Fails a delivery for good (the member declined it).
     pub fn mark_failed(&self, delivery: u64, reason: &str, now: i64) -> Result<(), StoreError> {
         self.connection().execute(

@@ -103,6 +103,9 @@ pub struct ShareState {
     pub server_pieces: Vec<u32>,
     /// Received whole; served from what is on disk, each piece checked again before it goes.
     pub complete: bool,
+    /// A piece from another member could not be written (the disk is full, say): the session
+    /// tells the server the file cannot be stored now.
+    pub disk_error: Option<std::io::Error>,
 }
 
 impl FileShare {
@@ -124,6 +127,7 @@ impl FileShare {
                 server_new: 0,
                 server_pieces: Vec::new(),
                 complete: false,
+                disk_error: None,
             }),
             wake: Notify::new(),
         })
@@ -472,7 +476,16 @@ impl Swarm {
                         );
                         return Err(format!("piece {piece} did not verify; not kept, not passed on"));
                     }
-                    Err(error) => return Err(format!("cannot write a piece: {error}")),
+                    // Our disk, not the peer: the piece is asked again once there is room,
+                    // and the session reports it to the server.
+                    Err(error) => {
+                        let mut state = share.state();
+                        state.schedule.piece_failed(piece, Source::Peer(id));
+                        state.disk_error.get_or_insert(error);
+                        drop(state);
+                        share.wake.notify_one();
+                        return Ok(None);
+                    }
                 }
             }
             Frame::PieceRefused { file, piece, reason } => {
