@@ -29,13 +29,13 @@ pub const MEMBER_NAME: &str = "gshare-member";
 /// How long a new CA certificate is valid.
 pub const CA_VALIDITY: Duration = Duration::days(3650);
 /// How long a server certificate is valid.
-pub const SERVER_VALIDITY: Duration = Duration::days(825);
+pub const SERVER_VALIDITY: std::time::Duration = std::time::Duration::from_secs(825 * 86_400);
 /// How far back `not_before` is set, so that a member whose clock is a little behind still
 /// accepts a certificate issued a moment ago.
 const BACKDATE: Duration = Duration::hours(1);
 
 /// A certificate with its private key, as PEM text ready to be written to files.
-#[derive(Debug)]
+#[derive(Clone)]
 pub struct IssuedIdentity {
     pub certificate_pem: String,
     pub key_pem: String,
@@ -58,6 +58,13 @@ pub struct CertificateAuthority {
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
     signer: DatagramSigner,
+}
+
+impl std::fmt::Debug for IssuedIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("IssuedIdentity").field("certificate_pem", &self.certificate_pem).finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -133,7 +140,14 @@ impl CertificateAuthority {
 
     /// Issues the server's TLS certificate with a new key, for [`SERVER_NAME`] and `hosts`
     /// (IP addresses or DNS names; wildcard addresses such as 0.0.0.0 are skipped).
-    pub fn issue_server_identity(&self, hosts: &[String], now: OffsetDateTime) -> Result<IssuedIdentity, CertError> {
+    /// Valid for `validity` from now.
+    pub fn issue_server_identity(
+        &self,
+        hosts: &[String],
+        validity: std::time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedIdentity, CertError> {
+        let validity = Duration::try_from(validity).map_err(|_| CertError::BadRequest("validity too long".into()))?;
         let key = KeyPair::generate()?;
         let mut names = vec![SanType::DnsName(SERVER_NAME.try_into()?)];
         for host in hosts {
@@ -146,7 +160,7 @@ impl CertificateAuthority {
                 names.push(san);
             }
         }
-        let (mut params, _) = leaf_params(SERVER_NAME, &[ExtendedKeyUsagePurpose::ServerAuth], SERVER_VALIDITY, now)?;
+        let (mut params, _) = leaf_params(SERVER_NAME, &[ExtendedKeyUsagePurpose::ServerAuth], validity, now)?;
         params.subject_alt_names = names;
         let certificate = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedIdentity { certificate_pem: certificate.pem(), key_pem: key.serialize_pem() })
@@ -205,7 +219,9 @@ fn leaf_params(
     name.push(DnType::CommonName, common_name);
     params.distinguished_name = name;
     params.serial_number = Some(serial.clone());
-    params.not_before = now - BACKDATE;
+    // Backdated against clocks a little behind ours, by a tenth of the validity at most, so
+    // that a member's renewal point (a share of the whole span) falls after its issue.
+    params.not_before = now - BACKDATE.min(validity / 10);
     params.not_after = now + validity;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -275,6 +291,22 @@ pub fn can_serve(certificate_der: &[u8]) -> bool {
             .any(|name| matches!(name, x509_parser::extensions::GeneralName::DNSName(n) if *n == MEMBER_NAME))
     });
     server_auth && named
+}
+
+/// When a certificate becomes valid and when it expires.
+pub fn validity(certificate_der: &[u8]) -> Result<(OffsetDateTime, OffsetDateTime), CertError> {
+    let (_, parsed) =
+        X509Certificate::from_der(certificate_der).map_err(|e| CertError::BadCertificate(e.to_string()))?;
+    let validity = parsed.validity();
+    Ok((validity.not_before.to_datetime(), validity.not_after.to_datetime()))
+}
+
+/// The common name of a certificate's subject: for a member certificate, the user name.
+pub fn common_name(certificate_der: &[u8]) -> Result<String, CertError> {
+    let (_, parsed) =
+        X509Certificate::from_der(certificate_der).map_err(|e| CertError::BadCertificate(e.to_string()))?;
+    let name = parsed.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
+    name.map(str::to_owned).ok_or_else(|| CertError::BadCertificate("no common name".into()))
 }
 
 /// Decodes the first certificate in PEM text.
@@ -403,7 +435,7 @@ mod tests {
         let ca = CertificateAuthority::generate("test", now()).unwrap();
         let other = CertificateAuthority::generate("other", now()).unwrap();
         let identity = ca
-            .issue_server_identity(&["127.0.0.1".into(), "0.0.0.0".into(), "gshare.example.org".into()], now())
+            .issue_server_identity(&["127.0.0.1".into(), "0.0.0.0".into(), "gshare.example.org".into()], SERVER_VALIDITY, now())
             .unwrap();
         ca.check_issued_identity(&identity).unwrap();
         assert!(matches!(other.check_issued_identity(&identity), Err(CertError::NotIssuedByCa)));

@@ -39,6 +39,67 @@ pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Name of the staging directory [`replace_together`] uses inside the target directory.
+pub const REPLACING_DIR: &str = ".replacing";
+/// Written into the staging directory once every new file there is durable: from then on the
+/// replacement is completed, never undone.
+const REPLACING_COMPLETE: &str = "complete";
+
+/// Replaces several files of `dir` as one: after a crash at any moment, [`finish_replacing`]
+/// leaves either every old file or every new one, never a mix (a key beside the certificate
+/// of another key, say). Each entry is a file name in `dir`, its contents and its mode.
+///
+/// The new files are written and synced into a staging directory, a marker is written last,
+/// and only then are they renamed into place one by one.
+pub fn replace_together(dir: &Path, files: &[(&str, &[u8], u32)]) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let staging = dir.join(REPLACING_DIR);
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    for (name, contents, mode) in files {
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(*mode).open(staging.join(name))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+    }
+    fs::File::open(&staging)?.sync_all()?;
+    fs::File::create(staging.join(REPLACING_COMPLETE))?.sync_all()?;
+    fs::File::open(&staging)?.sync_all()?;
+    crash_point("replace-marked");
+    finish_replacing(dir)
+}
+
+/// Completes or undoes a [`replace_together`] that a crash interrupted: a staging directory
+/// with its marker is moved into place (what is left of it), one without is thrown away (the
+/// old files were never touched). Call before reading the files.
+pub fn finish_replacing(dir: &Path) -> io::Result<()> {
+    let staging = dir.join(REPLACING_DIR);
+    if !staging.exists() {
+        return Ok(());
+    }
+    if staging.join(REPLACING_COMPLETE).exists() {
+        for entry in fs::read_dir(&staging)? {
+            let entry = entry?;
+            if entry.file_name() != REPLACING_COMPLETE {
+                fs::rename(entry.path(), dir.join(entry.file_name()))?;
+                crash_point("replace-moved-one");
+            }
+        }
+        fs::File::open(dir)?.sync_all()?;
+    }
+    fs::remove_dir_all(&staging)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// For crash tests only: if the environment variable `GSHARE_CRASH_AT` names `point`, the
+/// process kills itself there with SIGKILL, as a power cut or `kill -9` would stop it.
+pub fn crash_point(point: &str) {
+    if std::env::var_os("GSHARE_CRASH_AT").is_some_and(|wanted| wanted == point) {
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
 /// Bytes written between write-behind steps.
 pub const WRITE_BEHIND_STEP: u64 = 32 * 1024 * 1024;
 
@@ -110,5 +171,40 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
+    }
+
+    fn pair(dir: &Path) -> (String, String) {
+        (fs::read_to_string(dir.join("a.key")).unwrap(), fs::read_to_string(dir.join("a.crt")).unwrap())
+    }
+
+    #[test]
+    fn files_replaced_together_are_all_old_or_all_new_whatever_the_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: &[(&str, &[u8], u32)] = &[("a.key", b"old key", 0o600), ("a.crt", b"old crt", 0o644)];
+        let new: &[(&str, &[u8], u32)] = &[("a.key", b"new key", 0o600), ("a.crt", b"new crt", 0o644)];
+        replace_together(dir.path(), old).unwrap();
+        assert_eq!(pair(dir.path()), ("old key".into(), "old crt".into()));
+        assert!(!dir.path().join(REPLACING_DIR).exists());
+        assert_eq!(fs::metadata(dir.path().join("a.key")).unwrap().permissions().mode() & 0o777, 0o600);
+
+        // A crash while the new files were written (no marker): the old pair stays.
+        let staging = dir.path().join(REPLACING_DIR);
+        fs::create_dir(&staging).unwrap();
+        fs::write(staging.join("a.key"), b"new key").unwrap();
+        finish_replacing(dir.path()).unwrap();
+        assert_eq!(pair(dir.path()), ("old key".into(), "old crt".into()));
+        assert!(!staging.exists());
+
+        // A crash after the marker, with the key already moved: the new pair is completed.
+        fs::create_dir(&staging).unwrap();
+        fs::write(staging.join("a.crt"), b"new crt").unwrap();
+        fs::write(staging.join(REPLACING_COMPLETE), b"").unwrap();
+        fs::write(dir.path().join("a.key"), b"new key").unwrap();
+        finish_replacing(dir.path()).unwrap();
+        assert_eq!(pair(dir.path()), ("new key".into(), "new crt".into()));
+
+        replace_together(dir.path(), new).unwrap();
+        assert_eq!(pair(dir.path()), ("new key".into(), "new crt".into()));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "nothing else left behind");
     }
 }

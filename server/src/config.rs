@@ -21,7 +21,11 @@ pub const DEFAULT_ANNOUNCE_INTERVAL_SECS: u64 = 10;
 /// Default least milliseconds between announcements sent in answer to list requests.
 pub const DEFAULT_LIST_REPLY_INTERVAL_MS: u64 = 250;
 /// Default validity of member certificates, in days.
-pub const DEFAULT_CERTIFICATE_DAYS: u32 = 365;
+pub const DEFAULT_CERTIFICATE_DAYS: f64 = 365.0;
+/// Days the server's own TLS certificate is valid.
+pub const DEFAULT_SERVER_CERTIFICATE_DAYS: f64 = 825.0;
+/// The server's certificate is reissued once it is this close to its expiry.
+pub const DEFAULT_SERVER_RENEW_DAYS: f64 = 30.0;
 /// Default most member sessions (authenticated TLS connections) open at once.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 /// Default most connections not yet authenticated (TLS handshakes, requests not yet read,
@@ -113,13 +117,25 @@ impl Default for PasswordsToml {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct CertificatesToml {
-    validity_days: Spanned<u32>,
+    validity_days: Spanned<f64>,
+    server_validity_days: Spanned<f64>,
+    server_renew_days: Spanned<f64>,
 }
 
 impl Default for CertificatesToml {
     fn default() -> Self {
-        Self { validity_days: Spanned::new(0..0, DEFAULT_CERTIFICATE_DAYS) }
+        Self {
+            validity_days: Spanned::new(0..0, DEFAULT_CERTIFICATE_DAYS),
+            server_validity_days: Spanned::new(0..0, DEFAULT_SERVER_CERTIFICATE_DAYS),
+            server_renew_days: Spanned::new(0..0, DEFAULT_SERVER_RENEW_DAYS),
+        }
     }
+}
+
+/// Days as a duration, if they are a sensible validity: at least a second, at most 10 years.
+/// Fractions of a day are allowed, so that tests (and the curious) can watch renewal happen.
+fn validity(days: f64) -> Option<Duration> {
+    (days * 86_400.0 >= 1.0 && days <= 3650.0).then(|| Duration::from_secs_f64(days * 86_400.0))
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +238,10 @@ pub struct Config {
     pub password_cost: HashCost,
     /// Validity of member certificates.
     pub certificate_validity: Duration,
+    /// Validity of the server's own TLS certificate.
+    pub server_certificate_validity: Duration,
+    /// How long before its expiry the server's certificate is reissued.
+    pub server_renew_before: Duration,
     /// Most member sessions open at once; a member beyond it is refused and tries again later.
     pub max_connections: usize,
     /// Most connections not yet authenticated in progress at once; more are closed at once.
@@ -331,9 +351,19 @@ impl Config {
             iterations: *passwords.iterations.get_ref(),
             parallelism: *passwords.parallelism.get_ref(),
         };
-        let days = *raw.certificates.validity_days.get_ref();
-        if !(1..=3650).contains(&days) {
-            return Err(error(raw.certificates.validity_days.span(), "must be between 1 and 3650 days".into()));
+        let certificates = &raw.certificates;
+        let in_range = |days: &Spanned<f64>| {
+            validity(*days.get_ref())
+                .ok_or_else(|| error(days.span(), "must be between 1 second (0.0000116) and 3650 days".into()))
+        };
+        let certificate_validity = in_range(&certificates.validity_days)?;
+        let server_certificate_validity = in_range(&certificates.server_validity_days)?;
+        let server_renew_before = in_range(&certificates.server_renew_days)?;
+        if server_renew_before >= server_certificate_validity {
+            return Err(error(
+                certificates.server_renew_days.span(),
+                "must be shorter than certificates.server_validity_days".into(),
+            ));
         }
         let limits = &raw.limits;
         let bounded = |value: &Spanned<u32>, max: u32| {
@@ -383,7 +413,9 @@ impl Config {
             announce_interval: Duration::from_secs(interval_secs),
             list_reply_interval: Duration::from_millis(reply_ms),
             password_cost,
-            certificate_validity: Duration::from_secs(u64::from(days) * 86_400),
+            certificate_validity,
+            server_certificate_validity,
+            server_renew_before,
             max_connections,
             max_strangers,
             strangers_per_address,

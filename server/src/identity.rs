@@ -12,6 +12,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use time::OffsetDateTime;
 
 use gshare_certs::{CertificateAuthority, IssuedIdentity};
@@ -61,15 +63,18 @@ pub struct ServerIdentity {
 impl ServerIdentity {
     /// Loads the identity from `state_dir`, creating state directory and identity on first use.
     /// `hosts` are the names and addresses the server certificate is issued for.
-    pub fn load_or_create(state_dir: &Path, hosts: &[String]) -> Result<Self, IdentityError> {
+    pub fn load_or_create(state_dir: &Path, hosts: &[String], validity: Duration) -> Result<Self, IdentityError> {
         DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io_error(state_dir))?;
         let dir = state_dir.join(IDENTITY_DIR);
         if dir.exists() {
+            // A reissue of the server certificate that a crash interrupted is completed (or
+            // undone) first, so the pair read below always belongs together.
+            gshare_common::files::finish_replacing(&dir).map_err(io_error(&dir))?;
             return Self::load(&dir);
         }
         remove_stale_staging(state_dir)?;
         let ca = CertificateAuthority::generate("server", OffsetDateTime::now_utc())?;
-        let server = ca.issue_server_identity(hosts, OffsetDateTime::now_utc())?;
+        let server = ca.issue_server_identity(hosts, validity, OffsetDateTime::now_utc())?;
         let staging = state_dir.join(format!("{STAGING_PREFIX}{}", std::process::id()));
         DirBuilder::new().mode(0o700).create(&staging).map_err(io_error(&staging))?;
         write_file(&staging.join(CA_CERT), ca.certificate_pem(), 0o644)?;
@@ -105,6 +110,48 @@ impl ServerIdentity {
         }
         Ok(Self { ca, server, created: false })
     }
+}
+
+/// A server certificate reissued from the same CA, with a new key.
+#[derive(Debug)]
+pub struct Reissued {
+    pub identity: IssuedIdentity,
+    pub expires: OffsetDateTime,
+}
+
+/// When the server certificate in `identity` expires.
+pub fn server_certificate_expiry(identity: &IssuedIdentity) -> Result<OffsetDateTime, gshare_certs::CertError> {
+    let der = gshare_certs::authority::pem_certificate_der(&identity.certificate_pem)?;
+    Ok(gshare_certs::authority::validity(&der)?.1)
+}
+
+/// Reissues the server certificate if `current` expires within `renew_before` of `now`: a new
+/// key and certificate from the same CA, valid for `validity`, written into `state_dir`'s
+/// identity in one step (a crash leaves the old pair or the new one). Members notice nothing:
+/// they trust the CA, not the certificate. Blocking.
+pub fn reissue_if_due(
+    ca: &CertificateAuthority,
+    current: &IssuedIdentity,
+    state_dir: &Path,
+    hosts: &[String],
+    (validity, renew_before): (Duration, Duration),
+    now: OffsetDateTime,
+) -> Result<Option<Reissued>, IdentityError> {
+    let dir = state_dir.join(IDENTITY_DIR);
+    let expires = server_certificate_expiry(current)
+        .map_err(|problem| IdentityError::Corrupt { path: dir.join(SERVER_CERT), problem })?;
+    if expires - now > renew_before {
+        return Ok(None);
+    }
+    let identity = ca.issue_server_identity(hosts, validity, now)?;
+    gshare_common::files::replace_together(
+        &dir,
+        &[(SERVER_KEY, identity.key_pem.as_bytes(), 0o600), (SERVER_CERT, identity.certificate_pem.as_bytes(), 0o644)],
+    )
+    .map_err(io_error(&dir))?;
+    let expires = server_certificate_expiry(&identity)
+        .map_err(|problem| IdentityError::Corrupt { path: dir.join(SERVER_CERT), problem })?;
+    Ok(Some(Reissued { identity, expires }))
 }
 
 /// Removes staging directories left by a first start that crashed before its rename. They were

@@ -109,7 +109,8 @@ pub fn certificate_hosts(config: &Config) -> Vec<String> {
 
 /// Loads (or on first start creates) the server's identity.
 pub fn load_identity(config: &Config) -> Result<ServerIdentity, IdentityError> {
-    let identity = ServerIdentity::load_or_create(&config.state_dir, &certificate_hosts(config))?;
+    let identity =
+        ServerIdentity::load_or_create(&config.state_dir, &certificate_hosts(config), config.server_certificate_validity)?;
     if identity.created {
         tracing::info!(fingerprint = %identity.ca.fingerprint(), state_dir = %config.state_dir.display(), "created a new CA");
     }
@@ -146,6 +147,44 @@ async fn sweep(server: Arc<state::Server>) {
     }
 }
 
+/// Reissues the server's TLS certificate from the same CA once it is within
+/// `certificates.server_renew_days` of its expiry, at start and while running, and presents the
+/// new one from the next handshake on. Members keep working: they trust the CA, not the leaf.
+async fn reissue_server_certificate(server: Arc<state::Server>, current: Arc<tls::CurrentCertificate>) {
+    let mut identity = server.identity.server.clone();
+    // Looked at often enough to act well inside the renewal window, however short it is set.
+    let interval = (server.config.server_renew_before / 4).clamp(std::time::Duration::from_secs(1), SWEEP_INTERVAL);
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let (shared, held) = (Arc::clone(&server), identity.clone());
+        let reissued = tokio::task::spawn_blocking(move || {
+            let config = &shared.config;
+            identity::reissue_if_due(
+                &shared.identity.ca,
+                &held,
+                &config.state_dir,
+                &certificate_hosts(config),
+                (config.server_certificate_validity, config.server_renew_before),
+                time::OffsetDateTime::now_utc(),
+            )
+        })
+        .await;
+        match reissued {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(reissued))) => match current.replace(server.identity.ca.certificate_der(), &reissued.identity) {
+                Ok(()) => {
+                    tracing::info!(expires = %reissued.expires, "server certificate reissued");
+                    identity = reissued.identity;
+                }
+                Err(error) => tracing::error!(%error, "cannot present the reissued server certificate"),
+            },
+            Ok(Err(error)) => tracing::error!(%error, "cannot reissue the server certificate; it is kept for now"),
+            Err(error) => tracing::error!(%error, "cannot reissue the server certificate; it is kept for now"),
+        }
+    }
+}
+
 /// Runs the server until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     private::prepare_state_dir(&config.state_dir)
@@ -160,7 +199,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|e| users::HashError::Argon2(e.to_string()))??;
     let announcements = Announcement::split(identity.ca.certificate_der(), &config.tls_advertise, &config.groups)
         .map_err(ServerError::Encode)?;
-    let tls = tls::server_config(&identity)?;
+    let current_certificate = Arc::new(tls::CurrentCertificate::new(identity.ca.certificate_der(), &identity.server)?);
+    let tls = tls::server_config(&identity, Arc::clone(&current_certificate))?;
     let listener = tokio::net::TcpListener::bind(config.tls_listen)
         .await
         .map_err(|source| ServerError::Listen { address: config.tls_listen, source })?;
@@ -186,7 +226,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let watching = reload::watch_users(Arc::clone(&server));
     let administering = admin::serve(Arc::clone(&server), admin_socket);
     let sweeping = sweep(Arc::clone(&server));
+    let reissuing = reissue_server_certificate(Arc::clone(&server), current_certificate);
     tokio::select! {
+        () = reissuing => Ok(()),
         result = discovery.run() => result,
         () = serving => Ok(()),
         () = watching => Ok(()),
