@@ -180,17 +180,37 @@ fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use gshare_certs::authority::SERVER_VALIDITY;
 
     fn hosts() -> Vec<String> {
         vec!["127.0.0.1".into()]
     }
 
     #[test]
+    fn the_server_certificate_is_reissued_only_within_its_renewal_window() {
+        let state = tempfile::tempdir().unwrap();
+        let validity = Duration::from_secs(1000);
+        let first = ServerIdentity::load_or_create(state.path(), &hosts(), validity).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let window = (validity, Duration::from_secs(300));
+        let early = reissue_if_due(&first.ca, &first.server, state.path(), &hosts(), window, now).unwrap();
+        assert!(early.is_none(), "reissued long before its expiry");
+        let late = now + time::Duration::seconds(800);
+        let reissued = reissue_if_due(&first.ca, &first.server, state.path(), &hosts(), window, late).unwrap().unwrap();
+        assert_ne!(reissued.identity.certificate_pem, first.server.certificate_pem);
+        assert!(reissued.expires > late);
+        // The next start reads the new pair, from the same CA.
+        let again = ServerIdentity::load_or_create(state.path(), &hosts(), validity).unwrap();
+        assert_eq!(again.server.certificate_pem, reissued.identity.certificate_pem);
+        assert_eq!(again.ca.fingerprint(), first.ca.fingerprint());
+    }
+
+    #[test]
     fn created_once_then_reused_with_private_keys_0600() {
         let state = tempfile::tempdir().unwrap();
-        let first = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap();
+        let first = ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap();
         assert!(first.created);
-        let second = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap();
+        let second = ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap();
         assert!(!second.created);
         assert_eq!(first.ca.fingerprint(), second.ca.fingerprint());
         let dir = state.path().join(IDENTITY_DIR);
@@ -203,10 +223,10 @@ mod tests {
     #[test]
     fn a_missing_piece_is_an_error_not_a_new_ca() {
         let state = tempfile::tempdir().unwrap();
-        let original = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap().ca.fingerprint();
+        let original = ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap().ca.fingerprint();
         let dir = state.path().join(IDENTITY_DIR);
         fs::remove_file(dir.join(SERVER_KEY)).unwrap();
-        let error = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap_err();
+        let error = ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap_err();
         assert!(matches!(&error, IdentityError::Incomplete { missing, .. } if missing == &[SERVER_KEY]), "{error}");
         assert!(error.to_string().contains("server.key"), "{error}");
         let ca_pem = fs::read_to_string(dir.join(CA_CERT)).unwrap();
@@ -219,19 +239,19 @@ mod tests {
     #[test]
     fn a_corrupt_piece_is_an_error_naming_the_file() {
         let state = tempfile::tempdir().unwrap();
-        ServerIdentity::load_or_create(state.path(), &hosts()).unwrap();
+        ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap();
         let dir = state.path().join(IDENTITY_DIR);
         fs::write(dir.join(CA_KEY), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
-        let error = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap_err();
+        let error = ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap_err();
         assert!(error.to_string().contains("ca.crt") && error.to_string().contains("key"), "{error}");
 
         let other = tempfile::tempdir().unwrap();
-        ServerIdentity::load_or_create(other.path(), &hosts()).unwrap();
+        ServerIdentity::load_or_create(other.path(), &hosts(), SERVER_VALIDITY).unwrap();
         let state = tempfile::tempdir().unwrap();
-        ServerIdentity::load_or_create(state.path(), &hosts()).unwrap();
+        ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap();
         let foreign = fs::read(other.path().join(IDENTITY_DIR).join(SERVER_CERT)).unwrap();
         fs::write(state.path().join(IDENTITY_DIR).join(SERVER_CERT), foreign).unwrap();
-        let error = ServerIdentity::load_or_create(state.path(), &hosts()).unwrap_err();
+        let error = ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap_err();
         assert!(error.to_string().contains("server.crt"), "{error}");
     }
 
@@ -241,7 +261,7 @@ mod tests {
         let leftover = state.path().join(format!("{STAGING_PREFIX}999"));
         fs::create_dir(&leftover).unwrap();
         fs::write(leftover.join(CA_KEY), "half").unwrap();
-        assert!(ServerIdentity::load_or_create(state.path(), &hosts()).unwrap().created);
+        assert!(ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap().created);
         assert!(!leftover.exists());
     }
 }
