@@ -43,7 +43,27 @@ struct ClientToml {
     #[serde(default)]
     answer_timeout_secs: Option<AnswerTimeoutToml>,
     #[serde(default)]
+    renew_at: Option<RenewAtToml>,
+    #[serde(default)]
     peer: PeerToml,
+}
+
+/// Share of the certificate's validity after which a listening member renews it.
+pub const DEFAULT_RENEW_AT: f64 = 2.0 / 3.0;
+
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "f64")]
+struct RenewAtToml(f64);
+
+impl TryFrom<f64> for RenewAtToml {
+    type Error = String;
+    fn try_from(share: f64) -> Result<Self, Self::Error> {
+        if (0.1..=0.95).contains(&share) {
+            Ok(Self(share))
+        } else {
+            Err("must be a share of the validity between 0.1 and 0.95".into())
+        }
+    }
 }
 
 /// `[peer]`: how this member serves pieces of files to other members.
@@ -115,6 +135,8 @@ pub struct ClientSettings {
     pub ca_fingerprint: Option<Fingerprint>,
     /// Longest wait for the server over TLS: to connect, and for each answer that is due.
     pub answer_timeout: std::time::Duration,
+    /// Share of its certificate's validity after which a listening member renews it.
+    pub renew_at: f64,
     pub peer: PeerSettings,
 }
 
@@ -150,6 +172,7 @@ impl ClientSettings {
             answer_timeout: std::time::Duration::from_secs(
                 raw.answer_timeout_secs.map_or(DEFAULT_ANSWER_TIMEOUT_SECS, |secs| secs.0),
             ),
+            renew_at: raw.renew_at.map_or(DEFAULT_RENEW_AT, |share| share.0),
             peer,
         }
     }

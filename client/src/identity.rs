@@ -8,7 +8,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use gshare_certs::{CertError, DatagramSigner};
-use gshare_common::files::atomic_write;
+use gshare_common::files::{REPLACING_DIR, finish_replacing, replace_together};
+use time::OffsetDateTime;
 use gshare_proto::Fingerprint;
 
 pub const KEY_FILE: &str = "client.key";
@@ -24,6 +25,14 @@ pub enum IdentityError {
     Io(PathBuf, #[source] std::io::Error),
     #[error("{}: {problem}", path.display())]
     Invalid { path: PathBuf, problem: String },
+    #[error("this member's certificate expired on {expired}; enroll again: gshare-client enroll --user {user}")]
+    Expired { expired: String, user: String },
+}
+
+/// A time as a person reads it: `2027-12-01 09:30 UTC`.
+pub fn format_time(when: OffsetDateTime) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    when.to_offset(time::UtcOffset::UTC).format(&format).unwrap_or_else(|_| when.to_string())
 }
 
 /// The member's key, certificate and pinned CA.
@@ -35,8 +44,12 @@ pub struct Enrollment {
 }
 
 impl Enrollment {
-    /// Reads the identity from `home`.
+    /// Reads the identity from `home`, first completing (or undoing) a replacement of key and
+    /// certificate that a crash interrupted, so the pair read always belongs together.
     pub fn load(home: &Path) -> Result<Self, IdentityError> {
+        if home.join(REPLACING_DIR).exists() {
+            finish_replacing(home).map_err(|e| IdentityError::Io(home.join(REPLACING_DIR), e))?;
+        }
         let read = |name: &str| {
             let path = home.join(name);
             std::fs::read_to_string(&path).map_err(|e| match e.kind() {
@@ -65,17 +78,44 @@ impl Enrollment {
             .mode(0o700)
             .create(home)
             .map_err(|e| IdentityError::Io(home.to_owned(), e))?;
-        let write = |name: &str, contents: &[u8], mode: u32| {
-            let path = home.join(name);
-            atomic_write(&path, contents, mode).map_err(|e| IdentityError::Io(path, e))
-        };
-        // The key file may exist from an earlier enrollment with looser permissions; a key is
-        // always 0600.
-        let key_path = home.join(KEY_FILE);
-        let _ = std::fs::remove_file(&key_path);
-        write(KEY_FILE, self.key_pem.as_bytes(), 0o600)?;
-        write(CERTIFICATE_FILE, pem_certificate(&self.certificate_der).as_bytes(), 0o644)?;
-        write(CA_FILE, pem_certificate(&self.ca_der).as_bytes(), 0o644)
+        // All three as one: a crash leaves the old identity or the new one, never a key beside
+        // the certificate of another key. Each file is new, so a key is always 0600.
+        let (certificate, ca) = (pem_certificate(&self.certificate_der), pem_certificate(&self.ca_der));
+        replace_together(
+            home,
+            &[
+                (KEY_FILE, self.key_pem.as_bytes(), 0o600),
+                (CERTIFICATE_FILE, certificate.as_bytes(), 0o644),
+                (CA_FILE, ca.as_bytes(), 0o644),
+            ],
+        )
+        .map_err(|e| IdentityError::Io(home.to_owned(), e))
+    }
+
+    /// When the member's certificate became valid, and when it expires.
+    pub fn validity(&self) -> Result<(OffsetDateTime, OffsetDateTime), CertError> {
+        gshare_certs::authority::validity(&self.certificate_der)
+    }
+
+    /// The user the certificate was issued to.
+    pub fn user(&self) -> Result<String, CertError> {
+        gshare_certs::authority::common_name(&self.certificate_der)
+    }
+
+    /// An error naming the date and what to do, if the certificate has expired at `now`.
+    pub fn check_not_expired(&self, now: OffsetDateTime) -> Result<(), IdentityError> {
+        let Ok((_, expires)) = self.validity() else { return Ok(()) };
+        if expires > now {
+            return Ok(());
+        }
+        let user = self.user().unwrap_or_else(|_| "NAME".into());
+        Err(IdentityError::Expired { expired: format_time(expires), user })
+    }
+
+    /// When a listening member renews its certificate: once `share` of its validity has passed.
+    pub fn renewal_due(&self, share: f64) -> Option<OffsetDateTime> {
+        let (from, until) = self.validity().ok()?;
+        Some(from + (until - from) * share)
     }
 
     /// Fingerprint of the member's certificate, which join requests name.

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod inbox;
 pub mod listen;
 pub mod membership;
+pub mod renew;
 pub mod report;
 pub mod swarm;
 pub mod tls;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
+use time::OffsetDateTime;
 
 use gshare_common::{Connection, ConnectionError};
 use gshare_proto::frame::{DeliveryId, Frame, Offer, Text};
@@ -24,8 +25,9 @@ use gshare_proto::swarm::{Bits, MAX_PIECES, Source, piece_count};
 use gshare_proto::{FileName, GroupName, ServerAddress};
 
 use crate::home::ClientSettings;
-use crate::identity::Enrollment;
+use crate::identity::{Enrollment, IdentityError, format_time};
 use crate::inbox::{DeliveryKey, Inbox};
+use crate::renew::{RenewError, renew};
 use crate::membership::{self, Direction};
 use crate::swarm::store::PieceStore;
 use crate::swarm::{FileShare, Swarm, verify_and_write};
@@ -57,6 +59,8 @@ pub enum ListenError {
     Tls(#[from] rustls::Error),
     #[error("cannot accept other members on {address} ([peer] listen in client.toml): {source}")]
     PeerListen { address: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 /// A session failure worth retrying.
@@ -95,10 +99,11 @@ pub fn default_out_dir(group: &GroupName) -> PathBuf {
 /// Joins, then receives files until a refusal that retrying cannot fix.
 pub async fn listen(
     settings: &ClientSettings,
-    enrollment: &Enrollment,
+    mut enrollment: Enrollment,
     options: &ListenOptions,
 ) -> Result<(), ListenError> {
     let server = settings.server.clone().ok_or(ListenError::NoServer)?;
+    enrollment.check_not_expired(OffsetDateTime::now_utc())?;
     let journal = settings.home.join("received").join(hex_prefix(&enrollment.ca_fingerprint().0));
     let mut inboxes = HashMap::new();
     for group in &options.groups {
@@ -108,16 +113,32 @@ pub async fn listen(
         inboxes.insert(group.clone(), inbox);
     }
     let verifier = PinnedCaVerifier::new(Some(enrollment.ca_fingerprint()));
-    let config = session_config(verifier, &enrollment.certificate_der, &enrollment.key_pem)?;
+    let mut config = session_config(Arc::clone(&verifier), &enrollment.certificate_der, &enrollment.key_pem)?;
     let swarm = Swarm::new(&enrollment.ca_der, &enrollment.certificate_der, &enrollment.key_pem, settings.peer.serve)?;
-    let peer_port = start_serving(settings, enrollment, &swarm).await?;
+    let peer_port = start_serving(settings, &enrollment, &swarm).await?;
+    let mut renewal = Renewal::new(&enrollment, settings.renew_at);
     let mut joined: Vec<GroupName> = Vec::new();
     let mut waiting = Waiting::default();
     let mut backoff = MIN_BACKOFF;
     loop {
+        enrollment.check_not_expired(OffsetDateTime::now_utc())?;
+        if renewal.is_due() {
+            match renew(settings, &enrollment).await {
+                Ok(renewed) => {
+                    config = session_config(Arc::clone(&verifier), &renewed.certificate_der, &renewed.key_pem)?;
+                    swarm.set_identity(&renewed.ca_der, &renewed.certificate_der, &renewed.key_pem)?;
+                    renewal = Renewal::new(&renewed, settings.renew_at);
+                    if let Ok((_, expires)) = renewed.validity() {
+                        eprintln!("certificate renewed; the new one is valid until {}", format_time(expires));
+                    }
+                    enrollment = renewed;
+                }
+                Err(error) => renewal.failed(&error),
+            }
+        }
         let unanswered: Vec<GroupName> = options.groups.iter().filter(|g| !joined.contains(g)).cloned().collect();
         for group in &unanswered {
-            match membership::request(settings, enrollment, Direction::Join, group).await {
+            match membership::request(settings, &enrollment, Direction::Join, group).await {
                 Ok(Outcome::Accepted) => {
                     tracing::info!(%group, "joined");
                     joined.push(group.clone());
@@ -132,7 +153,7 @@ pub async fn listen(
         }
         let started = Instant::now();
         let mut connected = false;
-        let link = SessionLink { swarm: &swarm, peer_port };
+        let link = SessionLink { swarm: &swarm, peer_port, renew_at: renewal.next };
         let result =
             session(&server, Arc::clone(&config), &options.groups, &inboxes, &link, &mut connected, &mut waiting).await;
         // Shares and peer connections belong to the session: the next one starts afresh.
@@ -196,11 +217,52 @@ async fn start_serving(
     Ok(port)
 }
 
-/// What a session needs of swarm delivery.
+/// What a session needs beyond its connection.
 #[derive(Debug)]
 struct SessionLink<'a> {
     swarm: &'a Arc<Swarm>,
     peer_port: Option<u16>,
+    /// When the session should end, between files, for the certificate to be renewed.
+    renew_at: Option<tokio::time::Instant>,
+}
+
+/// When the member's certificate is next renewed: once `renew_at` of its validity has passed,
+/// and after a failure, again a little later (never in a tight loop).
+#[derive(Debug)]
+struct Renewal {
+    next: Option<tokio::time::Instant>,
+    /// Time between a failed attempt and the next.
+    retry: Duration,
+    told: bool,
+}
+
+impl Renewal {
+    fn new(enrollment: &Enrollment, share: f64) -> Self {
+        let now = OffsetDateTime::now_utc();
+        let next = enrollment.renewal_due(share).map(|due| {
+            let wait = Duration::try_from(due - now).unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + wait
+        });
+        // A tenth of what is left, between 10 s and an hour.
+        let left = enrollment.validity().map_or(Duration::from_secs(3600), |(_, until)| {
+            Duration::try_from(until - now).unwrap_or(Duration::ZERO)
+        });
+        Self { next, retry: (left / 10).clamp(Duration::from_secs(10), Duration::from_secs(3600)), told: false }
+    }
+
+    fn is_due(&self) -> bool {
+        self.next.is_some_and(|next| next <= tokio::time::Instant::now())
+    }
+
+    /// Says once why renewal failed, and puts the next attempt off.
+    fn failed(&mut self, error: &RenewError) {
+        if !self.told {
+            eprintln!("cannot renew this member's certificate yet ({error}); trying again later, the current one stays in use");
+            self.told = true;
+        }
+        tracing::debug!(%error, "renewal failed");
+        self.next = Some(tokio::time::Instant::now() + self.retry);
+    }
 }
 
 /// What `listen` has told the person about an unreachable server: once, not once per retry,
@@ -271,7 +333,14 @@ async fn session(
     let names: Vec<&str> = groups.iter().map(GroupName::as_str).collect();
     tracing::info!(%server, groups = %names.join(","), "connected; waiting for files");
     loop {
-        match read(&mut connection).await? {
+        let frame = tokio::select! {
+            frame = read(&mut connection) => frame?,
+            () = renewal_time(link.renew_at) => {
+                tracing::info!("ending the session to renew the certificate");
+                return Ok(());
+            }
+        };
+        match frame {
             None => return Ok(()),
             Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
             Some(Frame::Pong) => {}
@@ -288,6 +357,14 @@ async fn session(
             Some(Frame::Refused { reason }) => return Err(SessionError::Refused(reason.to_string())),
             Some(_) => return Err(SessionError::Protocol("an unexpected frame between deliveries".into())),
         }
+    }
+}
+
+/// Waits until `at`, or forever.
+async fn renewal_time(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

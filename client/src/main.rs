@@ -51,6 +51,12 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Get a new certificate (for a new key made here) before the current one expires.
+    ///
+    /// A listening member does this by itself once two thirds of its certificate's validity
+    /// have passed (renew_at in client.toml); this does it now. The old certificate stays valid
+    /// until it expires.
+    Renew,
     /// Join a group you are allowed into (a signed multicast request; waits for the signed reply).
     Join {
         #[arg(long)]
@@ -96,8 +102,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enroll { user, server, ca_fingerprint, password_stdin } => {
             let options = EnrollOptions { user, server, ca_fingerprint, password_stdin, password: None };
             let enrolled = runtime()?.block_on(enroll(&settings, options))?;
-            println!("enrolled with {} (CA {})", enrolled.server, enrolled.ca_fingerprint);
-            println!("certificate {} stored in {}", enrolled.certificate_fingerprint, settings.home.display());
+            gshare_common::outln!("enrolled with {} (CA {})", enrolled.server, enrolled.ca_fingerprint);
+            gshare_common::outln!("certificate {} stored in {}", enrolled.certificate_fingerprint, settings.home.display());
+            Ok(())
+        }
+        Command::Renew => {
+            let current = Enrollment::load(&settings.home)?;
+            let renewed = runtime()?.block_on(gshare_client::renew::renew(&settings, &current))?;
+            let (_, expires) = renewed.validity()?;
+            gshare_common::outln!(
+                "certificate renewed: {} valid until {}",
+                renewed.certificate_fingerprint(),
+                gshare_client::identity::format_time(expires)
+            );
             Ok(())
         }
         Command::Join { group } => change_membership(&settings, Direction::Join, &group),
@@ -107,7 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let options = gshare_client::listen::ListenOptions { groups: group, out };
             runtime()?.block_on(async {
                 tokio::select! {
-                    result = gshare_client::listen::listen(&settings, &enrollment, &options) => result.map_err(anyhow::Error::from),
+                    result = gshare_client::listen::listen(&settings, enrollment, &options) => result.map_err(anyhow::Error::from),
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
             })
@@ -125,7 +142,7 @@ fn change_membership(settings: &ClientSettings, direction: Direction, group: &Gr
     match outcome {
         Outcome::Accepted => {
             let done = if direction == Direction::Join { "joined" } else { "left" };
-            println!("{done} {group}");
+            gshare_common::outln!("{done} {group}");
             Ok(())
         }
         Outcome::Refused { message, .. } => bail!("server refused {}: {}", direction.verb(), message.as_str()),
@@ -152,6 +169,6 @@ fn groups(settings: &ClientSettings, wait: Duration) -> anyhow::Result<()> {
             ),
         }
     }
-    print!("{}", report::servers(&found.servers));
+    gshare_common::out!("{}", report::servers(&found.servers));
     Ok(())
 }

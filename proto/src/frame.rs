@@ -75,6 +75,10 @@ pub enum Frame {
     /// It keeps what it holds; the server records the reason, counts no attempt, and offers the
     /// file again after a while.
     CannotStore { delivery: DeliveryId, reason: Text },
+    /// Member → server, first frame of a connection made with its (valid) certificate: issue
+    /// me a new certificate for the key in this signing request. Answered with
+    /// `EnrollAccepted` or `Refused`.
+    RenewRequest { csr: Vec<u8> },
     /// Server → member, instead of `Subscribed`: not now (the server is full, or this
     /// certificate has too many sessions open); try again later.
     Busy { reason: Text },
@@ -253,6 +257,7 @@ impl Frame {
             Frame::Have { .. } => 27,
             Frame::SwarmDone { .. } => 28,
             Frame::CannotStore { .. } => 29,
+            Frame::RenewRequest { .. } => 30,
         }
     }
 
@@ -269,6 +274,12 @@ impl Frame {
                 }
                 put_short_bytes(&mut out, user.as_str().as_bytes());
                 put_long_bytes(&mut out, password.0.as_bytes());
+                put_long_bytes(&mut out, csr);
+            }
+            Frame::RenewRequest { csr } => {
+                if csr.len() > MAX_CERTIFICATE_LEN {
+                    return Err(too_long("certificate signing request", csr.len()));
+                }
                 put_long_bytes(&mut out, csr);
             }
             Frame::EnrollAccepted { certificate, ca_certificate } => {
@@ -490,6 +501,9 @@ pub fn decode_with(
             Frame::EnrollAccepted { certificate, ca_certificate }
         }
         3 => Frame::Refused { reason: read_text(&mut reader)? },
+        30 => Frame::RenewRequest {
+            csr: reader.long_bytes("certificate signing request", MAX_CERTIFICATE_LEN)?.to_vec(),
+        },
         4 => Frame::Subscribe { groups: read_groups(&mut reader)? },
         5 => Frame::Subscribed,
         6 => Frame::Offer(read_offer(&mut reader)?),
@@ -681,6 +695,7 @@ mod tests {
             Frame::Pong,
             Frame::Cancel { delivery: DeliveryId(7), reason: Text::new("left the group") },
             Frame::CannotStore { delivery: DeliveryId(7), reason: Text::new("no space left on the device") },
+            Frame::RenewRequest { csr: vec![0x30; 300] },
             Frame::Busy { reason: Text::new("server full") },
             Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: Some(7444) },
             Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: None },

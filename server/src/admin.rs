@@ -37,6 +37,8 @@ const MAX_REQUEST: u64 = 1 << 20;
 pub enum Request {
     Send { group: String, files: Vec<PathBuf>, wait: bool },
     Online,
+    /// One certificate was revoked in the database: close its open sessions now.
+    CertificateRevoked { fingerprint: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +110,17 @@ async fn handle(server: &Arc<Server>, stream: UnixStream) -> std::io::Result<()>
     };
     match request {
         Request::Send { group, files, wait } => send(server, &mut writer, &group, &files, wait).await,
+        Request::CertificateRevoked { fingerprint } => {
+            let answer = match fingerprint.parse::<gshare_proto::Fingerprint>() {
+                Ok(fingerprint) => {
+                    let closed = server.close_certificate_sessions(&fingerprint);
+                    tracing::warn!(certificate = %fingerprint, sessions = closed, "certificate revoked; its sessions closed");
+                    Answer::Done { pending: Vec::new() }
+                }
+                Err(error) => Answer::Error { message: format!("{fingerprint}: {error}") },
+            };
+            write(&mut writer, &answer).await
+        }
         Request::Online => {
             let users = server.online_users().into_iter().map(|u| u.to_string()).collect();
             write(&mut writer, &Answer::Online { users }).await

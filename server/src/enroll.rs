@@ -110,3 +110,79 @@ pub(crate) async fn enroll(
     tracing::info!(%peer, %user, serial = %issued.serial, certificate = %fingerprint, "enrolled");
     Frame::EnrollAccepted { certificate: issued.der, ca_certificate: server.identity.ca.certificate_der().to_vec() }
 }
+
+/// Most certificates one certificate may be renewed into. One is the rule; a few more let a
+/// member whose renewal was cut off (it crashed before saving the answer) try again.
+pub const MAX_RENEWALS_PER_CERTIFICATE: usize = 3;
+
+/// Handles a renewal: a member whose current certificate (presented in the TLS handshake, so
+/// its key is proven) is issued here, not revoked, not expired, and whose user is present and
+/// enabled gets a new certificate for the key in `csr`. The old one stays valid until it
+/// expires, so a second device of the same user, or a crash before the new pair is saved,
+/// costs nothing.
+pub(crate) async fn renew(server: &Arc<Server>, peer: SocketAddr, certificate: Option<Vec<u8>>, csr: Vec<u8>) -> Frame {
+    let refuse = |reason: &str| Frame::Refused { reason: Text::new(reason) };
+    let Some(certificate) = certificate else {
+        return refuse("renewal needs the member's current certificate; enroll instead");
+    };
+    let fingerprint = gshare_certs::fingerprint(&certificate);
+    let record = match blocking(server, move |store| store.certificate(&fingerprint)).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return refuse("this server has no record of the certificate; enroll again"),
+        Err(error) => {
+            tracing::error!(%peer, %error, "cannot look up a certificate to renew");
+            return refuse("the server cannot check the certificate now; try again later");
+        }
+    };
+    let user = record.user.clone();
+    if let Err((_, reason)) = crate::membership::standing(&record, &server.users(), unix_now()) {
+        tracing::warn!(%peer, %user, "renewal refused: {reason}");
+        return refuse(&reason);
+    }
+    let serial = record.serial.clone();
+    match blocking(server, move |store| store.renewals_of(&serial)).await {
+        Ok(count) if count < MAX_RENEWALS_PER_CERTIFICATE => {}
+        Ok(_) => {
+            tracing::warn!(%peer, %user, serial = %record.serial, "renewal refused: renewed too often");
+            return refuse("this certificate was already renewed; use the new one, or enroll again");
+        }
+        Err(error) => {
+            tracing::error!(%peer, %error, "cannot count renewals");
+            return refuse("the server cannot check the certificate now; try again later");
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let issued =
+        match server.identity.ca.issue_member_certificate(user.as_str(), &csr, server.config.certificate_validity, now)
+        {
+            Ok(issued) => issued,
+            Err(error) => {
+                tracing::warn!(%peer, %user, %error, "renewal refused: bad certificate request");
+                return refuse(&format!("bad certificate request: {error}"));
+            }
+        };
+    let renewed = CertificateRecord {
+        serial: issued.serial.clone(),
+        fingerprint: gshare_certs::fingerprint(&issued.der),
+        user: user.clone(),
+        der: issued.der.clone(),
+        issued_at: issued.not_before.unix_timestamp(),
+        expires_at: issued.not_after.unix_timestamp(),
+        revoked_at: None,
+    };
+    let (new_fingerprint, old_serial) = (renewed.fingerprint, record.serial.clone());
+    if let Err(error) = blocking(server, move |store| store.record_renewal(&renewed, &old_serial)).await {
+        tracing::error!(%peer, %user, %error, "cannot record the renewed certificate");
+        return refuse("the server could not record the certificate; try again later");
+    }
+    // A removal that raced this renewal, as in enrollment.
+    if server.users().active(&user).is_none() {
+        let _ = blocking(server, move |store| {
+            store.revoke_certificate(&new_fingerprint, "user removed while renewing", unix_now())
+        })
+        .await;
+        return refuse(&format!("user \"{user}\" is not in the user store"));
+    }
+    tracing::info!(%peer, %user, from = %record.serial, serial = %issued.serial, certificate = %new_fingerprint, "certificate renewed");
+    Frame::EnrollAccepted { certificate: issued.der, ca_certificate: server.identity.ca.certificate_der().to_vec() }
+}

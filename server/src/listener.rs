@@ -24,7 +24,7 @@ use gshare_common::Connection;
 use gshare_proto::frame::{Frame, MAX_REQUEST_LEN, Text};
 use gshare_proto::{Fingerprint, GroupName, UserName};
 
-use crate::enroll::enroll;
+use crate::enroll::{enroll, renew};
 use crate::membership;
 use crate::session;
 use crate::state::{Server, TooManySessions, blocking};
@@ -155,6 +155,11 @@ async fn handle_connection(
     };
     let answer = match request {
         Frame::EnrollRequest { user, password, csr } => enroll(server, peer, user, password, csr).await,
+        Frame::RenewRequest { csr } => {
+            let certificate =
+                connection.stream().get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| c.to_vec());
+            renew(server, peer, certificate, csr).await
+        }
         request @ (Frame::Subscribe { .. } | Frame::SubscribeSwarm { .. }) => {
             // A swarm subscription carries the port the member accepts other members on.
             let (groups, swarm) = match request {

@@ -54,11 +54,34 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// List or revoke member certificates, one device at a time.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Show groups, members (online or not, last seen) and each file's state per member.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Every member certificate issued: serial, user, fingerprint, issued, expires, revoked.
+    List {
+        /// Only this user's certificates.
+        #[arg(long)]
+        user: Option<UserName>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one certificate (a lost laptop) at once; the user and their other devices keep
+    /// working.
+    Revoke {
+        /// The certificate's serial or fingerprint, as `cert list` shows them.
+        #[arg(value_name = "SERIAL|FINGERPRINT")]
+        certificate: String,
     },
 }
 
@@ -102,10 +125,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => serve(config),
         Some(Command::Fingerprint) => {
             let identity = gshare_server::load_identity(&config)?;
-            println!("{}", identity.ca.fingerprint());
+            gshare_common::outln!("{}", identity.ca.fingerprint());
             Ok(())
         }
         Some(Command::User(command)) => user(&config, command),
+        Some(Command::Cert(command)) => cert(&config, command),
         Some(Command::Status { json }) => status(&config, json),
         Some(Command::Send { group, files, wait }) => send(&config, group, files, wait),
     }
@@ -133,7 +157,7 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             let password_hash = config.password_cost.hash(&read_new_password(&name, password_stdin)?)?;
             let names = groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ");
             users::edit(path, &config.groups, Edit::Add { user: name.clone(), groups, password_hash })?;
-            println!("added user {name} (groups: {names})");
+            gshare_common::outln!("added user {name} (groups: {names})");
         }
         UserCommand::Passwd { name, password_stdin } => {
             if !UserStore::load(path, &config.groups)?.users.contains_key(&name) {
@@ -141,7 +165,7 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             }
             let password_hash = config.password_cost.hash(&read_new_password(&name, password_stdin)?)?;
             users::edit(path, &config.groups, Edit::SetPassword { user: name.clone(), password_hash })?;
-            println!("changed the password of {name}");
+            gshare_common::outln!("changed the password of {name}");
         }
         UserCommand::Remove { name } => {
             users::edit(path, &config.groups, Edit::Remove { user: name.clone() })?;
@@ -151,17 +175,94 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             let store = Store::open(&config.state_dir)?;
             let now = gshare_server::store::unix_now();
             let revoked = store.revoke_user(&name, "removed with `user remove`", now)?;
-            println!("removed user {name}; revoked {revoked} certificate(s)");
+            gshare_common::outln!("removed user {name}; revoked {revoked} certificate(s)");
         }
         UserCommand::List => {
             let store = UserStore::load(path, &config.groups)?;
             if store.users.is_empty() {
-                println!("no users in {}", path.display());
+                gshare_common::outln!("no users in {}", path.display());
             }
             for (name, user) in &store.users {
                 let groups: Vec<&str> = user.groups.iter().map(|g| g.as_str()).collect();
                 let state = if user.disabled { "  (disabled)" } else { "" };
-                println!("{name}  {}{state}", groups.join(","));
+                gshare_common::outln!("{name}  {}{state}", groups.join(","));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    gshare_server::private::prepare_state_dir(&config.state_dir)
+        .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
+    Ok(Store::open(&config.state_dir)?)
+}
+
+fn cert(config: &Config, command: CertCommand) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    match command {
+        CertCommand::List { user, json } => {
+            let listing = store.list_certificates(user.as_ref())?;
+            let now = gshare_server::store::unix_now();
+            if json {
+                let rows: Vec<serde_json::Value> = listing
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "serial": c.serial,
+                            "user": c.user.as_str(),
+                            "fingerprint": c.fingerprint.to_string(),
+                            "issued_at": c.issued_at,
+                            "expires_at": c.expires_at,
+                            "revoked_at": c.revoked_at,
+                            "revoked_reason": c.revoked_reason,
+                            "renewed_from": c.renewed_from,
+                        })
+                    })
+                    .collect();
+                gshare_common::out!("{}\n", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            if listing.is_empty() {
+                gshare_common::outln!("no certificates issued yet");
+            }
+            for c in &listing {
+                let state = match (&c.revoked_at, &c.revoked_reason) {
+                    (Some(at), reason) => format!("revoked {} ({})", when(*at), reason.as_deref().unwrap_or("")),
+                    (None, _) if c.expires_at < now => "expired".to_owned(),
+                    (None, _) => "valid".to_owned(),
+                };
+                let renewed = c.renewed_from.as_ref().map(|from| format!("; renewed from {from}")).unwrap_or_default();
+                gshare_common::out!(
+                    "{}  {:<16} {}  issued {}  expires {}  {state}{renewed}\n",
+                    c.serial,
+                    c.user.as_str(),
+                    c.fingerprint,
+                    when(c.issued_at),
+                    when(c.expires_at)
+                );
+            }
+        }
+        CertCommand::Revoke { certificate } => {
+            let Some(found) = store.find_certificate(&certificate)? else {
+                bail!("no certificate with serial or fingerprint {certificate}; `cert list` shows them");
+            };
+            let now = gshare_server::store::unix_now();
+            if !store.revoke_certificate(&found.fingerprint, "revoked with `cert revoke`", now)? {
+                gshare_common::outln!("certificate {} of {} was already revoked", found.serial, found.user);
+                return Ok(());
+            }
+            // Close its sessions now; the database already refuses it everywhere else.
+            let request = Request::CertificateRevoked { fingerprint: found.fingerprint.to_string() };
+            match admin_request(config, &request, |_| Ok(())) {
+                Ok(()) => gshare_common::outln!(
+                    "revoked certificate {} of {} ({}); its open sessions are closed, the user's other certificates are untouched",
+                    found.serial, found.user, found.fingerprint
+                ),
+                Err(_) => gshare_common::outln!(
+                    "revoked certificate {} of {} ({}); the server is not running, so no session was open",
+                    found.serial, found.user, found.fingerprint
+                ),
             }
         }
     }
@@ -215,9 +316,9 @@ fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyh
             Answer::Recorded { name, size, sha256, deliveries } => {
                 let ids: Vec<String> = deliveries.iter().map(|d| d.id.to_string()).collect();
                 if deliveries.is_empty() {
-                    println!("{name}: {size} bytes, sha256 {sha256}; no member of {group} yet, nothing to deliver");
+                    gshare_common::outln!("{name}: {size} bytes, sha256 {sha256}; no member of {group} yet, nothing to deliver");
                 } else {
-                    println!(
+                    gshare_common::outln!(
                         "{name}: {size} bytes, sha256 {sha256}; deliveries {} to {} member(s)",
                         ids.join(", "),
                         deliveries.len()
@@ -230,23 +331,23 @@ fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyh
             }
             Answer::Progress { delivery, user, bytes, size } => {
                 let percent = (bytes * 100).checked_div(size).unwrap_or(100);
-                println!(
+                gshare_common::outln!(
                     "  {user}: {} {percent}% ({bytes} of {size} bytes)",
                     names.get(&delivery).map_or("", String::as_str)
                 );
             }
             Answer::Delivered { delivery, user } => {
-                println!("  {user}: delivered {}", names.get(&delivery).map_or("", String::as_str));
+                gshare_common::outln!("  {user}: delivered {}", names.get(&delivery).map_or("", String::as_str));
             }
             Answer::Failed { delivery, user, reason, retrying } => {
                 let next = if retrying { "; trying again" } else { "" };
-                println!("  {user}: {} failed: {reason}{next}", names.get(&delivery).map_or("", String::as_str));
+                gshare_common::outln!("  {user}: {} failed: {reason}{next}", names.get(&delivery).map_or("", String::as_str));
                 failed |= !retrying;
             }
             Answer::Done { pending } => {
                 if wait && !pending.is_empty() {
                     let users: Vec<String> = pending.iter().map(|d| d.user.clone()).collect();
-                    println!("pending (not connected; they receive it when they connect): {}", users.join(", "));
+                    gshare_common::outln!("pending (not connected; they receive it when they connect): {}", users.join(", "));
                 }
             }
             Answer::Error { message } => bail!("{message}"),
@@ -351,29 +452,29 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             "groups": groups,
             "files": files,
         });
-        println!("{value:#}");
+        gshare_common::outln!("{value:#}");
         return Ok(());
     }
     if !server_running {
-        println!("(the server is not running: nobody is shown online)");
+        gshare_common::outln!("(the server is not running: nobody is shown online)");
     }
     for group in &groups {
         let members = group["members"].as_array().map_or(&[][..], Vec::as_slice);
-        println!("{}: {} member(s)", group["name"].as_str().unwrap_or(""), members.len());
+        gshare_common::outln!("{}: {} member(s)", group["name"].as_str().unwrap_or(""), members.len());
         for member in members {
             let state = if member["online"].as_bool() == Some(true) { "online" } else { "offline" };
             let last = member["last_seen"]
                 .as_i64()
                 .map_or_else(|| "never connected".to_owned(), |t| format!("last seen {}", when(t)));
-            println!("  {:<20} {state:<8} {last}", member["user"].as_str().unwrap_or(""));
+            gshare_common::outln!("  {:<20} {state:<8} {last}", member["user"].as_str().unwrap_or(""));
         }
     }
-    println!("files (kept up to {retention_days} days for members who have not received them):");
+    gshare_common::outln!("files (kept up to {retention_days} days for members who have not received them):");
     if files.is_empty() {
-        println!("  none");
+        gshare_common::outln!("  none");
     }
     for file in &files {
-        println!(
+        gshare_common::outln!(
             "  #{} {} ({} bytes) to {}, sent {}",
             file["id"],
             file["name"].as_str().unwrap_or(""),
@@ -396,9 +497,9 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
                 (Some(server), Some(peers)) => format!("; {server} bytes from the server, {peers} from other members"),
                 _ => String::new(),
             };
-            println!("    {user:<20} {state:<10} {detail}{sources}");
+            gshare_common::outln!("    {user:<20} {state:<10} {detail}{sources}");
             if let Some(bad) = delivery["bad_peers"].as_str() {
-                println!("    {:<20} sent pieces that did not verify: {bad}", "");
+                gshare_common::outln!("    {:<20} sent pieces that did not verify: {bad}", "");
             }
         }
     }

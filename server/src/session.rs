@@ -802,6 +802,7 @@ pub(crate) fn frame_name(frame: &Frame) -> &'static str {
         Frame::Pong => "a pong",
         Frame::Cancel { .. } => "a cancellation",
         Frame::CannotStore { .. } => "a report that the file cannot be stored",
+        Frame::RenewRequest { .. } => "a renewal request",
         Frame::Busy { .. } => "a busy answer",
         Frame::SubscribeSwarm { .. } => "a swarm subscription",
         Frame::SwarmOffer { .. } => "a swarm offer",

@@ -197,6 +197,19 @@ impl Server {
         }
     }
 
+    /// Asks every open session made with `certificate` to close (that one certificate was
+    /// revoked), at once, even in the middle of a write. Returns how many there were.
+    pub fn close_certificate_sessions(&self, certificate: &Fingerprint) -> usize {
+        let mut closed = 0;
+        for entries in self.sessions().values() {
+            for entry in entries.iter().filter(|entry| entry.certificate == *certificate) {
+                entry.control.send_modify(|control| control.closed = true);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Stops every open session of `user` from receiving `group`'s files (the user left the
     /// group or may no longer join it); a transfer of one of them is cancelled.
     pub fn narrow_sessions(&self, user: &UserName, group: &GroupName) {

@@ -73,6 +73,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deliveries ADD COLUMN from_peers INTEGER;
     ALTER TABLE deliveries ADD COLUMN bad_peers TEXT;
 "#,
+    r#"
+    -- Renewal: the serial of the certificate a renewed one replaces (NULL when enrolled).
+    ALTER TABLE certificates ADD COLUMN renewed_from TEXT;
+"#,
 ];
 
 /// A delivery waiting for its member, with what the session needs to offer it.
@@ -142,6 +146,20 @@ pub struct CertificateRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// One row of `cert list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateListing {
+    pub serial: String,
+    pub user: UserName,
+    pub fingerprint: Fingerprint,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_reason: Option<String>,
+    /// The serial of the certificate this one renewed, if it was issued by renewal.
+    pub renewed_from: Option<String>,
+}
+
 /// A member of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Membership {
@@ -205,6 +223,83 @@ impl Store {
             ],
         )?;
         Ok(())
+    }
+
+    /// Records a certificate issued by renewal of the one with serial `renewed_from`.
+    pub fn record_renewal(&self, record: &CertificateRecord, renewed_from: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        transaction.execute(
+            "INSERT INTO certificates (serial, fingerprint, user_name, der, issued_at, expires_at, renewed_from) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                record.serial,
+                record.fingerprint.to_string(),
+                record.user.as_str(),
+                record.der,
+                record.issued_at,
+                record.expires_at,
+                renewed_from
+            ],
+        )?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// How many certificates were issued by renewal of the one with serial `serial`.
+    pub fn renewals_of(&self, serial: &str) -> Result<usize, StoreError> {
+        let count: i64 =
+            self.connection().query_row("SELECT COUNT(*) FROM certificates WHERE renewed_from = ?1", [serial], |row| {
+                row.get(0)
+            })?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    /// Every certificate issued (of `user`, if given), oldest first, for `cert list`.
+    pub fn list_certificates(&self, user: Option<&UserName>) -> Result<Vec<CertificateListing>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare(
+            "SELECT serial, user_name, fingerprint, issued_at, expires_at, revoked_at, revoked_reason, renewed_from \
+             FROM certificates WHERE ?1 IS NULL OR user_name = ?1 ORDER BY issued_at, serial",
+        )?;
+        let rows = statement.query_map([user.map(UserName::as_str)], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, Option<i64>>(5)?,
+                row.get::<_, Option<String>>(6)?,
+                row.get::<_, Option<String>>(7)?,
+            ))
+        })?;
+        let mut listing = Vec::new();
+        for row in rows {
+            let (serial, user, fingerprint, issued_at, expires_at, revoked_at, revoked_reason, renewed_from) = row?;
+            listing.push(CertificateListing {
+                serial,
+                user: UserName::new(&user).map_err(|_| StoreError::Invalid("user name"))?,
+                fingerprint: fingerprint.parse().map_err(|_| StoreError::Invalid("certificate fingerprint"))?,
+                issued_at,
+                expires_at,
+                revoked_at,
+                revoked_reason,
+                renewed_from,
+            });
+        }
+        Ok(listing)
+    }
+
+    /// The certificate whose serial (hex) or fingerprint is `text`.
+    pub fn find_certificate(&self, text: &str) -> Result<Option<CertificateListing>, StoreError> {
+        let wanted = text.trim();
+        let fingerprint = wanted.parse::<Fingerprint>().ok();
+        let serial = wanted.to_ascii_lowercase().replace(':', "");
+        Ok(self
+            .list_certificates(None)?
+            .into_iter()
+            .find(|c| c.serial.eq_ignore_ascii_case(&serial) || Some(c.fingerprint) == fingerprint))
     }
 
     pub fn certificate(&self, fingerprint: &Fingerprint) -> Result<Option<CertificateRecord>, StoreError> {

@@ -142,9 +142,8 @@ impl FileShare {
 /// This member's part in every swarm: its identity, its shares, its peer connections.
 #[derive(Debug)]
 pub struct Swarm {
-    me: Fingerprint,
-    client_config: Arc<rustls::ClientConfig>,
-    server_config: Arc<rustls::ServerConfig>,
+    /// This member's certificate as other members see it; replaced when it is renewed.
+    identity: Mutex<PeerIdentity>,
     /// Whether this member passes pieces on at all (`[peer] serve`).
     serve: bool,
     shares: Mutex<HashMap<FileKey, Arc<FileShare>>>,
@@ -155,6 +154,25 @@ pub struct Swarm {
     listening: std::sync::atomic::AtomicBool,
 }
 
+/// The certificate a member presents to other members, and the TLS configurations made with
+/// it.
+#[derive(Debug, Clone)]
+struct PeerIdentity {
+    me: Fingerprint,
+    client_config: Arc<rustls::ClientConfig>,
+    server_config: Arc<rustls::ServerConfig>,
+}
+
+impl PeerIdentity {
+    fn new(ca_der: &[u8], certificate_der: &[u8], key_pem: &str) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            me: gshare_certs::fingerprint(certificate_der),
+            client_config: peer_client_config(ca_der, certificate_der, key_pem)?,
+            server_config: peer_server_config(ca_der, certificate_der, key_pem)?,
+        })
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update is one step on the map; a poisoned lock still holds a consistent map.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -163,9 +181,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Swarm {
     pub fn new(ca_der: &[u8], certificate_der: &[u8], key_pem: &str, serve: bool) -> Result<Arc<Self>, rustls::Error> {
         Ok(Arc::new(Self {
-            me: gshare_certs::fingerprint(certificate_der),
-            client_config: peer_client_config(ca_der, certificate_der, key_pem)?,
-            server_config: peer_server_config(ca_der, certificate_der, key_pem)?,
+            identity: Mutex::new(PeerIdentity::new(ca_der, certificate_der, key_pem)?),
             serve,
             shares: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
@@ -179,10 +195,19 @@ impl Swarm {
         self.serve
     }
 
+    /// Presents a renewed certificate to other members from the next connection on.
+    pub fn set_identity(&self, ca_der: &[u8], certificate_der: &[u8], key_pem: &str) -> Result<(), rustls::Error> {
+        *lock(&self.identity) = PeerIdentity::new(ca_der, certificate_der, key_pem)?;
+        Ok(())
+    }
+
+    fn me(&self) -> Fingerprint {
+        lock(&self.identity).me
+    }
+
     /// Accepts other members' connections on `listener` until the task is dropped.
     pub async fn accept(self: Arc<Self>, listener: TcpListener) {
         self.listening.store(true, Ordering::Relaxed);
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server_config));
         loop {
             let (tcp, from) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -197,7 +222,7 @@ impl Swarm {
                 continue;
             }
             let swarm = Arc::clone(&self);
-            let acceptor = acceptor.clone();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&lock(&self.identity).server_config));
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let tls = match tokio::time::timeout(PEER_CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
@@ -266,6 +291,7 @@ impl Swarm {
             .collect();
         let mut connected = HashSet::new();
         let mut joined = false;
+        let me = self.me();
         for (&id, handle) in lock(&self.peers).iter_mut() {
             if !allowed_anywhere.contains(&handle.certificate) {
                 tracing::info!(peer = %handle.certificate, "closing the connection to a member the server no longer names");
@@ -294,7 +320,7 @@ impl Swarm {
         }
         for peer in peers {
             let Some(address) = peer.address else { continue };
-            if connected.contains(&peer.certificate) || peer.certificate == self.me {
+            if connected.contains(&peer.certificate) || peer.certificate == me {
                 continue;
             }
             if !lock(&self.dialing).insert(peer.certificate) {
@@ -303,7 +329,7 @@ impl Swarm {
             // One connection per pair of members: when both accept connections, the one whose
             // fingerprint sorts first dials, and the other only if no connection came by
             // itself (its dial may have failed: a firewall in the way).
-            let wait_first = self.listening.load(Ordering::Relaxed) && peer.certificate.0 < self.me.0;
+            let wait_first = self.listening.load(Ordering::Relaxed) && peer.certificate.0 < me.0;
             let swarm = Arc::clone(self);
             tokio::spawn(async move {
                 if wait_first {
@@ -318,7 +344,7 @@ impl Swarm {
     }
 
     async fn dial(self: &Arc<Self>, certificate: Fingerprint, address: SocketAddr) {
-        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.client_config));
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&lock(&self.identity).client_config));
         let attempt = async {
             let tcp = TcpStream::connect(address).await?;
             let _ = tcp.set_nodelay(true);
