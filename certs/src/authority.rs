@@ -435,7 +435,11 @@ mod tests {
         let ca = CertificateAuthority::generate("test", now()).unwrap();
         let other = CertificateAuthority::generate("other", now()).unwrap();
         let identity = ca
-            .issue_server_identity(&["127.0.0.1".into(), "0.0.0.0".into(), "gshare.example.org".into()], SERVER_VALIDITY, now())
+            .issue_server_identity(
+                &["127.0.0.1".into(), "0.0.0.0".into(), "gshare.example.org".into()],
+                SERVER_VALIDITY,
+                now(),
+            )
             .unwrap();
         ca.check_issued_identity(&identity).unwrap();
         assert!(matches!(other.check_issued_identity(&identity), Err(CertError::NotIssuedByCa)));

@@ -9,8 +9,8 @@ use rustls::pki_types::pem::PemObject;
 
 use gshare_certs::{CertError, DatagramSigner};
 use gshare_common::files::{REPLACING_DIR, finish_replacing, replace_together};
-use time::OffsetDateTime;
 use gshare_proto::Fingerprint;
+use time::OffsetDateTime;
 
 pub const KEY_FILE: &str = "client.key";
 pub const CERTIFICATE_FILE: &str = "client.crt";

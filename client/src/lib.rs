@@ -22,6 +22,7 @@ pub mod listen;
 pub mod membership;
 pub mod renew;
 pub mod report;
+pub mod status;
 pub mod swarm;
 pub mod tls;
 

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
-use time::OffsetDateTime;
 
 use gshare_common::{Connection, ConnectionError};
 use gshare_proto::frame::{DeliveryId, Frame, Offer, Text};
@@ -27,8 +27,8 @@ use gshare_proto::{FileName, GroupName, ServerAddress};
 use crate::home::ClientSettings;
 use crate::identity::{Enrollment, IdentityError, format_time};
 use crate::inbox::{DeliveryKey, Inbox};
-use crate::renew::{RenewError, renew};
 use crate::membership::{self, Direction};
+use crate::renew::{RenewError, renew};
 use crate::swarm::store::PieceStore;
 use crate::swarm::{FileShare, Swarm, verify_and_write};
 use crate::tls::{PinnedCaVerifier, server_name, session_config};
@@ -104,7 +104,7 @@ pub async fn listen(
 ) -> Result<(), ListenError> {
     let server = settings.server.clone().ok_or(ListenError::NoServer)?;
     enrollment.check_not_expired(OffsetDateTime::now_utc())?;
-    let journal = settings.home.join("received").join(hex_prefix(&enrollment.ca_fingerprint().0));
+    let journal = crate::status::journal_dir(&settings.home, &enrollment);
     let mut inboxes = HashMap::new();
     for group in &options.groups {
         let path = options.out.clone().unwrap_or_else(|| default_out_dir(group));
@@ -244,9 +244,9 @@ impl Renewal {
             tokio::time::Instant::now() + wait
         });
         // A tenth of what is left, between 10 s and an hour.
-        let left = enrollment.validity().map_or(Duration::from_secs(3600), |(_, until)| {
-            Duration::try_from(until - now).unwrap_or(Duration::ZERO)
-        });
+        let left = enrollment
+            .validity()
+            .map_or(Duration::from_secs(3600), |(_, until)| Duration::try_from(until - now).unwrap_or(Duration::ZERO));
         Self { next, retry: (left / 10).clamp(Duration::from_secs(10), Duration::from_secs(3600)), told: false }
     }
 
@@ -257,7 +257,9 @@ impl Renewal {
     /// Says once why renewal failed, and puts the next attempt off.
     fn failed(&mut self, error: &RenewError) {
         if !self.told {
-            eprintln!("cannot renew this member's certificate yet ({error}); trying again later, the current one stays in use");
+            eprintln!(
+                "cannot renew this member's certificate yet ({error}); trying again later, the current one stays in use"
+            );
             self.told = true;
         }
         tracing::debug!(%error, "renewal failed");
@@ -293,10 +295,6 @@ fn jittered(base: Duration) -> Duration {
     let random: [u8; 2] = gshare_certs::random_bytes().unwrap_or([0x80, 0]);
     let fraction = f64::from(u16::from_be_bytes(random)) / f64::from(u16::MAX); // 0..=1
     base.mul_f64(0.8 + 0.4 * fraction)
-}
-
-fn hex_prefix(bytes: &[u8]) -> String {
-    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 async fn session(

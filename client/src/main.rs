@@ -57,6 +57,12 @@ enum Command {
     /// have passed (renew_at in client.toml); this does it now. The old certificate stays valid
     /// until it expires.
     Renew,
+    /// Show this member's enrollment, certificate expiry, groups, and the files it received.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Join a group you are allowed into (a signed multicast request; waits for the signed reply).
     Join {
         #[arg(long)]
@@ -103,7 +109,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let options = EnrollOptions { user, server, ca_fingerprint, password_stdin, password: None };
             let enrolled = runtime()?.block_on(enroll(&settings, options))?;
             gshare_common::outln!("enrolled with {} (CA {})", enrolled.server, enrolled.ca_fingerprint);
-            gshare_common::outln!("certificate {} stored in {}", enrolled.certificate_fingerprint, settings.home.display());
+            gshare_common::outln!(
+                "certificate {} stored in {}",
+                enrolled.certificate_fingerprint,
+                settings.home.display()
+            );
             Ok(())
         }
         Command::Renew => {
@@ -115,6 +125,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 renewed.certificate_fingerprint(),
                 gshare_client::identity::format_time(expires)
             );
+            Ok(())
+        }
+        Command::Status { json } => {
+            let enrollment = Enrollment::load(&settings.home)?;
+            let status = gshare_client::status::collect(&settings, &enrollment);
+            if json {
+                gshare_common::outln!("{}", serde_json::to_string_pretty(&status.json())?);
+            } else {
+                gshare_common::out!("{}", status.text());
+            }
             Ok(())
         }
         Command::Join { group } => change_membership(&settings, Direction::Join, &group),
@@ -138,6 +158,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn change_membership(settings: &ClientSettings, direction: Direction, group: &GroupName) -> anyhow::Result<()> {
     let enrollment = Enrollment::load(&settings.home)?;
+    enrollment.check_not_expired(time::OffsetDateTime::now_utc())?;
     let outcome = runtime()?.block_on(membership::request(settings, &enrollment, direction, group))?;
     match outcome {
         Outcome::Accepted => {

@@ -96,6 +96,11 @@ pub async fn request(
                 tracing::warn!(%from, %rejection, "ignored a membership reply");
                 continue;
             }
+            if reply.outcome == Outcome::Accepted {
+                if let Err(error) = remember(&settings.home, direction, group) {
+                    tracing::debug!(%error, "cannot note the membership for `status`");
+                }
+            }
             return Ok(reply.outcome);
         }
     }
@@ -104,4 +109,26 @@ pub async fn request(
         verb: direction.verb(),
         multicast: settings.multicast.describe(),
     })
+}
+
+/// The file in the client's home listing the groups this member joined, one per line, for
+/// `status`. The server's record is the one that counts; this is the member's note of it.
+pub const JOINED_FILE: &str = "joined";
+
+/// The groups this member noted as joined.
+pub fn joined(home: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(home.join(JOINED_FILE))
+        .map(|text| text.lines().filter(|line| !line.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn remember(home: &std::path::Path, direction: Direction, group: &GroupName) -> std::io::Result<()> {
+    let mut groups = joined(home);
+    groups.retain(|g| g != group.as_str());
+    if direction == Direction::Join {
+        groups.push(group.as_str().to_owned());
+    }
+    groups.sort();
+    let text: String = groups.iter().map(|g| format!("{g}\n")).collect();
+    gshare_common::files::atomic_write(&home.join(JOINED_FILE), text.as_bytes(), 0o644)
 }

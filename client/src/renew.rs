@@ -50,7 +50,10 @@ pub async fn renew(settings: &ClientSettings, current: &Enrollment) -> Result<En
     let exchange = async {
         let fail = |reason: String| RenewError::Connect { server: server.to_string(), reason };
         let tcp = TcpStream::connect(server.as_str()).await.map_err(|e| fail(e.to_string()))?;
-        let tls = TlsConnector::from(Arc::clone(&config)).connect(server_name(), tcp).await.map_err(|e| fail(e.to_string()))?;
+        let tls = TlsConnector::from(Arc::clone(&config))
+            .connect(server_name(), tcp)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let mut connection = Connection::new(tls);
         connection.write_frame(&Frame::RenewRequest { csr }).await.map_err(|e| RenewError::Protocol(e.to_string()))?;
         connection.read_frame().await.map_err(|e| RenewError::Protocol(e.to_string()))

@@ -501,9 +501,9 @@ pub fn decode_with(
             Frame::EnrollAccepted { certificate, ca_certificate }
         }
         3 => Frame::Refused { reason: read_text(&mut reader)? },
-        30 => Frame::RenewRequest {
-            csr: reader.long_bytes("certificate signing request", MAX_CERTIFICATE_LEN)?.to_vec(),
-        },
+        30 => {
+            Frame::RenewRequest { csr: reader.long_bytes("certificate signing request", MAX_CERTIFICATE_LEN)?.to_vec() }
+        }
         4 => Frame::Subscribe { groups: read_groups(&mut reader)? },
         5 => Frame::Subscribed,
         6 => Frame::Offer(read_offer(&mut reader)?),

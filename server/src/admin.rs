@@ -35,10 +35,16 @@ const MAX_REQUEST: u64 = 1 << 20;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Send { group: String, files: Vec<PathBuf>, wait: bool },
+    Send {
+        group: String,
+        files: Vec<PathBuf>,
+        wait: bool,
+    },
     Online,
     /// One certificate was revoked in the database: close its open sessions now.
-    CertificateRevoked { fingerprint: String },
+    CertificateRevoked {
+        fingerprint: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

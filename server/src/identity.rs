@@ -179,8 +179,8 @@ fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
     use gshare_certs::authority::SERVER_VALIDITY;
+    use std::os::unix::fs::PermissionsExt;
 
     fn hosts() -> Vec<String> {
         vec!["127.0.0.1".into()]
@@ -223,7 +223,8 @@ mod tests {
     #[test]
     fn a_missing_piece_is_an_error_not_a_new_ca() {
         let state = tempfile::tempdir().unwrap();
-        let original = ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap().ca.fingerprint();
+        let original =
+            ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap().ca.fingerprint();
         let dir = state.path().join(IDENTITY_DIR);
         fs::remove_file(dir.join(SERVER_KEY)).unwrap();
         let error = ServerIdentity::load_or_create(state.path(), &hosts(), SERVER_VALIDITY).unwrap_err();

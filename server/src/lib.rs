@@ -109,8 +109,11 @@ pub fn certificate_hosts(config: &Config) -> Vec<String> {
 
 /// Loads (or on first start creates) the server's identity.
 pub fn load_identity(config: &Config) -> Result<ServerIdentity, IdentityError> {
-    let identity =
-        ServerIdentity::load_or_create(&config.state_dir, &certificate_hosts(config), config.server_certificate_validity)?;
+    let identity = ServerIdentity::load_or_create(
+        &config.state_dir,
+        &certificate_hosts(config),
+        config.server_certificate_validity,
+    )?;
     if identity.created {
         tracing::info!(fingerprint = %identity.ca.fingerprint(), state_dir = %config.state_dir.display(), "created a new CA");
     }

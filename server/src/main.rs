@@ -257,11 +257,15 @@ fn cert(config: &Config, command: CertCommand) -> anyhow::Result<()> {
             match admin_request(config, &request, |_| Ok(())) {
                 Ok(()) => gshare_common::outln!(
                     "revoked certificate {} of {} ({}); its open sessions are closed, the user's other certificates are untouched",
-                    found.serial, found.user, found.fingerprint
+                    found.serial,
+                    found.user,
+                    found.fingerprint
                 ),
                 Err(_) => gshare_common::outln!(
                     "revoked certificate {} of {} ({}); the server is not running, so no session was open",
-                    found.serial, found.user, found.fingerprint
+                    found.serial,
+                    found.user,
+                    found.fingerprint
                 ),
             }
         }
@@ -316,7 +320,9 @@ fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyh
             Answer::Recorded { name, size, sha256, deliveries } => {
                 let ids: Vec<String> = deliveries.iter().map(|d| d.id.to_string()).collect();
                 if deliveries.is_empty() {
-                    gshare_common::outln!("{name}: {size} bytes, sha256 {sha256}; no member of {group} yet, nothing to deliver");
+                    gshare_common::outln!(
+                        "{name}: {size} bytes, sha256 {sha256}; no member of {group} yet, nothing to deliver"
+                    );
                 } else {
                     gshare_common::outln!(
                         "{name}: {size} bytes, sha256 {sha256}; deliveries {} to {} member(s)",
@@ -341,13 +347,19 @@ fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyh
             }
             Answer::Failed { delivery, user, reason, retrying } => {
                 let next = if retrying { "; trying again" } else { "" };
-                gshare_common::outln!("  {user}: {} failed: {reason}{next}", names.get(&delivery).map_or("", String::as_str));
+                gshare_common::outln!(
+                    "  {user}: {} failed: {reason}{next}",
+                    names.get(&delivery).map_or("", String::as_str)
+                );
                 failed |= !retrying;
             }
             Answer::Done { pending } => {
                 if wait && !pending.is_empty() {
                     let users: Vec<String> = pending.iter().map(|d| d.user.clone()).collect();
-                    gshare_common::outln!("pending (not connected; they receive it when they connect): {}", users.join(", "));
+                    gshare_common::outln!(
+                        "pending (not connected; they receive it when they connect): {}",
+                        users.join(", ")
+                    );
                 }
             }
             Answer::Error { message } => bail!("{message}"),

@@ -248,19 +248,20 @@ impl Store {
 
     /// How many certificates were issued by renewal of the one with serial `serial`.
     pub fn renewals_of(&self, serial: &str) -> Result<usize, StoreError> {
-        let count: i64 =
-            self.connection().query_row("SELECT COUNT(*) FROM certificates WHERE renewed_from = ?1", [serial], |row| {
-                row.get(0)
-            })?;
+        let count: i64 = self.connection().query_row(
+            "SELECT COUNT(*) FROM certificates WHERE renewed_from = ?1",
+            [serial],
+            |row| row.get(0),
+        )?;
         Ok(usize::try_from(count).unwrap_or(0))
     }
 
-    /// Every certificate issued (of `user`, if given), oldest first, for `cert list`.
+    /// Every certificate issued (of `user`, if given), in the order issued, for `cert list`.
     pub fn list_certificates(&self, user: Option<&UserName>) -> Result<Vec<CertificateListing>, StoreError> {
         let connection = self.connection();
         let mut statement = connection.prepare(
             "SELECT serial, user_name, fingerprint, issued_at, expires_at, revoked_at, revoked_reason, renewed_from \
-             FROM certificates WHERE ?1 IS NULL OR user_name = ?1 ORDER BY issued_at, serial",
+             FROM certificates WHERE ?1 IS NULL OR user_name = ?1 ORDER BY rowid",
         )?;
         let rows = statement.query_map([user.map(UserName::as_str)], |row| {
             Ok((

@@ -128,3 +128,28 @@ fn loose_modes_in_an_existing_state_directory_are_corrected() {
     assert_eq!(mode(&state.join("identity/ca.key")), 0o600);
     assert_eq!(mode(&state.join("gshare.db")), 0o600);
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_instead_of_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "groups = [\"Developers\"]\n").unwrap();
+    for args in [&["user", "list"][..], &["cert", "list"], &["cert", "list", "--json"]] {
+        // The reader is gone before the command writes a byte, as with `| head -0`.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_gshare-server"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", stderr(&output));
+        assert!(
+            !stderr(&output).contains("panicked") && !stderr(&output).contains("error"),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
