@@ -28,6 +28,8 @@ pub struct Discovery {
     pub servers: Vec<FoundServer>,
     /// Datagrams dropped, by reason.
     pub drops: DropCounter,
+    /// Servers heard announcing a CA other than the pinned one: what they claim (address, CA).
+    pub other_cas: Vec<(ServerAddress, Fingerprint)>,
 }
 
 /// One server, assembled from the parts of its announcement.
@@ -135,7 +137,10 @@ impl Collector {
         match self.verify(bytes, now) {
             Ok(Some(announcement)) => self.add(announcement),
             Ok(None) => {}
-            Err((reason, detail)) => self.result.drops.record(reason, from, &detail, std::time::Instant::now()),
+            Err((reason, detail)) => {
+                tracing::debug!(%from, reason = reason.as_str(), "dropped datagram: {detail}");
+                self.result.drops.count_only(reason);
+            }
         }
     }
 
@@ -156,6 +161,12 @@ impl Collector {
         self.guard.check_time(timestamp, now).map_err(|r| (r.into(), r.to_string()))?;
         let fingerprint = gshare_certs::fingerprint(&announcement.ca_certificate);
         if self.pinned.is_some_and(|pinned| pinned != fingerprint) {
+            // Unverified (the CA is not ours to check against), but worth naming if no server
+            // with the expected CA answers.
+            let other = (announcement.server.clone(), fingerprint);
+            if !self.result.other_cas.contains(&other) {
+                self.result.other_cas.push(other);
+            }
             return Err((DropReason::OtherCa, format!("announcement from CA {fingerprint}")));
         }
         let key = match self.keys.get(&fingerprint) {

@@ -56,6 +56,10 @@ pub enum EnrollError {
         "the server's CA is {presented}, not the expected {expected}; nothing was sent. Check the fingerprint with your operator"
     )]
     WrongCa { presented: Fingerprint, expected: Fingerprint },
+    #[error(
+        "the server that answered ({address}) announces the CA {presented}, not the expected {expected}; nothing was sent. Check the fingerprint with your operator, or give the right server with --server HOST:PORT"
+    )]
+    OnlyOtherCa { address: ServerAddress, presented: Fingerprint, expected: Fingerprint },
     #[error("the CA fingerprint was not confirmed; nothing was sent")]
     NotConfirmed,
     #[error("cannot connect to {server}: {reason}")]
@@ -170,7 +174,12 @@ async fn find_server(settings: &ClientSettings, pinned: Option<Fingerprint>) -> 
     let mut servers: Vec<_> = found.servers.iter().map(|s| (s.address.clone(), s.fingerprint)).collect();
     servers.dedup();
     match servers.as_slice() {
-        [] => Err(EnrollError::NoServer(settings.multicast.describe())),
+        [] => match (pinned, found.other_cas.as_slice()) {
+            (Some(expected), [(address, presented), ..]) => {
+                Err(EnrollError::OnlyOtherCa { address: address.clone(), presented: *presented, expected })
+            }
+            _ => Err(EnrollError::NoServer(settings.multicast.describe())),
+        },
         [(address, _)] => Ok(address.clone()),
         many => Err(EnrollError::SeveralServers(
             many.len(),

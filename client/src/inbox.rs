@@ -168,6 +168,15 @@ impl Inbox {
         &self.path
     }
 
+    /// Whether files can be created in the out directory: a probe file made and removed.
+    pub fn check_writable(&self) -> io::Result<()> {
+        let name = format!(".gshare-probe-{}", std::process::id());
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        drop(rustix::fs::openat(&self.dir, name.as_str(), flags, Mode::from_raw_mode(0o600))?);
+        rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty())?;
+        Ok(())
+    }
+
     fn journal_entry(&self, delivery: &DeliveryKey) -> PathBuf {
         self.journal.join(delivery.label())
     }

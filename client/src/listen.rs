@@ -55,6 +55,10 @@ pub enum ListenError {
     Membership(#[from] membership::MembershipError),
     #[error("{}: {source}", path.display())]
     OutDir { path: PathBuf, source: std::io::Error },
+    #[error("{}: {problem}", path.display())]
+    OutDirUnusable { path: PathBuf, problem: String },
+    #[error("another `gshare-client listen` ({holder}) is using the home {}; stop it first, or give this one its own --home", home.display())]
+    HomeInUse { home: PathBuf, holder: String },
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
     #[error("cannot accept other members on {address} ([peer] listen in client.toml): {source}")]
@@ -104,12 +108,21 @@ pub async fn listen(
 ) -> Result<(), ListenError> {
     let server = settings.server.clone().ok_or(ListenError::NoServer)?;
     enrollment.check_not_expired(OffsetDateTime::now_utc())?;
+    // One listener per home: two would take the same deliveries into the same files.
+    let _home_lock = lock_home(&settings.home)?;
     let journal = crate::status::journal_dir(&settings.home, &enrollment);
+    if let Some(out) = &options.out {
+        check_out_dir(out)?;
+    }
     let mut inboxes = HashMap::new();
     for group in &options.groups {
         let path = options.out.clone().unwrap_or_else(|| default_out_dir(group));
         let inbox =
             Inbox::open(&path, &journal).map_err(|source| ListenError::OutDir { path: path.clone(), source })?;
+        inbox.check_writable().map_err(|source| ListenError::OutDirUnusable {
+            path: path.clone(),
+            problem: format!("cannot write in it ({source}); fix its permissions or choose another --out"),
+        })?;
         inboxes.insert(group.clone(), inbox);
     }
     let verifier = PinnedCaVerifier::new(Some(enrollment.ca_fingerprint()));
@@ -177,6 +190,53 @@ pub async fn listen(
         tokio::time::sleep(delay).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// `--out` must name an existing directory: a typo must not scatter files into a new one.
+/// (The default `~/gshare/<group>` is created as needed.)
+fn check_out_dir(out: &Path) -> Result<(), ListenError> {
+    let unusable = |problem: &str| ListenError::OutDirUnusable { path: out.to_owned(), problem: problem.to_owned() };
+    match std::fs::metadata(out) {
+        Ok(metadata) if metadata.is_dir() => Ok(()),
+        Ok(_) => Err(unusable("is not a directory")),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(unusable("does not exist; create it first (without --out, files go to ~/gshare/<group>)"))
+        }
+        Err(source) => Err(ListenError::OutDir { path: out.to_owned(), source }),
+    }
+}
+
+/// File in the client's home that the running `listen` holds locked, with its process id.
+pub const LISTEN_LOCK: &str = "listen.lock";
+
+/// Takes the home's listen lock, or says who holds it. Released when the process ends,
+/// however it ends (it is an `flock`).
+fn lock_home(home: &Path) -> Result<std::fs::File, ListenError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = home.join(LISTEN_LOCK);
+    let io_error = |source| ListenError::OutDir { path: path.clone(), source };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_error)?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => "process unknown".to_owned(),
+            pid => format!("process {pid}"),
+        };
+        return Err(ListenError::HomeInUse { home: home.to_owned(), holder });
+    }
+    file.set_len(0).map_err(io_error)?;
+    file.rewind().map_err(io_error)?;
+    write!(file, "{}", std::process::id()).map_err(io_error)?;
+    Ok(file)
 }
 
 /// Starts accepting other members' connections, if this member serves and its certificate

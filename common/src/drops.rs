@@ -100,6 +100,12 @@ impl DropCounter {
         }
     }
 
+    /// Counts a dropped datagram without logging it: for commands that report drops to the
+    /// person in a sentence of their own (`groups`, `enroll`).
+    pub fn count_only(&mut self, reason: DropReason) {
+        self.counts[reason as usize] += 1;
+    }
+
     pub fn count(&self, reason: DropReason) -> u64 {
         self.counts[reason as usize]
     }

@@ -1,0 +1,97 @@
+//! Rough edges a new user hit, each named after what broke: a listener started on an out
+//! directory it cannot use, and two listeners on one home.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
+
+use std::process::Command;
+use std::time::Duration;
+
+use gshare_tests::{ClientHome, Listener, ServerProcess, TestNet, text};
+
+const PASSWORD: &str = "correct horse battery staple";
+const LONG: Duration = Duration::from_secs(60);
+
+fn enrolled_member() -> (TestNet, ServerProcess, ClientHome) {
+    let net = TestNet::loopback();
+    let mut server = ServerProcess::start(&net);
+    server.add_user("alice", "Developers", PASSWORD);
+    let home = ClientHome::enrolled(&net, &server, "alice", PASSWORD);
+    (net, server, home)
+}
+
+/// Runs `listen --out OUT` and expects it to exit at once, non-zero, with one line.
+fn listen_refused(home: &ClientHome, out: &std::path::Path) -> String {
+    let mut listener = Listener::start(home, &["Developers"], out);
+    assert!(!listener.wait_exit(LONG).success(), "{}", listener.output());
+    let said = listener.output();
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    said
+}
+
+#[test]
+fn listen_out_on_a_file_or_a_missing_directory_says_so_instead_of_starting() {
+    let (_net, _server, home) = enrolled_member();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, b"x").unwrap();
+    let said = listen_refused(&home, &file);
+    assert!(said.contains(&format!("{}: is not a directory", file.display())), "{said}");
+    let missing = dir.path().join("nowhere");
+    let said = listen_refused(&home, &missing);
+    assert!(said.contains(&format!("{}: does not exist; create it first", missing.display())), "{said}");
+    assert!(!missing.exists(), "a missing --out was created");
+}
+
+#[test]
+fn listen_out_on_a_directory_it_cannot_write_exits_naming_it() {
+    let (_net, _server, home) = enrolled_member();
+    let dir = tempfile::tempdir().unwrap();
+    // Root writes through permission bits, so a read-only filesystem stands in where it can.
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"]).arg(dir.path()).status();
+    let read_only = mounted.is_ok_and(|status| status.success());
+    if !read_only {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let said = listen_refused(&home, dir.path());
+    if read_only {
+        let _ = Command::new("umount").arg(dir.path()).status();
+    }
+    assert!(said.contains(&format!("{}: cannot write in it", dir.path().display())), "{said}");
+}
+
+#[test]
+fn a_second_listen_on_the_same_home_says_who_holds_it_and_exits() {
+    let (_net, _server, home) = enrolled_member();
+    let (first_out, second_out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut first = Listener::start(&home, &["Developers"], first_out.path());
+    first.wait_for("waiting for files", LONG);
+    let said = listen_refused(&home, second_out.path());
+    assert!(said.contains("another `gshare-client listen` (process "), "{said}");
+    assert!(said.contains(&home.path().display().to_string()), "{said}");
+    // Once the first is gone, the home is free again.
+    first.kill();
+    let mut again = Listener::start(&home, &["Developers"], second_out.path());
+    again.wait_for("waiting for files", LONG);
+    assert!(!text(again.output().as_bytes()).contains("error"), "{}", again.output());
+}
+
+#[test]
+fn enroll_with_a_fingerprint_no_answering_server_has_names_the_ca_that_did_answer() {
+    let net = TestNet::loopback();
+    let mut server = ServerProcess::start(&net);
+    server.add_user("alice", "Developers", PASSWORD);
+    let home = ClientHome::new(&net);
+    let wrong = format!("SHA256:{}", "ab".repeat(32));
+    let output = home.run_with_stdin(
+        &["enroll", "--user", "alice", "--ca-fingerprint", &wrong, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(!output.status.success());
+    let said = text(&output.stderr);
+    assert_eq!(said.trim().lines().count(), 1, "one sentence, no log records: {said}");
+    let actual = server.fingerprint();
+    assert!(said.contains(&format!("announces the CA {actual}, not the expected")), "{said}");
+    assert!(said.contains("nothing was sent"), "{said}");
+    assert!(!home.path().join("client.crt").exists());
+}
