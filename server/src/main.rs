@@ -131,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::User(command)) => user(&config, command),
         Some(Command::Cert(command)) => cert(&config, command),
         Some(Command::Status { json }) => status(&config, json),
-        Some(Command::Send { group, files, wait }) => send(&config, group, files, wait),
+        Some(Command::Send { group, files, wait }) => interruptible_send(config, group, files, wait),
     }
 }
 
@@ -279,6 +279,16 @@ fn cert(config: &Config, command: CertCommand) -> anyhow::Result<()> {
 fn admin_request(
     config: &Config,
     request: &Request,
+    on_answer: impl FnMut(Answer) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    admin_request_with(config, request, || {}, on_answer)
+}
+
+/// [`admin_request`], calling `on_sent` once the whole request is written.
+fn admin_request_with(
+    config: &Config,
+    request: &Request,
+    on_sent: impl FnOnce(),
     mut on_answer: impl FnMut(Answer) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader, Write};
@@ -289,6 +299,7 @@ fn admin_request(
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream.write_all(&line)?;
+    on_sent();
     for line in BufReader::new(stream).lines() {
         let line = line.context("the connection to the server broke")?;
         let answer: Answer = serde_json::from_str(&line).context("unexpected answer from the server")?;
@@ -301,7 +312,38 @@ fn admin_request(
     bail!("the server's answer ended before it was complete (did the server stop?)")
 }
 
-fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyhow::Result<()> {
+/// `send`, with Ctrl-C answered: the server goes on with a request it accepted (every file of
+/// it is recorded and delivered, whatever happens to this command), so an interrupted `send`
+/// says so, instead of leaving the person to guess.
+fn interruptible_send(config: Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let requested = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::clone(&requested);
+    // A thread of its own, not awaited on Ctrl-C: the process ends while it still waits.
+    std::thread::spawn(move || {
+        let _ = done.send(send(&config, group, files, wait, &sent));
+    });
+    runtime.block_on(async {
+        tokio::select! {
+            result = finished => result.unwrap_or_else(|_| bail!("the send thread stopped")),
+            _ = tokio::signal::ctrl_c() => {
+                if requested.load(std::sync::atomic::Ordering::SeqCst) {
+                    bail!("interrupted; the server goes on with the request it accepted: every file of it is recorded and delivered all the same (`gshare-server status` shows them)")
+                }
+                bail!("interrupted before the request reached the server; nothing was sent")
+            }
+        }
+    })
+}
+
+fn send(
+    config: &Config,
+    group: String,
+    files: Vec<PathBuf>,
+    wait: bool,
+    requested: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
     let mut absolute = Vec::new();
     for file in files {
         let path = std::path::absolute(&file).with_context(|| format!("{}", file.display()))?;
@@ -315,7 +357,9 @@ fn send(config: &Config, group: String, files: Vec<PathBuf>, wait: bool) -> anyh
     let mut recorded: Vec<String> = Vec::new();
     let files: Vec<String> =
         absolute.iter().map(|path| path.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
-    let outcome = admin_request(config, &Request::Send { group: group.clone(), files: absolute, wait }, |answer| {
+    let request = Request::Send { group: group.clone(), files: absolute, wait };
+    let sent = || requested.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcome = admin_request_with(config, &request, sent, |answer| {
         match answer {
             Answer::Recorded { name, size, sha256, deliveries } => {
                 let ids: Vec<String> = deliveries.iter().map(|d| d.id.to_string()).collect();

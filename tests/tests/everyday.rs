@@ -95,3 +95,40 @@ fn enroll_with_a_fingerprint_no_answering_server_has_names_the_ca_that_did_answe
     assert!(said.contains("nothing was sent"), "{said}");
     assert!(!home.path().join("client.crt").exists());
 }
+
+#[test]
+fn ctrl_c_during_send_wait_while_the_server_spools_loses_nothing_of_the_batch() {
+    let (_net, server, home) = enrolled_member();
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&home, &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    let source = tempfile::tempdir().unwrap();
+    let first = gshare_tests::random_file(source.path(), "first.iso", 200 * 1024 * 1024, 31);
+    let second = gshare_tests::random_file(source.path(), "second.iso", 200 * 1024 * 1024, 32);
+    let mut send = Command::new(gshare_tests::server_bin())
+        .arg("--config")
+        .arg(&server.config)
+        .args(["send", "--group", "Developers", "--wait"])
+        .args([&first, &second])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let spool = server.state_dir().join("spool");
+    let spooling = || {
+        std::fs::read_dir(&spool)
+            .is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".ingest-")))
+    };
+    assert!(gshare_tests::wait_until(LONG, spooling), "the server never started spooling");
+    let interrupted = Command::new("kill").args(["-INT", &send.id().to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    let output = send.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let said = text(&output.stderr);
+    assert!(said.contains("interrupted; the server goes on with the request it accepted"), "{said}");
+
+    // Both files arrive, as if send had waited.
+    listener.wait_for("received first.iso", LONG);
+    listener.wait_for("received second.iso", LONG);
+    assert!(std::fs::read(out.path().join("second.iso")).unwrap() == std::fs::read(&second).unwrap());
+}
