@@ -105,7 +105,7 @@ fn ctrl_c_during_send_wait_while_the_server_spools_loses_nothing_of_the_batch() 
     let source = tempfile::tempdir().unwrap();
     let first = gshare_tests::random_file(source.path(), "first.iso", 200 * 1024 * 1024, 31);
     let second = gshare_tests::random_file(source.path(), "second.iso", 200 * 1024 * 1024, 32);
-    let mut send = Command::new(gshare_tests::server_bin())
+    let send = Command::new(gshare_tests::server_bin())
         .arg("--config")
         .arg(&server.config)
         .args(["send", "--group", "Developers", "--wait"])
