@@ -42,21 +42,53 @@ impl PasswordPrompt<'_> {
             if !std::io::stdin().is_terminal() && std::fs::File::open("/dev/tty").is_err() {
                 return Err(PasswordError::NoTerminal);
             }
-            let first = rpassword::prompt_password(self.prompt)?;
-            if self.confirm {
-                let second = rpassword::prompt_password("Again: ")?;
-                if first != second {
-                    return Err(PasswordError::Mismatch);
-                }
-            }
-            first
+            return self.ask(|prompt| rpassword::prompt_password(prompt));
         };
+        self.check(&password)?;
+        Ok(password)
+    }
+
+    /// Asks at the terminal through `prompt`: the password, checked at once (a short one is
+    /// refused before anyone is asked to type it again), then, to set one, the same again.
+    fn ask(&self, mut prompt: impl FnMut(&str) -> std::io::Result<String>) -> Result<String, PasswordError> {
+        let first = prompt(self.prompt)?;
+        self.check(&first)?;
+        if self.confirm && prompt("Again: ")? != first {
+            return Err(PasswordError::Mismatch);
+        }
+        Ok(first)
+    }
+
+    fn check(&self, password: &str) -> Result<(), PasswordError> {
         if password.is_empty() {
             return Err(PasswordError::Empty);
         }
         if password.chars().count() < self.min_chars {
             return Err(PasswordError::TooShort(self.min_chars));
         }
-        Ok(password)
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_password_is_refused_before_again_is_asked() {
+        let prompt = PasswordPrompt { prompt: "New password: ", from_stdin: false, confirm: true, min_chars: 8 };
+        let mut asked = Vec::new();
+        let result = prompt.ask(|text| {
+            asked.push(text.to_owned());
+            Ok("short".into())
+        });
+        assert!(matches!(result, Err(PasswordError::TooShort(8))));
+        assert_eq!(asked, ["New password: "]);
+
+        let mut answers = vec!["long enough 2".to_owned(), "long enough 1".to_owned()];
+        let result = prompt.ask(|_| Ok(answers.pop().unwrap_or_default()));
+        assert!(matches!(result, Err(PasswordError::Mismatch)));
+        let mut answers = vec!["long enough".to_owned(), "long enough".to_owned()];
+        assert_eq!(prompt.ask(|_| Ok(answers.pop().unwrap_or_default())).unwrap(), "long enough");
     }
 }

@@ -195,6 +195,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let identity = load_identity(&config)?;
     let store = store::Store::open(&config.state_dir)?;
     let users = users::UserStore::load(&config.users_file, &config.groups)?;
+    if let Ok(metadata) = std::fs::metadata(&config.users_file) {
+        use std::os::unix::fs::PermissionsExt;
+        if metadata.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %config.users_file.display(), "the user store can be read by other users; its password hashes are secrets too: chmod 600 it");
+        }
+    }
     let cost = config.password_cost;
     let dummy_password: [u8; 16] = gshare_certs::random_bytes()?;
     let dummy_hash = tokio::task::spawn_blocking(move || cost.hash(&format!("{dummy_password:?}")))

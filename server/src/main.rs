@@ -21,9 +21,10 @@ use gshare_server::users::{self, Edit, UserStore};
 #[derive(Debug, Parser)]
 #[command(name = "gshare-server", version)]
 struct Cli {
-    /// The server's configuration file. Paths inside it are relative to its directory.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    /// The server's configuration file. Paths inside it are relative to its directory. May
+    /// come before or after the command.
+    #[arg(long, value_name = "FILE", global = true, env = "GSHARE_CONFIG")]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -120,7 +121,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(&cli.config)?;
+    let Some(config_path) = cli.config else {
+        bail!("which server? give --config FILE (or set GSHARE_CONFIG)");
+    };
+    let config = Config::load(&config_path)?;
+    if cli.command.is_some() {
+        warn_if_users_file_is_readable(&config.users_file);
+    }
     match cli.command {
         None => serve(config),
         Some(Command::Fingerprint) => {
@@ -190,6 +197,22 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The password hashes in users.toml are secrets too (they can be attacked offline): a file
+/// others may read gets a warning, with the command that fixes it.
+fn warn_if_users_file_is_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(path) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "warning: {} can be read by other users (mode {mode:04o}); its password hashes are secrets too: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -347,8 +370,12 @@ fn send(
     let mut absolute = Vec::new();
     for file in files {
         let path = std::path::absolute(&file).with_context(|| format!("{}", file.display()))?;
-        if !path.is_file() {
-            bail!("{}: not a readable file", file.display());
+        match std::fs::metadata(&path) {
+            Ok(metadata) if metadata.is_file() => {}
+            Ok(metadata) if metadata.is_dir() => bail!("{}: is a directory; send takes files", file.display()),
+            Ok(_) => bail!("{}: is not a regular file (a FIFO, socket or device); send takes files", file.display()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => bail!("{}: no such file", file.display()),
+            Err(error) => bail!("{}: cannot be read: {error}", file.display()),
         }
         absolute.push(path);
     }

@@ -194,6 +194,15 @@ pub fn edit(path: &Path, server_groups: &[GroupName], change: Edit) -> Result<()
     let mut document: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| ConfigFileError::at(path, &text, e.span(), e.message().to_owned()))?;
+    // A store that is only comments so far (the example's header) keeps them above the first
+    // user: toml_edit holds them as the document's trailing text, which would print below.
+    let header = if document.as_table().is_empty() {
+        let trailing = document.trailing().as_str().unwrap_or_default().to_owned();
+        document.set_trailing("");
+        trailing
+    } else {
+        String::new()
+    };
     let users = document
         .entry("users")
         .or_insert_with(|| {
@@ -209,6 +218,10 @@ pub fn edit(path: &Path, server_groups: &[GroupName], change: Edit) -> Result<()
                 return Err(EditError::Exists(user));
             }
             let mut entry = toml_edit::Table::new();
+            if !header.is_empty() {
+                let separator = if header.ends_with("\n\n") { "" } else { "\n" };
+                entry.decor_mut().set_prefix(format!("{header}{separator}"));
+            }
             entry["password"] = toml_edit::value(password_hash);
             entry["groups"] = toml_edit::value(groups.iter().map(GroupName::as_str).collect::<toml_edit::Array>());
             users.insert(user.as_str(), toml_edit::Item::Table(entry));
@@ -269,6 +282,23 @@ mod tests {
         assert!(!verify_password(&hash, "correct horse batterx"));
         assert!(!verify_password("not a hash", "x"));
         assert_ne!(hash, cheap().hash("correct horse battery").unwrap(), "salts differ");
+    }
+
+    #[test]
+    fn the_first_user_added_goes_below_the_header_comment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/users.toml")).unwrap();
+        std::fs::write(&path, &header).unwrap();
+        let hash = cheap().hash("password one").unwrap();
+        for name in ["alice", "bob"] {
+            let user = name.parse().unwrap();
+            edit(&path, &groups(), Edit::Add { user, groups: groups(), password_hash: hash.clone() }).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&header), "the header moved:\n{text}");
+        let (alice, bob) = (text.find("\n[users.alice]").unwrap(), text.find("\n[users.bob]").unwrap());
+        assert!(header.len() <= alice && alice < bob, "{text}");
     }
 
     #[test]

@@ -153,3 +153,54 @@ fn output_into_a_closed_pipe_ends_quietly_instead_of_panicking() {
         );
     }
 }
+
+#[test]
+fn send_of_a_directory_a_fifo_or_a_missing_file_names_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "groups = [\"Developers\"]\n").unwrap();
+    let fifo = dir.path().join("pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let cases = [
+        (dir.path().to_path_buf(), "is a directory; send takes files"),
+        (fifo, "is not a regular file (a FIFO, socket or device)"),
+        (dir.path().join("gone.txt"), "no such file"),
+    ];
+    for (path, expected) in cases {
+        let output = server(&config, &["send", "--group", "Developers", path.to_str().unwrap()]);
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains(&format!("{}: {expected}", path.display())), "{}", stderr(&output));
+    }
+}
+
+#[test]
+fn config_may_follow_the_command_or_come_from_gshare_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "groups = [\"Developers\"]\n").unwrap();
+    let binary = env!("CARGO_BIN_EXE_gshare-server");
+    let after = Command::new(binary).args(["user", "list", "--config"]).arg(&config).output().unwrap();
+    assert!(after.status.success(), "{}", stderr(&after));
+    let from_env = Command::new(binary).args(["user", "list"]).env("GSHARE_CONFIG", &config).output().unwrap();
+    assert!(from_env.status.success(), "{}", stderr(&from_env));
+    let neither = Command::new(binary).args(["user", "list"]).env_remove("GSHARE_CONFIG").output().unwrap();
+    assert!(!neither.status.success());
+    assert!(stderr(&neither).contains("give --config FILE (or set GSHARE_CONFIG)"), "{}", stderr(&neither));
+}
+
+#[test]
+fn a_user_store_others_can_read_gets_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "groups = [\"Developers\"]\n").unwrap();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "").unwrap();
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = server(&config, &["user", "list"]);
+    assert!(output.status.success());
+    assert!(stderr(&output).contains("can be read by other users (mode 0644)"), "{}", stderr(&output));
+    assert!(stderr(&output).contains(&format!("chmod 600 {}", users.display())), "{}", stderr(&output));
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(!stderr(&server(&config, &["user", "list"])).contains("warning"));
+}
