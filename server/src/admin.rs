@@ -50,13 +50,39 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
-    Recorded { name: String, size: u64, sha256: String, deliveries: Vec<DeliveryRef> },
-    Progress { delivery: u64, user: String, bytes: u64, size: u64 },
-    Delivered { delivery: u64, user: String },
-    Failed { delivery: u64, user: String, reason: String, retrying: bool },
-    Done { pending: Vec<DeliveryRef> },
-    Online { users: Vec<String> },
-    Error { message: String },
+    /// `file` is the number `status` shows the file under (`#7`).
+    Recorded {
+        name: String,
+        size: u64,
+        sha256: String,
+        file: u64,
+        deliveries: Vec<DeliveryRef>,
+    },
+    Progress {
+        delivery: u64,
+        user: String,
+        bytes: u64,
+        size: u64,
+    },
+    Delivered {
+        delivery: u64,
+        user: String,
+    },
+    Failed {
+        delivery: u64,
+        user: String,
+        reason: String,
+        retrying: bool,
+    },
+    Done {
+        pending: Vec<DeliveryRef>,
+    },
+    Online {
+        users: Vec<String>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,7 +238,13 @@ async fn send(
         outstanding.extend(recorded.deliveries);
         server.signal_work();
         if gone.is_none() {
-            let answer = Answer::Recorded { name: name.to_string(), size, sha256: spooled.hex(), deliveries };
+            let answer = Answer::Recorded {
+                name: name.to_string(),
+                size,
+                sha256: spooled.hex(),
+                file: recorded.file_id,
+                deliveries,
+            };
             gone = write(writer, &answer).await.err();
         }
     }

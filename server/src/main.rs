@@ -63,6 +63,9 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Only this file, by the number `send` printed and `status` shows (`#7`).
+        #[arg(long, value_name = "NUMBER")]
+        file: Option<u64>,
     },
 }
 
@@ -137,7 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::User(command)) => user(&config, command),
         Some(Command::Cert(command)) => cert(&config, command),
-        Some(Command::Status { json }) => status(&config, json),
+        Some(Command::Status { json, file }) => status(&config, json, file),
         Some(Command::Send { group, files, wait }) => interruptible_send(config, group, files, wait),
     }
 }
@@ -388,17 +391,17 @@ fn send(
     let sent = || requested.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcome = admin_request_with(config, &request, sent, |answer| {
         match answer {
-            Answer::Recorded { name, size, sha256, deliveries } => {
-                let ids: Vec<String> = deliveries.iter().map(|d| d.id.to_string()).collect();
+            Answer::Recorded { name, size, sha256, file, deliveries } => {
+                let users: Vec<&str> = deliveries.iter().map(|d| d.user.as_str()).collect();
                 if deliveries.is_empty() {
                     gshare_common::outln!(
-                        "{name}: {size} bytes, sha256 {sha256}; no member of {group} yet, nothing to deliver"
+                        "file #{file} {name}: {size} bytes, sha256 {sha256}; no member of {group} yet, nothing to deliver"
                     );
                 } else {
                     gshare_common::outln!(
-                        "{name}: {size} bytes, sha256 {sha256}; deliveries {} to {} member(s)",
-                        ids.join(", "),
-                        deliveries.len()
+                        "file #{file} {name}: {size} bytes, sha256 {sha256}; to {} member(s): {} (`status --file {file}` follows it)",
+                        deliveries.len(),
+                        users.join(", ")
                     );
                 }
                 for delivery in deliveries {
@@ -426,7 +429,10 @@ fn send(
             }
             Answer::Done { pending } => {
                 if wait && !pending.is_empty() {
-                    let users: Vec<String> = pending.iter().map(|d| d.user.clone()).collect();
+                    // One name per member, however many files wait for it.
+                    let mut users: Vec<String> = pending.iter().map(|d| d.user.clone()).collect();
+                    users.sort();
+                    users.dedup();
                     gshare_common::outln!(
                         "pending (not connected; they receive it when they connect): {}",
                         users.join(", ")
@@ -459,7 +465,7 @@ fn send(
     Ok(())
 }
 
-fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+fn status(config: &Config, json: bool, only_file: Option<u64>) -> anyhow::Result<()> {
     gshare_server::private::prepare_state_dir(&config.state_dir)
         .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
     let store = Store::open(&config.state_dir)?;
@@ -498,7 +504,12 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         })
         .collect();
     let mut files: Vec<serde_json::Value> = Vec::new();
-    for delivery in &deliveries {
+    if let Some(wanted) = only_file {
+        if !deliveries.iter().any(|d| d.file_id == wanted) {
+            bail!("no file #{wanted}; `status` lists the files with their numbers");
+        }
+    }
+    for delivery in deliveries.iter().filter(|d| only_file.is_none_or(|wanted| d.file_id == wanted)) {
         let entry = serde_json::json!({
             "delivery": delivery.delivery,
             "user": delivery.user,
@@ -545,10 +556,14 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         let members = group["members"].as_array().map_or(&[][..], Vec::as_slice);
         gshare_common::outln!("{}: {} member(s)", group["name"].as_str().unwrap_or(""), members.len());
         for member in members {
-            let state = if member["online"].as_bool() == Some(true) { "online" } else { "offline" };
-            let last = member["last_seen"]
-                .as_i64()
-                .map_or_else(|| "never connected".to_owned(), |t| format!("last seen {}", when(t)));
+            let online = member["online"].as_bool() == Some(true);
+            let state = if online { "online" } else { "offline" };
+            // An online member's last record is when it connected: "now" says more.
+            let last = match member["last_seen"].as_i64() {
+                _ if online => "connected now".to_owned(),
+                Some(at) => format!("last seen {}", when(at)),
+                None => "never connected".to_owned(),
+            };
             gshare_common::outln!("  {:<20} {state:<8} {last}", member["user"].as_str().unwrap_or(""));
         }
     }

@@ -132,3 +132,36 @@ fn ctrl_c_during_send_wait_while_the_server_spools_loses_nothing_of_the_batch() 
     listener.wait_for("received second.iso", LONG);
     assert!(std::fs::read(out.path().join("second.iso")).unwrap() == std::fs::read(&second).unwrap());
 }
+
+#[test]
+fn send_names_files_by_the_number_status_shows_and_pending_names_each_member_once() {
+    let net = TestNet::loopback();
+    let mut server = ServerProcess::start(&net);
+    server.add_user("alice", "Developers", PASSWORD);
+    server.add_user("bob", "Developers", PASSWORD);
+    let alice = ClientHome::enrolled(&net, &server, "alice", PASSWORD);
+    assert!(alice.run(&["join", "--group", "Developers"]).status.success());
+    let bob = ClientHome::enrolled(&net, &server, "bob", PASSWORD);
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&bob, &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+
+    let source = tempfile::tempdir().unwrap();
+    let a = gshare_tests::random_file(source.path(), "a.txt", 1000, 41);
+    let b = gshare_tests::random_file(source.path(), "b.txt", 1000, 42);
+    let output = server.send("Developers", &[&a, &b], true);
+    let said = text(&output.stdout);
+    assert!(output.status.success(), "{said}\n{}", text(&output.stderr));
+    assert!(said.contains("file #1 a.txt: 1000 bytes") && said.contains("file #2 b.txt: 1000 bytes"), "{said}");
+    assert!(said.contains("to 2 member(s): ") && said.contains("`status --file 2` follows it"), "{said}");
+    let pending: Vec<&str> = said.lines().filter(|line| line.starts_with("pending")).collect();
+    assert_eq!(pending.len(), 1, "{said}");
+    assert_eq!(pending[0].matches("alice").count(), 1, "{said}");
+
+    let one = text(&server.command(&["status", "--file", "2"], "").stdout);
+    assert!(one.contains("#2 b.txt") && !one.contains("a.txt"), "{one}");
+    assert!(one.contains("bob") && one.contains("connected now"), "{one}");
+    let missing = server.command(&["status", "--file", "9"], "");
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("no file #9"), "{}", text(&missing.stderr));
+}
