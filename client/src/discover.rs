@@ -80,10 +80,11 @@ pub async fn discover(
     settings: &MulticastSettings,
     pinned: Option<Fingerprint>,
     wait: Duration,
+    until: Until,
 ) -> Result<Discovery, DiscoverError> {
     let channel = MulticastChannel::open(settings)?;
     let mut collector = Collector::new(settings.max_age(), pinned);
-    let deadline = Instant::now() + wait;
+    let mut deadline = Instant::now() + wait;
     let mut resend_at = Some(Instant::now() + wait / 2);
     send_list_request(&channel).await?;
     let mut buffer: ReceiveBuffer = [0; datagram::MAX_DATAGRAM_LEN + 1];
@@ -97,11 +98,32 @@ pub async fn discover(
             received = timeout_at(deadline, channel.receive(&mut buffer)) => match received {
                 Err(_elapsed) => break,
                 Ok(Err(error)) => return Err(DiscoverError::Receive(error)),
-                Ok(Ok((len, from))) => collector.handle(&buffer[..len], from, unix_now()),
+                Ok(Ok((len, from))) => {
+                    collector.handle(&buffer[..len], from, unix_now());
+                    if until == Until::Complete && collector.all_complete() {
+                        // A moment more, for other servers answering the same request and
+                        // for copies already on their way.
+                        deadline = deadline.min(Instant::now() + LINGER);
+                    }
+                }
             }
         }
     }
     Ok(collector.finish())
+}
+
+/// How long `Until::Complete` listens on once every server that answered is complete.
+const LINGER: Duration = Duration::from_millis(300);
+
+/// How long discovery listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The whole window: to learn of every server that answers (enrollment must not pick one
+    /// of two without knowing of the other).
+    Window,
+    /// Until every server that answered has sent its whole announcement (and a moment
+    /// more), or the window ends.
+    Complete,
 }
 
 async fn send_list_request(channel: &MulticastChannel) -> Result<(), DiscoverError> {
@@ -205,6 +227,11 @@ impl Collector {
             }
         };
         servers[index].parts_received.insert(announcement.part, announcement.groups);
+    }
+
+    /// Whether some server answered and every one that did has sent all its parts.
+    pub fn all_complete(&self) -> bool {
+        !self.result.servers.is_empty() && self.result.servers.iter().all(FoundServer::is_complete)
     }
 
     pub fn finish(self) -> Discovery {

@@ -21,7 +21,7 @@ use gshare_common::password::PasswordPrompt;
 use gshare_proto::frame::{Frame, Password};
 use gshare_proto::{Fingerprint, ServerAddress, UserName};
 
-use crate::discover::discover;
+use crate::discover::{Until, discover};
 use crate::home::{ClientSettings, record_enrollment};
 use crate::identity::Enrollment;
 use crate::tls::{PinnedCaVerifier, enrollment_config, server_name};
@@ -170,7 +170,7 @@ pub async fn enroll(settings: &ClientSettings, options: EnrollOptions) -> Result
 
 /// The one server whose announcement verifies (against `pinned` if given).
 async fn find_server(settings: &ClientSettings, pinned: Option<Fingerprint>) -> Result<ServerAddress, EnrollError> {
-    let found = discover(&settings.multicast, pinned, DISCOVERY_WAIT).await?;
+    let found = discover(&settings.multicast, pinned, DISCOVERY_WAIT, Until::Window).await?;
     let mut servers: Vec<_> = found.servers.iter().map(|s| (s.address.clone(), s.fingerprint)).collect();
     servers.dedup();
     match servers.as_slice() {

@@ -180,7 +180,11 @@ pub async fn listen(
             Err(error @ (SessionError::Connect(_) | SessionError::Busy(_))) if !connected => {
                 waiting.note(&format!("{server}: {error}; trying again until it answers"))
             }
-            Err(error) => tracing::warn!(%server, %error, "session lost"),
+            // Said once, like an unreachable server; "connected to the server" follows when
+            // the next session opens.
+            Err(error) => {
+                waiting.note(&format!("lost the session with the server at {server} ({error}); reconnecting"))
+            }
         }
         if started.elapsed() >= STABLE_SESSION {
             backoff = MIN_BACKOFF;
@@ -442,12 +446,13 @@ fn accepted<'a>(offer: &Offer, inboxes: &'a HashMap<GroupName, Inbox>) -> Result
     let id = offer.delivery;
     let name = FileName::from_bytes(&offer.name).map_err(|error| {
         let shown = String::from_utf8_lossy(&offer.name).escape_debug().to_string();
-        tracing::warn!(delivery = id.0, name = %shown, "refused a file: {error}");
+        tracing::info!(delivery = id.0, name = %shown, "refused a file: {error}");
         eprintln!("refused a file named \"{shown}\": {error}");
         error.to_string()
     })?;
     let inbox = inboxes.get(&offer.group).ok_or_else(|| {
-        tracing::warn!(delivery = id.0, group = %offer.group, "refused a file for a group not subscribed");
+        tracing::info!(delivery = id.0, group = %offer.group, "refused a file for a group not subscribed");
+        eprintln!("refused a file for {}, a group this listener does not receive", offer.group);
         format!("not subscribed to {}", offer.group)
     })?;
     Ok((name, inbox))
@@ -498,7 +503,7 @@ where
                 if partial.held + bytes.len() as u64 > offer.size {
                     drop(partial);
                     inbox.discard(key);
-                    tracing::warn!(delivery = id.0, file = %name, "the server sent more data than it offered");
+                    tracing::info!(delivery = id.0, file = %name, "the server sent more data than it offered");
                     connection
                         .write_frame(&Frame::Failed { delivery: id, reason: Text::new("more data than offered") })
                         .await?;
@@ -537,7 +542,7 @@ where
     };
     if digest != offer.sha256 {
         inbox.discard(key);
-        tracing::warn!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
+        tracing::info!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
         eprintln!(
             "{}/{name}: SHA-256 mismatch; thrown away, the server will check its copy and offer it again",
             offer.group
@@ -551,7 +556,11 @@ where
     };
     connection.write_frame(&Frame::Ack { delivery: id }).await?;
     if stored != name {
-        tracing::warn!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
+        tracing::info!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
+        eprintln!(
+            "{}/{name}: a different file already has that name; kept it, and saved this one as {stored}",
+            offer.group
+        );
     }
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, "received and verified");
     println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
@@ -848,7 +857,7 @@ where
     if digest != offer.sha256 {
         swarm.remove_share(&file);
         inbox.discard(key);
-        tracing::warn!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
+        tracing::info!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
         eprintln!(
             "{}/{name}: SHA-256 mismatch; thrown away, the server will check its copy and offer it again",
             offer.group
@@ -868,7 +877,11 @@ where
     let _ = std::fs::remove_file(&hashes_path);
     connection.write_frame(&Frame::Ack { delivery: id }).await?;
     if stored != name {
-        tracing::warn!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
+        tracing::info!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
+        eprintln!(
+            "{}/{name}: a different file already has that name; kept it, and saved this one as {stored}",
+            offer.group
+        );
     }
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, from_server, from_peers, "received and verified");
     println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());

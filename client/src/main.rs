@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+use gshare_client::discover::Until;
 use gshare_client::enroll::{EnrollOptions, enroll};
 use gshare_client::identity::Enrollment;
 use gshare_client::membership::{self, Direction};
@@ -171,7 +172,12 @@ fn change_membership(settings: &ClientSettings, direction: Direction, group: &Gr
 }
 
 fn groups(settings: &ClientSettings, wait: Duration) -> anyhow::Result<()> {
-    let found = runtime()?.block_on(gshare_client::discover(&settings.multicast, settings.ca_fingerprint, wait))?;
+    let found = runtime()?.block_on(gshare_client::discover(
+        &settings.multicast,
+        settings.ca_fingerprint,
+        wait,
+        Until::Complete,
+    ))?;
     if found.drops.total() > 0 {
         eprintln!("warning: ignored datagrams that failed verification: {}", found.drops.summary());
     }

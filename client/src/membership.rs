@@ -89,11 +89,11 @@ pub async fn request(
             let (timestamp, reply_nonce) = (decoded.datagram.timestamp, decoded.datagram.nonce);
             let signed = decoded.signature.is_some_and(|signature| ca_key.verify(decoded.signed_bytes, &signature));
             if !signed || !ours.contains(&reply.request_nonce) || reply.group != *group {
-                tracing::warn!(%from, "ignored a membership reply that is not a verified answer to us");
+                tracing::debug!(%from, "ignored a membership reply that is not a verified answer to us");
                 continue;
             }
             if let Err(rejection) = guard.record(timestamp, reply_nonce, unix_now()) {
-                tracing::warn!(%from, %rejection, "ignored a membership reply");
+                tracing::debug!(%from, %rejection, "ignored a membership reply");
                 continue;
             }
             if reply.outcome == Outcome::Accepted {

@@ -41,6 +41,18 @@ fn groups_lists_the_servers_groups_and_fingerprint() {
 }
 
 #[test]
+fn groups_ends_as_soon_as_the_servers_that_answered_have_said_everything() {
+    let net = TestNet::loopback();
+    let server = ServerProcess::start(&net);
+    let started = std::time::Instant::now();
+    // A long window: it ends when the one server's whole announcement is in, not after it.
+    let output = ClientHome::new(&net).run(&["groups", "--wait", "60s"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains(&server.fingerprint()));
+    assert!(started.elapsed() < std::time::Duration::from_secs(50), "groups waited out its window");
+}
+
+#[test]
 fn a_pinned_client_shows_its_server_as_verified_and_ignores_other_cas() {
     let net = TestNet::loopback();
     let server = ServerProcess::start(&net);

@@ -212,13 +212,13 @@ impl Swarm {
             let (tcp, from) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "cannot accept a member's connection");
+                    tracing::info!(%error, "cannot accept a member's connection");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             if lock(&self.peers).len() >= MAX_PEER_CONNECTIONS {
-                tracing::warn!(%from, "member connection refused: {MAX_PEER_CONNECTIONS} open already");
+                tracing::info!(%from, "member connection refused: {MAX_PEER_CONNECTIONS} open already");
                 continue;
             }
             let swarm = Arc::clone(&self);
@@ -228,9 +228,9 @@ impl Swarm {
                 let tls = match tokio::time::timeout(PEER_CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(error)) => {
-                        return tracing::warn!(%from, %error, "member connection refused: TLS handshake failed");
+                        return tracing::info!(%from, %error, "member connection refused: TLS handshake failed");
                     }
-                    Err(_) => return tracing::warn!(%from, "member connection refused: TLS handshake timed out"),
+                    Err(_) => return tracing::info!(%from, "member connection refused: TLS handshake timed out"),
                 };
                 let Some(certificate) = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()) else {
                     return;
@@ -360,7 +360,7 @@ impl Swarm {
         let presented =
             tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| gshare_certs::fingerprint(c));
         if presented != Some(certificate) {
-            return tracing::warn!(%address, expected = %certificate, "a member at that address presented another certificate; not used");
+            return tracing::info!(%address, expected = %certificate, "a member at that address presented another certificate; not used");
         }
         self.run_peer(certificate, tls, address).await;
     }
@@ -409,7 +409,7 @@ impl Swarm {
                 Ok(Some(buffer)) => connection.recycle(buffer),
                 Ok(None) => {}
                 Err(reason) => {
-                    tracing::warn!(%address, peer = %certificate, "member connection closed: {reason}");
+                    tracing::info!(%address, peer = %certificate, "member connection closed: {reason}");
                     break;
                 }
             }
@@ -546,7 +546,7 @@ impl Swarm {
         {
             let state = share.state();
             if !state.allowed.contains_key(&certificate) {
-                tracing::warn!(peer = %certificate, piece, "refused a piece to a member the server did not name for the file");
+                tracing::info!(peer = %certificate, piece, "refused a piece to a member the server did not name for the file");
                 return Err("not named by the server for this file");
             }
             if !state.schedule.have().get(piece) {
@@ -672,7 +672,7 @@ async fn write_peer<W: AsyncWrite + Unpin>(
                         result
                     }
                     Ok(Err(error)) => {
-                        tracing::warn!(%error, piece, "cannot serve a piece");
+                        tracing::info!(%error, piece, "cannot serve a piece");
                         let reason = Text::new("piece not available");
                         connection.write_frame(&Frame::PieceRefused { file: share.store.key, piece, reason }).await
                     }
