@@ -49,7 +49,7 @@ fn groups_ends_as_soon_as_the_servers_that_answered_have_said_everything() {
     let output = ClientHome::new(&net).run(&["groups", "--wait", "60s"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains(&server.fingerprint()));
-    assert!(started.elapsed() < std::time::Duration::from_secs(50), "groups waited out its window");
+    assert!(started.elapsed() < Duration::from_secs(50), "groups waited out its window");
 }
 
 #[test]
