@@ -45,6 +45,10 @@ pub enum Request {
     CertificateRevoked {
         fingerprint: String,
     },
+    /// These deliveries were cancelled in the database: stop their transfers, let the spool go.
+    DeliveriesCancelled {
+        deliveries: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +156,12 @@ async fn handle(server: &Arc<Server>, stream: UnixStream) -> std::io::Result<()>
                 Err(error) => Answer::Error { message: format!("{fingerprint}: {error}") },
             };
             write(&mut writer, &answer).await
+        }
+        Request::DeliveriesCancelled { deliveries } => {
+            server.cancel_deliveries(&deliveries);
+            crate::session::release_spool(server).await;
+            tracing::warn!(deliveries = deliveries.len(), "deliveries cancelled by the operator");
+            write(&mut writer, &Answer::Done { pending: Vec::new() }).await
         }
         Request::Online => {
             let users = server.online_users().into_iter().map(|u| u.to_string()).collect();

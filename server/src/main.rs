@@ -55,6 +55,13 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Cancel a sent file: members who have not received it yet never will; transfers of it
+    /// stop and members throw away what they got; its spool copy is let go.
+    Cancel {
+        /// The file's number, as `send` printed it and `status` lists it (`#7`).
+        #[arg(value_name = "NUMBER")]
+        file: u64,
+    },
     /// List or revoke member certificates, one device at a time.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -108,6 +115,18 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Replace the groups a user may join; memberships outside them end at once.
+    Groups {
+        name: UserName,
+        /// Comma-separated groups the user may join, e.g. Developers,Designers.
+        #[arg(long, value_name = "GROUPS")]
+        groups: String,
+    },
+    /// Lock a user out at once (sessions closed, joins, renewals and enrollment refused),
+    /// keeping their certificates for `user enable`.
+    Disable { name: UserName },
+    /// Let a disabled user back in, with the certificates they have.
+    Enable { name: UserName },
     /// Remove a user and revoke their certificates and memberships.
     Remove { name: UserName },
     /// List users, their groups, and whether they are disabled.
@@ -140,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::User(command)) => user(&config, command),
         Some(Command::Cert(command)) => cert(&config, command),
+        Some(Command::Cancel { file }) => cancel(&config, file),
         Some(Command::Status { json, file }) => status(&config, json, file),
         Some(Command::Send { group, files, wait }) => interruptible_send(config, group, files, wait),
     }
@@ -176,6 +196,23 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             let password_hash = config.password_cost.hash(&read_new_password(&name, password_stdin)?)?;
             users::edit(path, &config.groups, Edit::SetPassword { user: name.clone(), password_hash })?;
             gshare_common::outln!("changed the password of {name}");
+        }
+        UserCommand::Groups { name, groups } => {
+            let groups = users::parse_groups(&groups, &config.groups)?;
+            if groups.is_empty() {
+                bail!("--groups names no group");
+            }
+            let names = groups.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ");
+            users::edit(path, &config.groups, Edit::SetGroups { user: name.clone(), groups })?;
+            gshare_common::outln!("{name} may now join: {names}");
+        }
+        UserCommand::Disable { name } => {
+            users::edit(path, &config.groups, Edit::SetDisabled { user: name.clone(), disabled: true })?;
+            gshare_common::outln!("disabled {name}; a running server closes their sessions within a second");
+        }
+        UserCommand::Enable { name } => {
+            users::edit(path, &config.groups, Edit::SetDisabled { user: name.clone(), disabled: false })?;
+            gshare_common::outln!("enabled {name}");
         }
         UserCommand::Remove { name } => {
             users::edit(path, &config.groups, Edit::Remove { user: name.clone() })?;
@@ -296,6 +333,23 @@ fn cert(config: &Config, command: CertCommand) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn cancel(config: &Config, file: u64) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let Some(deliveries) = store.cancel_file(file, gshare_server::store::unix_now())? else {
+        bail!("no file #{file}; `status` lists the files with their numbers");
+    };
+    if deliveries.is_empty() {
+        gshare_common::outln!("file #{file} was owed to nobody any more; nothing to cancel");
+        return Ok(());
+    }
+    // The database already refuses them; a running server also stops their transfers now.
+    let request = Request::DeliveriesCancelled { deliveries: deliveries.clone() };
+    let running = admin_request(config, &request, |_| Ok(())).is_ok();
+    let stopped = if running { "; transfers of it stopped" } else { "" };
+    gshare_common::outln!("cancelled file #{file} for {} member(s) who had not received it{stopped}", deliveries.len());
     Ok(())
 }
 

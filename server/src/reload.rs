@@ -67,9 +67,10 @@ pub(crate) async fn reconcile(server: &Arc<Server>) -> Result<usize, StoreError>
         let mut revoked = Vec::new();
         let mut ended = Vec::new();
         for user in store.users_with_valid_certificates()? {
+            // A disabled user keeps their certificates (every check refuses them while
+            // disabled, and enabling them again lets them back in); only removal revokes.
             let reason = match users.users.get(&user) {
                 None => "removed from the user store",
-                Some(account) if account.disabled => "disabled in the user store",
                 Some(_) => continue,
             };
             let certificates = store.revoke_user(&user, reason, now)?;

@@ -510,7 +510,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buffer = Vec::new();
     let mut last_heard = Instant::now();
     let answer = loop {
-        if cancelled_if_left(connection, control, user, &delivery).await? {
+        if cancelled_if_left(server, connection, control, user, &delivery).await? {
             server.swarms.leave(&key, me.session);
             session.peers_sent.remove(&key);
             return Ok(());
@@ -631,6 +631,7 @@ async fn handle_non_resume(
 /// telling the member to throw away what it got) if the member may no longer receive the
 /// file's group.
 async fn cancelled_if_left<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
     connection: &mut Connection<S>,
     control: &mut Control,
     user: &UserName,
@@ -640,10 +641,16 @@ async fn cancelled_if_left<S: AsyncRead + AsyncWrite + Unpin>(
     if current.closed {
         return Err(SessionError::Revoked);
     }
+    let id = DeliveryId(delivery.id);
+    if server.is_cancelled(delivery.id) {
+        let reason = Text::new("cancelled by the operator");
+        connection.write_frame(&Frame::Cancel { delivery: id, reason }).await?;
+        tracing::info!(%user, delivery = id.0, "transfer cancelled by the operator");
+        return Ok(true);
+    }
     if current.groups.contains(&delivery.group) {
         return Ok(false);
     }
-    let id = DeliveryId(delivery.id);
     let reason = Text::new(&format!("no longer a member of {}", delivery.group));
     connection.write_frame(&Frame::Cancel { delivery: id, reason }).await?;
     tracing::info!(%user, delivery = id.0, group = %delivery.group, "transfer cancelled: no longer a member");
@@ -683,7 +690,7 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
     let mut sent = offset;
     let mut next_progress = offset + PROGRESS_STEP;
     while let Some(read) = reading.take() {
-        if cancelled_if_left(connection, control, user, delivery).await? {
+        if cancelled_if_left(server, connection, control, user, delivery).await? {
             return Ok(Sent::Cancelled);
         }
         let chunk = read.await.map_err(|error| SessionError::Spool(std::io::Error::other(error)))??;

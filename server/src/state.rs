@@ -78,6 +78,8 @@ pub(crate) struct Server {
     pub spool_checks: tokio::sync::Mutex<()>,
     pub swarms: crate::swarm::Swarms,
     sessions: Mutex<HashMap<UserName, Vec<SessionEntry>>>,
+    /// Deliveries cancelled by the operator while the server runs.
+    cancelled: Mutex<std::collections::HashSet<u64>>,
     next_session: AtomicU64,
     /// Bumped whenever deliveries are recorded, so idle sessions look for work.
     work: watch::Sender<u64>,
@@ -102,6 +104,7 @@ impl Server {
             spool_checks: tokio::sync::Mutex::new(()),
             swarms: crate::swarm::Swarms::default(),
             sessions: Mutex::new(HashMap::new()),
+            cancelled: Mutex::default(),
             next_session: AtomicU64::new(1),
             work: watch::Sender::new(0),
             events: broadcast::Sender::new(EVENT_BUFFER),
@@ -208,6 +211,21 @@ impl Server {
             }
         }
         closed
+    }
+
+    /// Deliveries the operator cancelled (`cancel`): a transfer of one stops at its next
+    /// piece, and its member throws away what it got. Every session is woken to look.
+    pub fn cancel_deliveries(&self, deliveries: &[u64]) {
+        self.cancelled.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(deliveries.iter().copied());
+        for entries in self.sessions().values() {
+            for entry in entries {
+                entry.control.send_modify(|_| {});
+            }
+        }
+    }
+
+    pub fn is_cancelled(&self, delivery: u64) -> bool {
+        self.cancelled.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&delivery)
     }
 
     /// Stops every open session of `user` from receiving `group`'s files (the user left the

@@ -466,6 +466,33 @@ impl Store {
         Ok(state == "pending")
     }
 
+    /// Cancels a sent file: every delivery of it still pending is dropped ("cancelled by the
+    /// operator"). Returns those deliveries; `None` if there is no such file.
+    pub fn cancel_file(&self, file: u64, now: i64) -> Result<Option<Vec<u64>>, StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        let exists = transaction
+            .query_row("SELECT 1 FROM files WHERE id = ?1", [size_to_sql(file)?], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let ids: Vec<i64> = {
+            let mut statement =
+                transaction.prepare("SELECT id FROM deliveries WHERE file_id = ?1 AND state = 'pending'")?;
+            let rows = statement.query_map([size_to_sql(file)?], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        transaction.execute(
+            "UPDATE deliveries SET state = 'dropped', reason = 'cancelled by the operator', updated_at = ?2 \
+             WHERE file_id = ?1 AND state = 'pending'",
+            params![size_to_sql(file)?, now],
+        )?;
+        transaction.commit()?;
+        ids.into_iter().map(id_from_sql).collect::<Result<Vec<_>, _>>().map(Some)
+    }
+
     /// Records why a pending delivery waits (the member could not store it), without counting
     /// an attempt.
     pub fn set_waiting_reason(&self, delivery: u64, reason: &str, now: i64) -> Result<(), StoreError> {

@@ -175,9 +175,28 @@ pub enum EditError {
 /// Edits of the user store, applied by [`edit`].
 #[derive(Debug, Clone)]
 pub enum Edit {
-    Add { user: UserName, groups: Vec<GroupName>, password_hash: String },
-    SetPassword { user: UserName, password_hash: String },
-    Remove { user: UserName },
+    Add {
+        user: UserName,
+        groups: Vec<GroupName>,
+        password_hash: String,
+    },
+    SetPassword {
+        user: UserName,
+        password_hash: String,
+    },
+    /// Replaces the groups a user may join.
+    SetGroups {
+        user: UserName,
+        groups: Vec<GroupName>,
+    },
+    /// Locks a user out (true) or lets them back in (false), certificates and all.
+    SetDisabled {
+        user: UserName,
+        disabled: bool,
+    },
+    Remove {
+        user: UserName,
+    },
 }
 
 /// Applies `change` to the file at `path`, keeping comments and layout, and writes it back
@@ -232,6 +251,25 @@ pub fn edit(path: &Path, server_groups: &[GroupName], change: Edit) -> Result<()
                 .and_then(toml_edit::Item::as_table_like_mut)
                 .ok_or_else(|| EditError::Missing(user.clone(), path.display().to_string()))?;
             entry.insert("password", toml_edit::value(password_hash));
+        }
+        Edit::SetGroups { user, groups } => {
+            let entry = users
+                .get_mut(user.as_str())
+                .and_then(toml_edit::Item::as_table_like_mut)
+                .ok_or_else(|| EditError::Missing(user.clone(), path.display().to_string()))?;
+            entry
+                .insert("groups", toml_edit::value(groups.iter().map(GroupName::as_str).collect::<toml_edit::Array>()));
+        }
+        Edit::SetDisabled { user, disabled } => {
+            let entry = users
+                .get_mut(user.as_str())
+                .and_then(toml_edit::Item::as_table_like_mut)
+                .ok_or_else(|| EditError::Missing(user.clone(), path.display().to_string()))?;
+            if disabled {
+                entry.insert("disabled", toml_edit::value(true));
+            } else {
+                entry.remove("disabled");
+            }
         }
         Edit::Remove { user } => {
             if users.remove(user.as_str()).is_none() {

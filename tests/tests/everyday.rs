@@ -165,3 +165,45 @@ fn send_names_files_by_the_number_status_shows_and_pending_names_each_member_onc
     assert!(!missing.status.success());
     assert!(text(&missing.stderr).contains("no file #9"), "{}", text(&missing.stderr));
 }
+
+#[test]
+fn cancel_stops_a_transfer_and_members_not_yet_served_never_get_the_file() {
+    let net = TestNet::loopback();
+    let mut server = ServerProcess::start(&net);
+    server.add_user("alice", "Developers", PASSWORD);
+    server.add_user("bob", "Developers", PASSWORD);
+    let alice = ClientHome::enrolled(&net, &server, "alice", PASSWORD);
+    let bob = ClientHome::enrolled(&net, &server, "bob", PASSWORD);
+    assert!(bob.run(&["join", "--group", "Developers"]).status.success());
+    let alice_out = tempfile::tempdir().unwrap();
+    let mut on_alice = Listener::start(&alice, &["Developers"], alice_out.path());
+    on_alice.wait_for("waiting for files", LONG);
+
+    let source = tempfile::tempdir().unwrap();
+    let big = gshare_tests::random_file(source.path(), "big.iso", 512 * 1024 * 1024, 51);
+    assert!(server.send("Developers", &[&big], false).status.success());
+    let started = || {
+        std::fs::read_dir(alice_out.path())
+            .is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".part")))
+    };
+    assert!(gshare_tests::wait_until(LONG, started), "the transfer never started");
+    let cancelled = server.command(&["cancel", "1"], "");
+    assert!(cancelled.status.success(), "{}", text(&cancelled.stderr));
+    assert!(text(&cancelled.stdout).contains("cancelled file #1 for 2 member(s)"), "{}", text(&cancelled.stdout));
+    on_alice.wait_for("withdrawn by the server (cancelled by the operator); nothing kept", LONG);
+    assert!(gshare_tests::wait_until(LONG, || std::fs::read_dir(alice_out.path()).unwrap().next().is_none()));
+    let spool = server.state_dir().join("spool");
+    assert!(gshare_tests::wait_until(LONG, || std::fs::read_dir(&spool).unwrap().next().is_none()), "spool kept");
+    let status = text(&server.command(&["status", "--file", "1"], "").stdout);
+    assert_eq!(status.matches("cancelled by the operator").count(), 2, "{status}");
+
+    // bob was offline: he gets what comes after, never the cancelled file.
+    let bob_out = tempfile::tempdir().unwrap();
+    let mut on_bob = Listener::start(&bob, &["Developers"], bob_out.path());
+    on_bob.wait_for("waiting for files", LONG);
+    let small = gshare_tests::random_file(source.path(), "after.txt", 100, 52);
+    assert!(server.send("Developers", &[&small], false).status.success());
+    on_bob.wait_for("received after.txt", LONG);
+    assert!(!bob_out.path().join("big.iso").exists());
+    assert!(server.command(&["cancel", "9"], "").status.code() == Some(1));
+}

@@ -188,7 +188,7 @@ fn a_user_removed_by_hand_can_no_longer_join_and_a_bad_edit_keeps_the_last_good_
 }
 
 #[test]
-fn disabling_a_user_by_hand_revokes_them() {
+fn disabling_a_user_by_hand_locks_them_out_until_enabled_again() {
     let (_net, mut server, alice) = alice_enrolled();
     assert!(alice.run(&["join", "--group", "Developers"]).status.success());
     let users = std::fs::read_to_string(server.users_file()).unwrap();
@@ -197,12 +197,45 @@ fn disabling_a_user_by_hand_revokes_them() {
         users.replace("groups = [\"Developers\"]", "groups = [\"Developers\"]\ndisabled = true"),
     )
     .unwrap();
-    server.wait_for_log("revoked: disabled in the user store", STARTUP_TIMEOUT);
+    server.wait_for_log("membership ended: no longer allowed", STARTUP_TIMEOUT);
     assert!(server.members("Developers").is_empty());
     let output = alice.run(&["join", "--group", "Developers"]);
     assert!(!output.status.success());
-    assert!(text(&output.stderr).contains("was revoked"), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("user \"alice\" is disabled"), "{}", text(&output.stderr));
+    let renewal = alice.run(&["renew"]);
+    assert!(!renewal.status.success(), "a disabled user renewed");
     // Enrolling again is refused too: a disabled user is treated as absent.
     let output = alice.enroll(&server, "alice", PASSWORD);
     assert!(text(&output.stderr).contains("wrong user name or password"), "{}", text(&output.stderr));
+
+    // Enabled again, with the command: the same certificate works.
+    let enabled = server.command(&["user", "enable", "alice"], "");
+    assert!(enabled.status.success(), "{}", text(&enabled.stderr));
+    let joins = || alice.run(&["join", "--group", "Developers"]).status.success();
+    assert!(gshare_tests::wait_until(STARTUP_TIMEOUT, joins), "still locked out after user enable");
+}
+
+#[test]
+fn user_disable_and_user_groups_change_what_a_user_may_do_at_once() {
+    let (_net, mut server, alice) = alice_enrolled();
+    assert!(alice.run(&["join", "--group", "Developers"]).status.success());
+    let changed = server.command(&["user", "groups", "alice", "--groups", "Designers"], "");
+    assert!(changed.status.success(), "{}", text(&changed.stderr));
+    server.wait_for_log("membership ended: no longer allowed", STARTUP_TIMEOUT);
+    assert!(server.members("Developers").is_empty());
+    assert!(!alice.run(&["join", "--group", "Developers"]).status.success());
+    assert!(alice.run(&["join", "--group", "Designers"]).status.success());
+    let listed = text(&server.command(&["user", "list"], "").stdout);
+    assert!(listed.contains("alice  Designers"), "{listed}");
+
+    let disabled = server.command(&["user", "disable", "alice"], "");
+    assert!(disabled.status.success(), "{}", text(&disabled.stderr));
+    assert!(text(&server.command(&["user", "list"], "").stdout).contains("(disabled)"));
+    assert!(wait_until_refused(&alice));
+}
+
+/// Whether a join by `home` is refused within the test's patience (the server rereads
+/// users.toml within a second).
+fn wait_until_refused(home: &ClientHome) -> bool {
+    gshare_tests::wait_until(STARTUP_TIMEOUT, || !home.run(&["join", "--group", "Designers"]).status.success())
 }
