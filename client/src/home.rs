@@ -45,6 +45,8 @@ struct ClientToml {
     #[serde(default)]
     renew_at: Option<RenewAtToml>,
     #[serde(default)]
+    on_receive: Option<PathBuf>,
+    #[serde(default)]
     peer: PeerToml,
 }
 
@@ -137,6 +139,8 @@ pub struct ClientSettings {
     pub answer_timeout: std::time::Duration,
     /// Share of its certificate's validity after which a listening member renews it.
     pub renew_at: f64,
+    /// A program `listen` runs after each received file (see the `hook` module).
+    pub on_receive: Option<PathBuf>,
     pub peer: PeerSettings,
 }
 
@@ -173,6 +177,7 @@ impl ClientSettings {
                 raw.answer_timeout_secs.map_or(DEFAULT_ANSWER_TIMEOUT_SECS, |secs| secs.0),
             ),
             renew_at: raw.renew_at.map_or(DEFAULT_RENEW_AT, |share| share.0),
+            on_receive: raw.on_receive,
             peer,
         }
     }

@@ -16,6 +16,7 @@
 pub mod discover;
 pub mod enroll;
 pub mod home;
+pub mod hook;
 pub mod identity;
 pub mod inbox;
 pub mod listen;

@@ -25,6 +25,7 @@ use gshare_proto::swarm::{Bits, MAX_PIECES, Source, piece_count};
 use gshare_proto::{FileName, GroupName, ServerAddress};
 
 use crate::home::ClientSettings;
+use crate::hook::Hook;
 use crate::identity::{Enrollment, IdentityError, format_time};
 use crate::inbox::{DeliveryKey, Inbox};
 use crate::membership::{self, Direction};
@@ -65,6 +66,8 @@ pub enum ListenError {
     PeerListen { address: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("{}: no such program to run after each file (--exec, or on_receive in client.toml)", .0.display())]
+    Hook(PathBuf),
 }
 
 /// A session failure worth retrying.
@@ -92,6 +95,8 @@ pub struct ListenOptions {
     pub groups: Vec<GroupName>,
     /// One directory for every group's files; default `~/gshare/<group>` per group.
     pub out: Option<PathBuf>,
+    /// A program to run after each received file (`--exec`; else `on_receive` in client.toml).
+    pub exec: Option<PathBuf>,
 }
 
 /// The default out directory of `group`: `~/gshare/<group>`.
@@ -114,6 +119,13 @@ pub async fn listen(
     if let Some(out) = &options.out {
         check_out_dir(out)?;
     }
+    let hook = match options.exec.clone().or_else(|| settings.on_receive.clone()) {
+        Some(program) if program.components().count() > 1 && !program.is_file() => {
+            return Err(ListenError::Hook(program));
+        }
+        Some(program) => Some(Hook::new(program)),
+        None => None,
+    };
     let mut inboxes = HashMap::new();
     for group in &options.groups {
         let path = options.out.clone().unwrap_or_else(|| default_out_dir(group));
@@ -166,7 +178,7 @@ pub async fn listen(
         }
         let started = Instant::now();
         let mut connected = false;
-        let link = SessionLink { swarm: &swarm, peer_port, renew_at: renewal.next };
+        let link = SessionLink { swarm: &swarm, peer_port, renew_at: renewal.next, hook: hook.as_ref() };
         let result =
             session(&server, Arc::clone(&config), &options.groups, &inboxes, &link, &mut connected, &mut waiting).await;
         // Shares and peer connections belong to the session: the next one starts afresh.
@@ -288,6 +300,8 @@ struct SessionLink<'a> {
     peer_port: Option<u16>,
     /// When the session should end, between files, for the certificate to be renewed.
     renew_at: Option<tokio::time::Instant>,
+    /// Run after each received file.
+    hook: Option<&'a Hook>,
 }
 
 /// When the member's certificate is next renewed: once `renew_at` of its validity has passed,
@@ -408,9 +422,9 @@ async fn session(
             Some(Frame::Pong) => {}
             // A cancellation that crossed the end of its transfer: nothing left to stop.
             Some(Frame::Cancel { .. }) => {}
-            Some(Frame::Offer(offer)) => receive(&mut connection, offer, inboxes).await?,
+            Some(Frame::Offer(offer)) => receive(&mut connection, offer, inboxes, link.hook).await?,
             Some(Frame::SwarmOffer { offer, piece_len }) => {
-                receive_in_pieces(&mut connection, offer, piece_len, inboxes, link.swarm).await?;
+                receive_in_pieces(&mut connection, offer, piece_len, inboxes, link.swarm, link.hook).await?;
             }
             Some(Frame::Peers { file, peers }) => link.swarm.set_peers(file, peers),
             // Answers to requests that crossed the end of their file's delivery.
@@ -463,6 +477,7 @@ async fn receive<S>(
     connection: &mut Connection<S>,
     offer: Offer,
     inboxes: &HashMap<GroupName, Inbox>,
+    hook: Option<&Hook>,
 ) -> Result<(), SessionError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -564,6 +579,9 @@ where
     }
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, "received and verified");
     println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
+    if let Some(hook) = hook {
+        hook.run(&inbox.path().join(stored.as_str()), &offer.group, offer.size, &offer.sha256);
+    }
     Ok(())
 }
 
@@ -637,6 +655,7 @@ async fn receive_in_pieces<S>(
     piece_len: u32,
     inboxes: &HashMap<GroupName, Inbox>,
     swarm: &Arc<Swarm>,
+    hook: Option<&Hook>,
 ) -> Result<(), SessionError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -885,5 +904,8 @@ where
     }
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, from_server, from_peers, "received and verified");
     println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
+    if let Some(hook) = hook {
+        hook.run(&inbox.path().join(stored.as_str()), &offer.group, offer.size, &offer.sha256);
+    }
     Ok(())
 }

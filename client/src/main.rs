@@ -86,6 +86,11 @@ enum Command {
         /// Where to put the files of every group [default: ~/gshare/<group> for each group].
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// A program to run after each received file, without a shell: the file's path is its
+        /// argument; GSHARE_FILE, GSHARE_NAME, GSHARE_GROUP, GSHARE_SIZE and GSHARE_SHA256 are
+        /// in its environment [default: on_receive in client.toml].
+        #[arg(long, value_name = "PROGRAM")]
+        exec: Option<PathBuf>,
     },
     /// List the groups of the gshare servers on the network, from their signed announcements.
     Groups {
@@ -140,9 +145,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Join { group } => change_membership(&settings, Direction::Join, &group),
         Command::Leave { group } => change_membership(&settings, Direction::Leave, &group),
-        Command::Listen { group, out } => {
+        Command::Listen { group, out, exec } => {
             let enrollment = Enrollment::load(&settings.home)?;
-            let options = gshare_client::listen::ListenOptions { groups: group, out };
+            let options = gshare_client::listen::ListenOptions { groups: group, out, exec };
             runtime()?.block_on(async {
                 tokio::select! {
                     result = gshare_client::listen::listen(&settings, enrollment, &options) => result.map_err(anyhow::Error::from),

@@ -207,3 +207,75 @@ fn cancel_stops_a_transfer_and_members_not_yet_served_never_get_the_file() {
     assert!(!bob_out.path().join("big.iso").exists());
     assert!(server.command(&["cancel", "9"], "").status.code() == Some(1));
 }
+
+/// An executable script at `dir/name` with `body` (a program like any other: the hook runs it
+/// without a shell; the kernel reads its first line).
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn a_hook_runs_after_each_verified_file_with_its_details_and_never_holds_up_receiving() {
+    let (_net, server, home) = enrolled_member();
+    let tools = tempfile::tempdir().unwrap();
+    let log = tools.path().join("hook.log");
+    let record = format!(
+        "if [ \"$GSHARE_NAME\" = slow.txt ]; then sleep 30; fi\n\
+         echo \"$1|$GSHARE_FILE|$GSHARE_NAME|$GSHARE_GROUP|$GSHARE_SIZE|$GSHARE_SHA256\" >> {}\n\
+         [ \"$GSHARE_NAME\" != broken.txt ]",
+        log.display()
+    );
+    let hook = script(tools.path(), "on-receive", &record);
+    let out = tempfile::tempdir().unwrap();
+    let mut command = home.command();
+    command.args(["listen", "--group", "Developers", "--out"]).arg(out.path()).arg("--exec").arg(&hook);
+    command.env("RUST_LOG", "info").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let output = gshare_tests::OutputLines::collect(vec![
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ]);
+    let mut listener = Listener::from_parts(child, output);
+    listener.wait_for("waiting for files", LONG);
+
+    let source = tempfile::tempdir().unwrap();
+    // The first hook never ends; the files after it arrive all the same.
+    for (name, seed) in [("slow.txt", 61), ("report.csv", 62), ("broken.txt", 63)] {
+        let file = gshare_tests::random_file(source.path(), name, 5000, seed);
+        assert!(server.send("Developers", &[&file], false).status.success());
+        listener.wait_for(&format!("received {name}"), LONG);
+    }
+    listener.wait_for(&format!("the hook {} failed for", hook.display()), LONG);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(gshare_tests::wait_until(LONG, || logged().contains("report.csv")), "{}", logged());
+    let stored = out.path().join("report.csv");
+    let sha256: String = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&stored).unwrap())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let line = logged().lines().find(|l| l.contains("report.csv")).unwrap().to_owned();
+    assert_eq!(line, format!("{0}|{0}|report.csv|Developers|5000|{sha256}", stored.display()));
+    assert!(!logged().contains("slow.txt"), "the slow hook finished?");
+}
+
+#[test]
+fn a_hook_that_does_not_exist_is_refused_at_start() {
+    let (_net, _server, home) = enrolled_member();
+    let out = tempfile::tempdir().unwrap();
+    let output = home.run(&[
+        "listen",
+        "--group",
+        "Developers",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--exec",
+        "/nonexistent/hook",
+    ]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("/nonexistent/hook: no such program"), "{}", text(&output.stderr));
+}
