@@ -263,7 +263,15 @@ impl Inbox {
     /// Gives the verified temporary file of `delivery` its final name: `name`, or the first
     /// free numbered variant. Returns the name used.
     pub fn store(&self, delivery: &DeliveryKey, name: &FileName) -> io::Result<FileName> {
+        self.store_reporting(delivery, name).map(|(stored, _)| stored)
+    }
+
+    /// [`store`](Self::store), and whether the file was already there: a file of that name
+    /// (or a numbered one) with the same bytes is kept as the delivered copy, and the
+    /// temporary file removed, instead of a second copy under the next number.
+    pub fn store_reporting(&self, delivery: &DeliveryKey, name: &FileName) -> io::Result<(FileName, bool)> {
         let temporary = temporary_name(delivery);
+        let size = rustix::fs::statat(&self.dir, temporary.as_str(), AtFlags::SYMLINK_NOFOLLOW)?.st_size;
         for n in 0..=MAX_NUMBERED {
             let candidate = if n == 0 { name.clone() } else { name.numbered(n) };
             gshare_common::files::atomic_write(&self.journal_entry(delivery), candidate.as_str().as_bytes(), 0o600)?;
@@ -276,13 +284,41 @@ impl Inbox {
             ) {
                 Ok(()) => {
                     rustix::fs::fsync(&self.dir)?;
-                    return Ok(candidate);
+                    return Ok((candidate, false));
+                }
+                Err(rustix::io::Errno::EXIST) if self.holds(&candidate, size, &delivery.sha256) => {
+                    rustix::fs::unlinkat(&self.dir, temporary.as_str(), AtFlags::empty())?;
+                    rustix::fs::fsync(&self.dir)?;
+                    return Ok((candidate, true));
                 }
                 Err(rustix::io::Errno::EXIST) => continue,
                 Err(error) => return Err(error.into()),
             }
         }
         Err(io::Error::other(format!("{MAX_NUMBERED} files named like {name} already exist")))
+    }
+
+    /// Whether `name` in the out directory is a regular file (never followed through a
+    /// symlink) of `size` bytes whose SHA-256 is `sha256`.
+    fn holds(&self, name: &FileName, size: i64, sha256: &[u8; 32]) -> bool {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::openat(&self.dir, name.as_str(), flags, Mode::empty()) else { return false };
+        let Ok(stat) = rustix::fs::fstat(&fd) else { return false };
+        if !rustix::fs::FileType::from_raw_mode(stat.st_mode).is_file() || stat.st_size != size {
+            return false;
+        }
+        let mut file = File::from(fd);
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buffer = vec![0u8; 256 * 1024];
+        loop {
+            match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => context.update(&buffer[..read]),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        context.finish().as_ref() == sha256
     }
 }
 
@@ -408,6 +444,19 @@ mod tests {
         partial.write(b"new!".to_vec()).await.unwrap();
         partial.finish().unwrap();
         assert_eq!(inbox.store(new, &FileName::new("a.txt").unwrap()).unwrap().as_str(), "a (1).txt");
+        // The same bytes again, under the same name: no third copy.
+        let again = &key(9, b"new!");
+        let mut partial = inbox.prepare(again, 4).unwrap();
+        partial.write(b"new!".to_vec()).await.unwrap();
+        partial.finish().unwrap();
+        let (stored, identical) = inbox.store_reporting(again, &FileName::new("a.txt").unwrap()).unwrap();
+        assert_eq!((stored.as_str(), identical), ("a (1).txt", true));
+        let mut names: Vec<String> = std::fs::read_dir(root.path().join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a (1).txt", "a.txt"]);
         assert_eq!(std::fs::read(root.path().join("out/a (1).txt")).unwrap(), b"new!");
         assert_eq!(inbox.delivered_name(old).as_deref(), Some("a.txt"));
     }

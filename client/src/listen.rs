@@ -565,12 +565,14 @@ where
         let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
         return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
     }
-    let stored = match inbox.store(key, &name) {
+    let (stored, identical) = match inbox.store_reporting(key, &name) {
         Ok(stored) => stored,
         Err(error) => return cannot_store(connection, &offer, &name, inbox.path(), &error).await,
     };
     connection.write_frame(&Frame::Ack { delivery: id }).await?;
-    if stored != name {
+    if identical {
+        println!("{}/{name}: the same bytes are already here as {stored}; no second copy", offer.group);
+    } else if stored != name {
         tracing::info!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
         eprintln!(
             "{}/{name}: a different file already has that name; kept it, and saved this one as {stored}",
@@ -884,7 +886,7 @@ where
         let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
         return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
     }
-    let stored = match inbox.store(key, &name) {
+    let (stored, identical) = match inbox.store_reporting(key, &name) {
         Ok(stored) => stored,
         Err(error) => {
             swarm.remove_share(&file);
@@ -895,7 +897,9 @@ where
     share.state().complete = true;
     let _ = std::fs::remove_file(&hashes_path);
     connection.write_frame(&Frame::Ack { delivery: id }).await?;
-    if stored != name {
+    if identical {
+        println!("{}/{name}: the same bytes are already here as {stored}; no second copy", offer.group);
+    } else if stored != name {
         tracing::info!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
         eprintln!(
             "{}/{name}: a different file already has that name; kept it, and saved this one as {stored}",

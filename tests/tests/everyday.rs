@@ -279,3 +279,25 @@ fn a_hook_that_does_not_exist_is_refused_at_start() {
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("/nonexistent/hook: no such program"), "{}", text(&output.stderr));
 }
+
+#[test]
+fn the_same_file_sent_twice_is_kept_once_and_a_different_one_of_that_name_gets_a_number() {
+    let (_net, server, home) = enrolled_member();
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&home, &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    let source = tempfile::tempdir().unwrap();
+    let file = gshare_tests::random_file(source.path(), "plan.txt", 70_000, 71);
+    assert!(server.send("Developers", &[&file], false).status.success());
+    listener.wait_for("received plan.txt", LONG);
+    assert!(server.send("Developers", &[&file], false).status.success());
+    listener.wait_for("the same bytes are already here as plan.txt; no second copy", LONG);
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = gshare_tests::random_file(other_dir.path(), "plan.txt", 70_000, 72);
+    assert!(server.send("Developers", &[&other], false).status.success());
+    listener.wait_for("saved this one as plan (1).txt", LONG);
+    let mut names: Vec<String> =
+        std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["plan (1).txt", "plan.txt"]);
+}
