@@ -98,6 +98,11 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = DEFAULT_GROUPS_WAIT, value_parser = humantime::parse_duration)]
         wait: Duration,
     },
+    /// Write shell completions (bash, zsh, fish) and manual pages into DIR.
+    Generate {
+        #[arg(value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +112,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Generate { out } = &cli.command {
+        return generate(out);
+    }
     let home = resolve_home(cli.home.as_deref())?;
     let settings = ClientSettings::load(&home)?;
     match cli.command {
@@ -143,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Generate { out } => generate(&out),
         Command::Join { group } => change_membership(&settings, Direction::Join, &group),
         Command::Leave { group } => change_membership(&settings, Direction::Leave, &group),
         Command::Listen { group, out, exec } => {
@@ -202,5 +211,20 @@ fn groups(settings: &ClientSettings, wait: Duration) -> anyhow::Result<()> {
         }
     }
     gshare_common::out!("{}", report::servers(&found.servers));
+    Ok(())
+}
+
+/// Writes completions for bash, zsh and fish and a manual page per command into `out`.
+fn generate(out: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut command = Cli::command();
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut command, "gshare-client", out)
+            .with_context(|| format!("cannot write {shell} completions into {}", out.display()))?;
+    }
+    clap_mangen::generate_to(command, out)
+        .with_context(|| format!("cannot write manual pages into {}", out.display()))?;
+    gshare_common::outln!("wrote completions and manual pages for gshare-client into {}", out.display());
     Ok(())
 }

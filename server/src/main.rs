@@ -74,6 +74,11 @@ enum Command {
         #[arg(long, value_name = "NUMBER")]
         file: Option<u64>,
     },
+    /// Write shell completions (bash, zsh, fish) and manual pages into DIR.
+    Generate {
+        #[arg(value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +148,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Generate { out }) = &cli.command {
+        return generate(out);
+    }
     let Some(config_path) = cli.config else {
         bail!("which server? give --config FILE (or set GSHARE_CONFIG)");
     };
@@ -160,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::User(command)) => user(&config, command),
         Some(Command::Cert(command)) => cert(&config, command),
         Some(Command::Cancel { file }) => cancel(&config, file),
+        Some(Command::Generate { out }) => generate(&out),
         Some(Command::Status { json, file }) => status(&config, json, file),
         Some(Command::Send { group, files, wait }) => interruptible_send(config, group, files, wait),
     }
@@ -710,3 +719,18 @@ fn pin_mmap_threshold() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn pin_mmap_threshold() {}
+
+/// Writes completions for bash, zsh and fish and a manual page per command into `out`.
+fn generate(out: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut command = Cli::command();
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut command, "gshare-server", out)
+            .with_context(|| format!("cannot write {shell} completions into {}", out.display()))?;
+    }
+    clap_mangen::generate_to(command, out)
+        .with_context(|| format!("cannot write manual pages into {}", out.display()))?;
+    gshare_common::outln!("wrote completions and manual pages for gshare-server into {}", out.display());
+    Ok(())
+}

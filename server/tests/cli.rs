@@ -204,3 +204,19 @@ fn a_user_store_others_can_read_gets_a_warning() {
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(!stderr(&server(&config, &["user", "list"])).contains("warning"));
 }
+
+#[test]
+fn generate_writes_completions_and_manual_pages_without_a_config() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_gshare-server")).arg("generate").arg(out.path()).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    for name in
+        ["gshare-server.1", "gshare-server-cert-revoke.1", "gshare-server.bash", "_gshare-server", "gshare-server.fish"]
+    {
+        assert!(out.path().join(name).is_file(), "{name} missing");
+    }
+    let bash = std::fs::read_to_string(out.path().join("gshare-server.bash")).unwrap();
+    assert!(bash.contains("revoke") && bash.contains("--config"), "completions lack commands");
+    let page = std::fs::read_to_string(out.path().join("gshare-server-cancel.1")).unwrap();
+    assert!(page.contains("Cancel a sent file"), "{page}");
+}
