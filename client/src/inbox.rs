@@ -190,6 +190,12 @@ impl Inbox {
     /// directory's handle and never through a symlink.
     fn open_temporary(&self, delivery: &DeliveryKey) -> io::Result<File> {
         let name = temporary_name(delivery);
+        // Noted first in the journal, so a delivery the server drops while this member is
+        // away (removed, left the group, cancelled) can be cleaned up later: see `forget`.
+        let marker = self.receiving_marker(delivery);
+        if !marker.exists() {
+            std::fs::write(&marker, b"")?;
+        }
         let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(&self.dir, name.as_str(), flags, Mode::from_raw_mode(0o600)) {
             Ok(fd) => fd,
@@ -253,6 +259,40 @@ impl Inbox {
     pub fn discard(&self, delivery: &DeliveryKey) {
         let _ = rustix::fs::unlinkat(&self.dir, temporary_name(delivery).as_str(), AtFlags::empty());
         let _ = std::fs::remove_file(self.piece_hashes_path(delivery));
+        let _ = std::fs::remove_file(self.receiving_marker(delivery));
+    }
+
+    /// The journal's note that `delivery` has a temporary file in an out directory.
+    fn receiving_marker(&self, delivery: &DeliveryKey) -> PathBuf {
+        self.journal.join(format!("{}.receiving", delivery.label()))
+    }
+
+    /// Throws away what this member holds of deliveries the server no longer owes it (it
+    /// dropped them while the member was away: the user was removed, left the group, the
+    /// file was cancelled), given every delivery still `owed`. Only deliveries this home's
+    /// journal notes as being received are touched, so another member's files in a shared
+    /// out directory are safe. Returns how many were thrown away.
+    /// `inboxes` share one journal (this home's, for this server); each may hold the file.
+    pub fn forget_unowed(inboxes: &[&Inbox], owed: &std::collections::HashSet<u64>) -> usize {
+        let Some(first) = inboxes.first() else { return 0 };
+        let Ok(entries) = std::fs::read_dir(&first.journal) else { return 0 };
+        let mut forgotten = 0;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let Some(label) = file_name.strip_suffix(".receiving") else { continue };
+            let Some(id) = label.split_once('-').and_then(|(id, _)| id.parse::<u64>().ok()) else { continue };
+            if owed.contains(&id) {
+                continue;
+            }
+            let temporary = format!("{}{label}.part", gshare_proto::names::RESERVED_FILE_PREFIX);
+            for inbox in inboxes {
+                let _ = rustix::fs::unlinkat(&inbox.dir, temporary.as_str(), AtFlags::empty());
+            }
+            let _ = std::fs::remove_file(first.journal.join(format!("{label}.pieces")));
+            let _ = std::fs::remove_file(entry.path());
+            forgotten += 1;
+        }
+        forgotten
     }
 
     /// Whether the verified temporary file of `delivery` is still waiting for its rename.
@@ -284,11 +324,13 @@ impl Inbox {
             ) {
                 Ok(()) => {
                     rustix::fs::fsync(&self.dir)?;
+                    let _ = std::fs::remove_file(self.receiving_marker(delivery));
                     return Ok((candidate, false));
                 }
                 Err(rustix::io::Errno::EXIST) if self.holds(&candidate, size, &delivery.sha256) => {
                     rustix::fs::unlinkat(&self.dir, temporary.as_str(), AtFlags::empty())?;
                     rustix::fs::fsync(&self.dir)?;
+                    let _ = std::fs::remove_file(self.receiving_marker(delivery));
                     return Ok((candidate, true));
                 }
                 Err(rustix::io::Errno::EXIST) => continue,

@@ -427,6 +427,16 @@ async fn session(
                 receive_in_pieces(&mut connection, offer, piece_len, inboxes, link.swarm, link.hook).await?;
             }
             Some(Frame::Peers { file, peers }) => link.swarm.set_peers(file, peers),
+            Some(Frame::Owed { deliveries, complete }) => {
+                if complete {
+                    let owed = deliveries.iter().map(|delivery| delivery.0).collect();
+                    let all: Vec<&Inbox> = inboxes.values().collect();
+                    let forgotten = Inbox::forget_unowed(&all, &owed);
+                    if forgotten > 0 {
+                        tracing::info!(forgotten, "threw away partial files of deliveries the server no longer owes");
+                    }
+                }
+            }
             // Answers to requests that crossed the end of their file's delivery.
             Some(Frame::Piece { bytes, .. }) => connection.recycle(bytes),
             Some(Frame::NoNewPiece { .. }) => {}

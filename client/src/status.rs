@@ -31,7 +31,7 @@ pub struct MemberStatus {
     pub joined: Vec<String>,
     /// Oldest first.
     pub received: Vec<Received>,
-    /// Deliveries whose piece hashes are held: files arriving in pieces, or interrupted.
+    /// Deliveries with a temporary file: arriving now, or interrupted.
     pub in_progress: Vec<u64>,
 }
 
@@ -49,13 +49,16 @@ pub fn collect(settings: &ClientSettings, enrollment: &Enrollment) -> MemberStat
     if let Ok(entries) = std::fs::read_dir(journal_dir(&settings.home, enrollment)) {
         for entry in entries.flatten() {
             let file_name = entry.file_name().to_string_lossy().into_owned();
-            let (label, pieces) = match file_name.strip_suffix(".pieces") {
+            if file_name.ends_with(".pieces") {
+                continue;
+            }
+            let (label, receiving) = match file_name.strip_suffix(".receiving") {
                 Some(label) => (label.to_owned(), true),
                 None => (file_name.clone(), false),
             };
             let Some((id, sha256)) = label.split_once('-') else { continue };
             let Ok(delivery) = id.parse::<u64>() else { continue };
-            if pieces {
+            if receiving {
                 in_progress.push(delivery);
                 continue;
             }

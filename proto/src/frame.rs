@@ -79,6 +79,11 @@ pub enum Frame {
     /// me a new certificate for the key in this signing request. Answered with
     /// `EnrollAccepted` or `Refused`.
     RenewRequest { csr: Vec<u8> },
+    /// Server → member, right after `Subscribed`: every delivery the server still owes this
+    /// member in the groups subscribed (`complete`: the whole list; otherwise the first
+    /// [`MAX_OWED`] of them). The member throws away temporary files of any other delivery it
+    /// was receiving: the server dropped those while it was away.
+    Owed { deliveries: Vec<DeliveryId>, complete: bool },
     /// Server → member, instead of `Subscribed`: not now (the server is full, or this
     /// certificate has too many sessions open); try again later.
     Busy { reason: Text },
@@ -158,6 +163,8 @@ pub struct PeerInfo {
 pub const MAX_HASHES_PER_FRAME: usize = 16 * 1024;
 /// Most peers the server names in one [`Frame::Peers`].
 pub const MAX_PEERS: usize = 4096;
+/// Most deliveries one `Owed` frame lists (8 bytes each).
+pub const MAX_OWED: usize = 64 * 1024;
 /// Largest piece bitfield: one bit per piece, enough for a 4 TiB file at the piece size.
 pub const MAX_BITFIELD_LEN: usize = 1 << 20 >> 1;
 
@@ -258,6 +265,7 @@ impl Frame {
             Frame::SwarmDone { .. } => 28,
             Frame::CannotStore { .. } => 29,
             Frame::RenewRequest { .. } => 30,
+            Frame::Owed { .. } => 31,
         }
     }
 
@@ -275,6 +283,16 @@ impl Frame {
                 put_short_bytes(&mut out, user.as_str().as_bytes());
                 put_long_bytes(&mut out, password.0.as_bytes());
                 put_long_bytes(&mut out, csr);
+            }
+            Frame::Owed { deliveries, complete } => {
+                if deliveries.len() > MAX_OWED {
+                    return Err(too_long("owed deliveries", deliveries.len()));
+                }
+                out.push(u8::from(*complete));
+                out.extend_from_slice(&(deliveries.len() as u32).to_be_bytes());
+                for delivery in deliveries {
+                    out.extend_from_slice(&delivery.0.to_be_bytes());
+                }
             }
             Frame::RenewRequest { csr } => {
                 if csr.len() > MAX_CERTIFICATE_LEN {
@@ -501,6 +519,22 @@ pub fn decode_with(
             Frame::EnrollAccepted { certificate, ca_certificate }
         }
         3 => Frame::Refused { reason: read_text(&mut reader)? },
+        31 => {
+            let complete = match reader.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(DecodeError::invalid("owed list flag", other.to_string()).into()),
+            };
+            let count = reader.u32()? as usize;
+            if count > MAX_OWED {
+                return Err(DecodeError::invalid("owed deliveries", format!("{count} deliveries")).into());
+            }
+            let mut deliveries = Vec::with_capacity(count.min(reader.remaining() / 8));
+            for _ in 0..count {
+                deliveries.push(DeliveryId(reader.u64()?));
+            }
+            Frame::Owed { deliveries, complete }
+        }
         30 => {
             Frame::RenewRequest { csr: reader.long_bytes("certificate signing request", MAX_CERTIFICATE_LEN)?.to_vec() }
         }
@@ -696,6 +730,8 @@ mod tests {
             Frame::Cancel { delivery: DeliveryId(7), reason: Text::new("left the group") },
             Frame::CannotStore { delivery: DeliveryId(7), reason: Text::new("no space left on the device") },
             Frame::RenewRequest { csr: vec![0x30; 300] },
+            Frame::Owed { deliveries: vec![DeliveryId(3), DeliveryId(1 << 40)], complete: true },
+            Frame::Owed { deliveries: vec![], complete: false },
             Frame::Busy { reason: Text::new("server full") },
             Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: Some(7444) },
             Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: None },

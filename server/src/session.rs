@@ -49,7 +49,8 @@ use std::collections::HashMap;
 use gshare_common::{Connection, ConnectionError};
 use gshare_proto::UserName;
 use gshare_proto::frame::{
-    DeliveryId, FileKey, Frame, MAX_CHUNK_LEN, MAX_FRAME_LEN, MAX_HASHES_PER_FRAME, MAX_PEERS, Offer, PeerInfo, Text,
+    DeliveryId, FileKey, Frame, MAX_CHUNK_LEN, MAX_FRAME_LEN, MAX_HASHES_PER_FRAME, MAX_OWED, MAX_PEERS, Offer,
+    PeerInfo, Text,
 };
 use gshare_proto::swarm::{Bits, MAX_PIECES, PIECE_LEN, piece_count, piece_span};
 
@@ -107,7 +108,10 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = blocking(server, move |store| store.touch_seen(&seen_user, unix_now())).await;
     let mut session =
         SessionState { user: user.clone(), swarm, peers_sent: HashMap::new(), deferred: Deferrals::default() };
-    let result = session_loop(server, connection, &mut session, &mut control).await;
+    let result = match tell_owed(server, connection, &user).await {
+        Ok(()) => session_loop(server, connection, &mut session, &mut control).await,
+        Err(error) => Err(error),
+    };
     server.swarms.leave_all(id);
     server.unregister_session(&user, id);
     let seen_user = user.clone();
@@ -116,6 +120,22 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = connection.write_frame(&Frame::Refused { reason: Text::new("access revoked") }).await;
     }
     result
+}
+
+/// Tells the member every delivery still owed to its user, in any group, so that it throws
+/// away what it holds of deliveries dropped while it was away (the user was removed, left a
+/// group, the file was cancelled or expired).
+async fn tell_owed<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Arc<Server>,
+    connection: &mut Connection<S>,
+    user: &UserName,
+) -> Result<(), SessionError> {
+    let (who, groups) = (user.clone(), server.config.groups.clone());
+    let owed = blocking(server, move |store| store.pending_for(&who, &groups)).await?;
+    let complete = owed.len() <= MAX_OWED;
+    let deliveries = owed.iter().take(MAX_OWED).map(|delivery| DeliveryId(delivery.id)).collect();
+    connection.write_frame(&Frame::Owed { deliveries, complete }).await?;
+    Ok(())
 }
 
 /// What one session keeps beside its connection.
@@ -810,6 +830,7 @@ pub(crate) fn frame_name(frame: &Frame) -> &'static str {
         Frame::Cancel { .. } => "a cancellation",
         Frame::CannotStore { .. } => "a report that the file cannot be stored",
         Frame::RenewRequest { .. } => "a renewal request",
+        Frame::Owed { .. } => "the list of deliveries owed",
         Frame::Busy { .. } => "a busy answer",
         Frame::SubscribeSwarm { .. } => "a swarm subscription",
         Frame::SwarmOffer { .. } => "a swarm offer",

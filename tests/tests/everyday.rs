@@ -301,3 +301,35 @@ fn the_same_file_sent_twice_is_kept_once_and_a_different_one_of_that_name_gets_a
     names.sort();
     assert_eq!(names, ["plan (1).txt", "plan.txt"]);
 }
+
+#[test]
+fn a_member_removed_mid_file_keeps_no_partial_file_once_it_is_back() {
+    // Found by the soak: the removal dropped the delivery, so nothing ever finished or cleaned
+    // up the temporary file.
+    let (net, mut server, home) = enrolled_member();
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&home, &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    let source = tempfile::tempdir().unwrap();
+    let big = gshare_tests::random_file(source.path(), "big.iso", 512 * 1024 * 1024, 81);
+    assert!(server.send("Developers", &[&big], false).status.success());
+    let partial = || {
+        std::fs::read_dir(out.path())
+            .is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".part")))
+    };
+    assert!(gshare_tests::wait_until(LONG, partial), "the transfer never started");
+    assert!(server.command(&["user", "remove", "alice"], "").status.success());
+    server.wait_for_log("user store reloaded", LONG);
+    assert!(!listener.wait_exit(LONG).success());
+    assert!(partial(), "the partial file went with the listener; nothing left to test");
+
+    server.add_user("alice", "Developers", PASSWORD);
+    let again = home.enroll(&server, "alice", PASSWORD);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let _ = net;
+    let mut listener = Listener::start(&home, &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    assert!(gshare_tests::wait_until(LONG, || !partial()), "the dropped delivery's partial file stayed");
+    let status = text(&home.run(&["status"]).stdout);
+    assert!(!status.contains("in progress"), "{status}");
+}
