@@ -15,6 +15,7 @@
 //! - `listener`, `tls`, `enroll`: the TLS listener and enrollment.
 //! - `ratelimit`: delays after failed password attempts.
 //! - [`private`]: modes of the state directory and its files.
+//! - `notify`: readiness for a service manager (systemd's `Type=notify`).
 //! - `state`: what the tasks share.
 //! - `swarm`: which member sessions share which file's pieces, and which pieces have gone out.
 
@@ -25,6 +26,7 @@ mod enroll;
 pub mod identity;
 mod listener;
 mod membership;
+mod notify;
 pub mod private;
 mod ratelimit;
 mod reload;
@@ -230,6 +232,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         users = server.users().users.len(),
         "gshare-server ready"
     );
+    notify::notify("READY=1");
     let discovery = discovery::Discovery::new(Arc::clone(&server), channel, announcements);
     let serving = listener::serve(Arc::clone(&server), listener, tokio_rustls::TlsAcceptor::from(tls));
     let watching = reload::watch_users(Arc::clone(&server));
@@ -245,6 +248,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         () = sweeping => Ok(()),
         () = shutdown => {
             tracing::info!("shutting down");
+            notify::notify("STOPPING=1");
             Ok(())
         }
     }
