@@ -76,6 +76,15 @@ struct ServerToml {
     limits: LimitsToml,
     #[serde(default)]
     delivery: DeliveryToml,
+    #[serde(default)]
+    metrics: MetricsToml,
+}
+
+/// `[metrics]`: the optional Prometheus endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsToml {
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +279,8 @@ pub struct Config {
     /// Whether members that can pass pieces on to each other get files in pieces (swarm
     /// delivery), or every member its own whole copy from the server.
     pub swarm: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -428,6 +439,7 @@ impl Config {
             concurrent_transfers,
             retention: Duration::from_secs(u64::from(retention_days) * 86_400),
             swarm: raw.delivery.swarm,
+            metrics_listen: raw.metrics.listen,
             max_attempts,
         })
     }

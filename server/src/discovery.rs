@@ -129,6 +129,7 @@ impl Discovery {
 
     fn drop(&mut self, reason: DropReason, from: SocketAddr, detail: &dyn std::fmt::Display) {
         self.drops.record(reason, from, detail, std::time::Instant::now());
+        crate::metrics::count(&self.server.metrics.dropped_datagrams, reason.as_str());
     }
 
     async fn handle_list_request(&mut self) -> Result<(), ServerError> {
@@ -256,6 +257,9 @@ impl Discovery {
         outcome: Outcome,
         to: SocketAddr,
     ) -> Result<(), ServerError> {
+        if let Outcome::Refused { code, .. } = &outcome {
+            crate::metrics::count(&self.server.metrics.join_refusals, &format!("{code:?}").to_lowercase());
+        }
         let reply = MembershipReply { request_nonce, group: request.group.clone(), outcome };
         let bytes = self.sign(Message::MembershipReply(reply))?;
         if let Err(error) = self.channel.send_to(&bytes, to).await {

@@ -35,6 +35,7 @@ pub(crate) async fn enroll(
     csr: Vec<u8>,
 ) -> Frame {
     let refuse = |reason: &str| Frame::Refused { reason: Text::new(reason) };
+    let refused = |why: &str| crate::metrics::count(&server.metrics.enrollment_refusals, why);
     let users = server.users();
     // Only names in the user store are counted as users: an unknown name has no account to
     // protect, and counting it would let junk names crowd out real ones.
@@ -44,6 +45,7 @@ pub(crate) async fn enroll(
     }
     if let Err(wait) = server.limiter().begin(&subjects, Instant::now()) {
         tracing::warn!(%peer, %user, "enrollment refused: too many failed attempts");
+        refused("rate_limited");
         return refuse(&format!("too many failed attempts; try again in {} seconds", wait.as_secs().max(1)));
     }
 
@@ -58,6 +60,7 @@ pub(crate) async fn enroll(
         let Ok(Ok(_permit)) = permit else {
             server.limiter().take_back(&subjects);
             tracing::warn!(%peer, %user, "enrollment turned away: every password checker is busy");
+            refused("busy");
             return refuse("the server is busy checking other passwords; try again in a minute");
         };
         tracing::info!(%peer, %user, "checking a password");
@@ -66,6 +69,7 @@ pub(crate) async fn enroll(
     // The user store may have changed while the password was checked (`user remove`).
     if !(known && matches && server.users().active(&user).is_some()) {
         tracing::warn!(%peer, %user, "enrollment refused: {WRONG_CREDENTIALS}");
+        refused("wrong_credentials");
         return refuse(WRONG_CREDENTIALS);
     }
     server.limiter().succeeded(&subjects);
@@ -77,6 +81,7 @@ pub(crate) async fn enroll(
             Ok(issued) => issued,
             Err(error) => {
                 tracing::warn!(%peer, %user, %error, "enrollment refused: bad certificate request");
+                refused("bad_request");
                 return refuse(&format!("bad certificate request: {error}"));
             }
         };
@@ -92,6 +97,7 @@ pub(crate) async fn enroll(
     let fingerprint = record.fingerprint;
     if let Err(error) = blocking(server, move |store| store.record_certificate(&record)).await {
         tracing::error!(%peer, %user, %error, "cannot record the issued certificate");
+        refused("server_error");
         return refuse("the server could not record the certificate; try again later");
     }
     // A removal that raced this enrollment: either its reload already swapped the user store
@@ -105,8 +111,10 @@ pub(crate) async fn enroll(
             tracing::error!(%peer, %user, %error, "cannot revoke a certificate issued to a removed user");
         }
         tracing::warn!(%peer, %user, "enrollment refused: the user was removed while enrolling");
+        refused("wrong_credentials");
         return refuse(WRONG_CREDENTIALS);
     }
+    server.metrics.enrollments.inc();
     tracing::info!(%peer, %user, serial = %issued.serial, certificate = %fingerprint, "enrolled");
     Frame::EnrollAccepted { certificate: issued.der, ca_certificate: server.identity.ca.certificate_der().to_vec() }
 }

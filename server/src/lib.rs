@@ -16,6 +16,7 @@
 //! - `ratelimit`: delays after failed password attempts.
 //! - [`private`]: modes of the state directory and its files.
 //! - `notify`: readiness for a service manager (systemd's `Type=notify`).
+//! - `metrics`: the optional Prometheus endpoint.
 //! - `state`: what the tasks share.
 //! - `swarm`: which member sessions share which file's pieces, and which pieces have gone out.
 
@@ -26,6 +27,7 @@ mod enroll;
 pub mod identity;
 mod listener;
 mod membership;
+mod metrics;
 mod notify;
 pub mod private;
 mod ratelimit;
@@ -217,6 +219,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|source| ServerError::Listen { address: config.tls_listen, source })?;
     let channel = MulticastChannel::open(&config.multicast)?;
     let admin_socket = admin::bind(&config.state_dir).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address).await.map_err(|source| ServerError::Listen { address, source })?,
+        ),
+        None => None,
+    };
     let spool = spool::Spool::open(&config.state_dir).map_err(ServerError::Spool)?;
     let server = Arc::new(state::Server::new(config, identity, store, users, dummy_hash, spool));
     // A user removed while the server was down loses access before anything else happens.
@@ -239,7 +247,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let administering = admin::serve(Arc::clone(&server), admin_socket);
     let sweeping = sweep(Arc::clone(&server));
     let reissuing = reissue_server_certificate(Arc::clone(&server), current_certificate);
+    let measuring = async {
+        match metrics_listener {
+            Some(listener) => metrics::serve(Arc::clone(&server), listener).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
+        () = measuring => Ok(()),
         () = reissuing => Ok(()),
         result = discovery.run() => result,
         () = serving => Ok(()),

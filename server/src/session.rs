@@ -335,6 +335,7 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
         size: delivery.size,
         sha256,
     };
+    let offered = Instant::now();
     connection.write_frame(&Frame::Offer(offer)).await?;
     let offset = match next_answer(connection, OFFER_TIMEOUT, control).await? {
         Frame::Resume { delivery: resumed, offset } if resumed == id && offset <= delivery.size => offset,
@@ -352,7 +353,7 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(());
     }
     let answer = next_answer(connection, ACK_TIMEOUT, control).await?;
-    finish_delivery(server, session, &delivery, answer).await
+    finish_delivery(server, session, &delivery, answer, offered).await
 }
 
 /// Records the member's last word on a delivery: its ack, or its report that the file did not
@@ -362,6 +363,7 @@ async fn finish_delivery(
     session: &mut SessionState,
     delivery: &PendingDelivery,
     answer: Frame,
+    offered: Instant,
 ) -> Result<(), SessionError> {
     let user = &session.user;
     let id = DeliveryId(delivery.id);
@@ -375,6 +377,7 @@ async fn finish_delivery(
                 tracing::info!(%user, delivery = id.0, file = %delivery.name, "ack for a delivery no longer pending; left as it was");
                 return Ok(());
             }
+            server.metrics.transfer_seconds.observe(offered.elapsed().as_secs_f64());
             tracing::info!(%user, delivery = id.0, file = %delivery.name, size = delivery.size, "delivered");
             // Release before telling `send --wait`, so that when it returns the books are done.
             release_spool(server).await;
@@ -493,6 +496,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
         size: delivery.size,
         sha256: key,
     };
+    let offered = Instant::now();
     connection.write_frame(&Frame::SwarmOffer { offer, piece_len: PIECE_LEN }).await?;
 
     // Every piece hash, before the member takes a piece from anyone (or checks what it holds
@@ -571,6 +575,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
                 let reading = read_at(&spool_file, std::mem::take(&mut buffer), offset, len);
                 buffer = read_whole(reading, len, &delivery.sha256).await?;
                 unless_revoked(connection.write_piece(&key, piece, &buffer), control).await?;
+                server.metrics.bytes_sent.inc_by(buffer.len() as u64);
                 held.set(piece);
             }
             () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
@@ -582,7 +587,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    finish_delivery(server, session, &delivery, answer).await
+    finish_delivery(server, session, &delivery, answer, offered).await
 }
 
 /// Stores where a member's bytes came from, with the members that sent it bad pieces named.
@@ -723,6 +728,7 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
             reading = Some(read_at(&file, std::mem::take(&mut spare), next, chunk_at(next)));
         }
         unless_revoked(connection.write_data(id, &chunk), control).await?;
+        server.metrics.bytes_sent.inc_by(chunk.len() as u64);
         spare = chunk;
         sent += read as u64;
         if sent >= next_progress || sent == delivery.size {

@@ -76,6 +76,8 @@ pub(crate) struct Server {
     /// Held while a spool entry is re-hashed after a member's failed check, so that members
     /// failing together cost one pass over the entry at a time, not one each at once.
     pub spool_checks: tokio::sync::Mutex<()>,
+    /// What the Prometheus endpoint reports.
+    pub metrics: crate::metrics::Metrics,
     pub swarms: crate::swarm::Swarms,
     sessions: Mutex<HashMap<UserName, Vec<SessionEntry>>>,
     /// Deliveries cancelled by the operator while the server runs.
@@ -102,6 +104,7 @@ impl Server {
             user_transfers: Mutex::new(HashMap::new()),
             spool,
             spool_checks: tokio::sync::Mutex::new(()),
+            metrics: crate::metrics::Metrics::default(),
             swarms: crate::swarm::Swarms::default(),
             sessions: Mutex::new(HashMap::new()),
             cancelled: Mutex::default(),
@@ -192,6 +195,11 @@ impl Server {
 
     /// Asks every open session of `user` to close (the user was removed or disabled), at once,
     /// even in the middle of a write.
+    /// Member sessions open now.
+    pub fn online_sessions(&self) -> usize {
+        self.sessions().values().map(Vec::len).sum()
+    }
+
     pub fn close_sessions(&self, user: &UserName) {
         if let Some(entries) = self.sessions().get(user) {
             for entry in entries {

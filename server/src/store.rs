@@ -627,6 +627,14 @@ impl Store {
     }
 
     /// Every delivery with its file, newest file first.
+    /// How many deliveries are in each state.
+    pub fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection.prepare("SELECT state, COUNT(*) FROM deliveries GROUP BY state")?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn delivery_status(&self) -> Result<Vec<DeliveryStatus>, StoreError> {
         let connection = self.connection();
         let mut statement = connection.prepare(
