@@ -350,6 +350,8 @@ impl Renewal {
 #[derive(Debug, Default)]
 struct Waiting {
     told: bool,
+    /// Whether a session was ever opened: the first one is said, as a sign of life.
+    connected_before: bool,
 }
 
 impl Waiting {
@@ -362,8 +364,8 @@ impl Waiting {
     }
 
     fn reached(&mut self, server: &ServerAddress) {
-        if std::mem::take(&mut self.told) {
-            eprintln!("connected to the server at {server}");
+        if std::mem::take(&mut self.told) || !std::mem::replace(&mut self.connected_before, true) {
+            eprintln!("connected to the server at {server}; waiting for files");
         }
     }
 }
@@ -522,6 +524,7 @@ where
         tracing::info!(delivery = id.0, file = %name, offset = partial.held, "resuming");
     }
     connection.write_frame(&Frame::Resume { delivery: id, offset: partial.held }).await?;
+    let bar = FileBar::start(&offer.group, &name, offer.size, partial.held);
     while partial.held < offer.size {
         match read(connection).await? {
             Some(Frame::Data { delivery, bytes }) if delivery == id => {
@@ -548,6 +551,7 @@ where
                 for buffer in partial.written_buffers() {
                     connection.recycle(buffer);
                 }
+                bar.set(partial.held);
             }
             Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
             Some(Frame::Cancel { delivery, reason }) if delivery == id => {
@@ -649,6 +653,52 @@ where
         }
     }
     Ok(true)
+}
+
+/// Time between two progress reports to the server while a file arrives in pieces.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bytes of a file in the pieces `have`.
+fn held_bytes(have: &Bits, piece_len: u32, size: u64) -> u64 {
+    (u64::from(have.count()) * u64::from(piece_len)).min(size)
+}
+
+/// A live bar for one incoming file, drawn only when stderr is a terminal (a service's log
+/// gets the lines at start and end instead).
+struct FileBar(Option<indicatif::ProgressBar>);
+
+impl FileBar {
+    fn start(group: &GroupName, name: &FileName, size: u64, held: u64) -> Self {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let bar = indicatif::ProgressBar::new(size).with_style(style).with_prefix(format!("{group}/{name}"));
+        if held > 0 {
+            bar.set_message(format!("resumed from {}", indicatif::HumanBytes(held)));
+        }
+        bar.set_position(held);
+        Self(Some(bar))
+    }
+
+    fn set(&self, bytes: u64) {
+        if let Some(bar) = &self.0 {
+            bar.set_position(bytes);
+        }
+    }
+}
+
+impl Drop for FileBar {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// How often the schedule is looked at while a file arrives in pieces, besides when events
@@ -778,12 +828,15 @@ where
     }
     connection.write_frame(&Frame::SwarmAccept { delivery: id, have: held.as_bytes().to_vec() }).await?;
     store.mark_held(&held);
+    let held_at_start = held_bytes(&held, piece_len, offer.size);
     let share = FileShare::new(store, held, swarm.serves());
     swarm.add_share(&share);
     swarm.pump(&share);
     let file = offer.sha256;
     let mut tick = tokio::time::interval(SCHEDULE_TICK);
     let mut last_pump = Instant::now();
+    let bar = FileBar::start(&offer.group, &name, offer.size, held_at_start);
+    let mut last_progress = Instant::now();
     loop {
         let (new_pieces, numbered) = {
             let mut state = share.state();
@@ -859,6 +912,12 @@ where
             _ = tick.tick() => {
                 swarm.pump(&share);
                 last_pump = Instant::now();
+                let held = held_bytes(share.state().schedule.have(), piece_len, offer.size);
+                bar.set(held);
+                if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                    last_progress = Instant::now();
+                    connection.write_frame(&Frame::Progress { delivery: id, bytes: held }).await?;
+                }
             }
         }
     }

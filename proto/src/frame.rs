@@ -84,6 +84,9 @@ pub enum Frame {
     /// [`MAX_OWED`] of them). The member throws away temporary files of any other delivery it
     /// was receiving: the server dropped those while it was away.
     Owed { deliveries: Vec<DeliveryId>, complete: bool },
+    /// Member → server, while a file arrives in pieces (at most about once a second): the
+    /// bytes of it held so far, from anyone, for `status` and `send --wait`.
+    Progress { delivery: DeliveryId, bytes: u64 },
     /// Server → member, instead of `Subscribed`: not now (the server is full, or this
     /// certificate has too many sessions open); try again later.
     Busy { reason: Text },
@@ -266,6 +269,7 @@ impl Frame {
             Frame::CannotStore { .. } => 29,
             Frame::RenewRequest { .. } => 30,
             Frame::Owed { .. } => 31,
+            Frame::Progress { .. } => 32,
         }
     }
 
@@ -380,7 +384,7 @@ impl Frame {
             }
             Frame::Subscribed | Frame::Ping | Frame::Pong => {}
             Frame::Offer(offer) => put_offer(&mut out, offer)?,
-            Frame::Resume { delivery, offset } => {
+            Frame::Progress { delivery, bytes: offset } | Frame::Resume { delivery, offset } => {
                 out.extend_from_slice(&delivery.0.to_be_bytes());
                 out.extend_from_slice(&offset.to_be_bytes());
             }
@@ -519,6 +523,7 @@ pub fn decode_with(
             Frame::EnrollAccepted { certificate, ca_certificate }
         }
         3 => Frame::Refused { reason: read_text(&mut reader)? },
+        32 => Frame::Progress { delivery: DeliveryId(reader.u64()?), bytes: reader.u64()? },
         31 => {
             let complete = match reader.u8()? {
                 0 => false,
@@ -732,6 +737,7 @@ mod tests {
             Frame::RenewRequest { csr: vec![0x30; 300] },
             Frame::Owed { deliveries: vec![DeliveryId(3), DeliveryId(1 << 40)], complete: true },
             Frame::Owed { deliveries: vec![], complete: false },
+            Frame::Progress { delivery: DeliveryId(7), bytes: 1 << 33 },
             Frame::Busy { reason: Text::new("server full") },
             Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: Some(7444) },
             Frame::SubscribeSwarm { groups: vec!["Developers".parse().unwrap()], peer_port: None },

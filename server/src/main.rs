@@ -362,6 +362,106 @@ fn cancel(config: &Config, file: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `send --wait` shows progress: on a terminal, a live bar per member and one for the
+/// total (bytes, rate, time left); otherwise a line every few seconds, never one per chunk.
+struct SendProgress {
+    /// Delivery id → (member, size, bytes done).
+    deliveries: std::collections::HashMap<u64, (String, u64, u64)>,
+    bars: Option<(
+        indicatif::MultiProgress,
+        indicatif::ProgressBar,
+        std::collections::HashMap<String, indicatif::ProgressBar>,
+    )>,
+    last_line: std::time::Instant,
+}
+
+/// Time between two progress lines when the output is not a terminal.
+const PROGRESS_LINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl SendProgress {
+    fn new(wait: bool) -> Self {
+        use std::io::IsTerminal;
+        let bars = (wait && std::io::stderr().is_terminal()).then(|| {
+            let multi = indicatif::MultiProgress::new();
+            let total = multi.add(indicatif::ProgressBar::new(0).with_style(Self::style()).with_prefix("total"));
+            (multi, total, std::collections::HashMap::new())
+        });
+        Self { deliveries: std::collections::HashMap::new(), bars, last_line: std::time::Instant::now() }
+    }
+
+    fn style() -> indicatif::ProgressStyle {
+        indicatif::ProgressStyle::with_template("{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ")
+    }
+
+    fn expect(&mut self, delivery: u64, user: &str, size: u64) {
+        self.deliveries.insert(delivery, (user.to_owned(), size, 0));
+        if let Some((multi, total, members)) = &mut self.bars {
+            total.inc_length(size);
+            let bar = members.entry(user.to_owned()).or_insert_with(|| {
+                multi.add(indicatif::ProgressBar::new(0).with_style(Self::style()).with_prefix(user.to_owned()))
+            });
+            bar.inc_length(size);
+        }
+    }
+
+    fn update(&mut self, delivery: u64, bytes: u64) {
+        let Some((_, size, done)) = self.deliveries.get_mut(&delivery) else { return };
+        *done = bytes.min(*size);
+        self.redraw();
+    }
+
+    fn done(&mut self, delivery: u64) {
+        if let Some((_, size, done)) = self.deliveries.get_mut(&delivery) {
+            *done = *size;
+        }
+        self.redraw();
+    }
+
+    /// Prints `line` to stdout without tearing the bars.
+    fn say(&self, line: &str) {
+        match &self.bars {
+            Some((multi, ..)) => multi.suspend(|| gshare_common::outln!("{line}")),
+            None => gshare_common::outln!("{line}"),
+        }
+    }
+
+    fn redraw(&mut self) {
+        let mut by_member: std::collections::BTreeMap<&str, (u64, u64)> = std::collections::BTreeMap::new();
+        for (user, size, done) in self.deliveries.values() {
+            let entry = by_member.entry(user.as_str()).or_default();
+            entry.0 += done;
+            entry.1 += size;
+        }
+        let (done, size) = by_member.values().fold((0, 0), |(d, s), (md, ms)| (d + md, s + ms));
+        match &self.bars {
+            Some((_, total, members)) => {
+                total.set_position(done);
+                for (user, (member_done, _)) in &by_member {
+                    if let Some(bar) = members.get(*user) {
+                        bar.set_position(*member_done);
+                    }
+                }
+            }
+            None if self.last_line.elapsed() >= PROGRESS_LINE_INTERVAL => {
+                self.last_line = std::time::Instant::now();
+                let percent = |d: u64, s: u64| (d * 100).checked_div(s).unwrap_or(100);
+                let members: Vec<String> =
+                    by_member.iter().map(|(user, (d, s))| format!("{user} {}%", percent(*d, *s))).collect();
+                gshare_common::outln!(
+                    "  progress: {}% of {} to {} member(s); {}",
+                    percent(done, size),
+                    indicatif::HumanBytes(size),
+                    by_member.len(),
+                    members.join(", ")
+                );
+            }
+            None => {}
+        }
+    }
+}
+
 /// Talks to the running server over its admin socket: one request, then answers until the
 /// final one (`done`, `online` or `error`). A stream that ends before its final answer (the
 /// server stopped) is an error: nothing may be taken as done that the server did not confirm.
@@ -446,6 +546,7 @@ fn send(
         absolute.push(path);
     }
     let mut names: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    let mut progress = SendProgress::new(wait);
     let mut failed = false;
     let mut recorded: Vec<String> = Vec::new();
     let files: Vec<String> =
@@ -468,26 +569,21 @@ fn send(
                     );
                 }
                 for delivery in deliveries {
+                    progress.expect(delivery.id, &delivery.user, size);
                     names.insert(delivery.id, name.clone());
                 }
                 recorded.push(name);
             }
-            Answer::Progress { delivery, user, bytes, size } => {
-                let percent = (bytes * 100).checked_div(size).unwrap_or(100);
-                gshare_common::outln!(
-                    "  {user}: {} {percent}% ({bytes} of {size} bytes)",
-                    names.get(&delivery).map_or("", String::as_str)
-                );
-            }
+            Answer::Progress { delivery, bytes, .. } => progress.update(delivery, bytes),
             Answer::Delivered { delivery, user } => {
-                gshare_common::outln!("  {user}: delivered {}", names.get(&delivery).map_or("", String::as_str));
+                progress.done(delivery);
+                let line = format!("  {user}: delivered {}", names.get(&delivery).map_or("", String::as_str));
+                progress.say(&line);
             }
             Answer::Failed { delivery, user, reason, retrying } => {
                 let next = if retrying { "; trying again" } else { "" };
-                gshare_common::outln!(
-                    "  {user}: {} failed: {reason}{next}",
-                    names.get(&delivery).map_or("", String::as_str)
-                );
+                let name = names.get(&delivery).map_or("", String::as_str);
+                progress.say(&format!("  {user}: {name} failed: {reason}{next}"));
                 failed |= !retrying;
             }
             Answer::Done { pending } => {

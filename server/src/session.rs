@@ -261,7 +261,7 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
                     Some(Frame::Pong) => {}
                     // Requests that crossed the end of their file's delivery.
-                    Some(Frame::NextPiece { .. } | Frame::PieceRequest { .. }) => {}
+                    Some(Frame::NextPiece { .. } | Frame::PieceRequest { .. } | Frame::Progress { .. }) => {}
                     Some(other) => return Err(SessionError::Protocol(format!("unexpected {} while idle", frame_name(&other)))),
                 }
             }
@@ -470,6 +470,9 @@ async fn fail_if_spool_corrupt(server: &Arc<Server>, delivery: &PendingDelivery)
     Ok(true)
 }
 
+/// Least time between two progress records of one swarm delivery.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Most piece requests a member may have waiting at the server: its scheduler keeps far fewer.
 const MAX_QUEUED_PIECES: usize = 64;
 
@@ -533,6 +536,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
     let mut queue: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
     let mut buffer = Vec::new();
     let mut last_heard = Instant::now();
+    let mut last_progress = Instant::now() - PROGRESS_INTERVAL;
     let answer = loop {
         if cancelled_if_left(server, connection, control, user, &delivery).await? {
             server.swarms.leave(&key, me.session);
@@ -550,12 +554,21 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
                         None => connection.write_frame(&Frame::NoNewPiece { file }).await?,
                     },
                     Some(Frame::PieceRequest { file, piece }) if file == key && piece < pieces => queue.push_back(piece),
+                    Some(Frame::Progress { delivery: reported, bytes }) if reported == id => {
+                        // Recorded once a second at most, whatever the member sends.
+                        if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                            last_progress = Instant::now();
+                            let (bytes, now) = (bytes.min(delivery.size), unix_now());
+                            blocking(server, move |store| store.set_progress(id.0, bytes, now)).await?;
+                            server.emit(Event::Progress { delivery: id.0, user: user.clone(), bytes, size: delivery.size });
+                        }
+                    }
                     Some(Frame::SwarmDone { delivery: done, from_server, from_peers, bad_peers }) if done == id => {
                         record_swarm_totals(server, user, id, from_server, from_peers, bad_peers).await?;
                     }
                     Some(answer @ (Frame::Ack { .. } | Frame::Failed { .. } | Frame::CannotStore { .. })) => break answer,
                     // Requests about an earlier file that crossed the end of its delivery.
-                    Some(Frame::NextPiece { .. } | Frame::PieceRequest { .. }) => {}
+                    Some(Frame::NextPiece { .. } | Frame::PieceRequest { .. } | Frame::Progress { .. }) => {}
                     Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
                     Some(Frame::Pong) => {}
                     Some(other) => {
@@ -837,6 +850,7 @@ pub(crate) fn frame_name(frame: &Frame) -> &'static str {
         Frame::CannotStore { .. } => "a report that the file cannot be stored",
         Frame::RenewRequest { .. } => "a renewal request",
         Frame::Owed { .. } => "the list of deliveries owed",
+        Frame::Progress { .. } => "a progress report",
         Frame::Busy { .. } => "a busy answer",
         Frame::SubscribeSwarm { .. } => "a swarm subscription",
         Frame::SwarmOffer { .. } => "a swarm offer",

@@ -333,3 +333,37 @@ fn a_member_removed_mid_file_keeps_no_partial_file_once_it_is_back() {
     let status = text(&home.run(&["status"]).stdout);
     assert!(!status.contains("in progress"), "{status}");
 }
+
+#[test]
+fn progress_of_a_file_in_pieces_reaches_status_and_send_wait_prints_lines_not_floods() {
+    let (_net, server, home) = enrolled_member();
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&home, &["Developers"], out.path());
+    listener.wait_for("connected to the server at", LONG);
+    let source = tempfile::tempdir().unwrap();
+    let big = gshare_tests::random_file(source.path(), "big.iso", 768 * 1024 * 1024, 101);
+    let send = Command::new(gshare_tests::server_bin())
+        .arg("--config")
+        .arg(&server.config)
+        .args(["send", "--group", "Developers", "--wait"])
+        .arg(&big)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While it runs, status shows how far the member got: it reports the pieces it holds.
+    let partway = || {
+        let status: serde_json::Value =
+            serde_json::from_slice(&server.command(&["status", "--json"], "").stdout).unwrap_or_default();
+        let delivery = &status["files"][0]["deliveries"][0];
+        delivery["state"] == "pending" && delivery["bytes_done"].as_u64().unwrap_or(0) > 0
+    };
+    assert!(gshare_tests::wait_until(LONG, partway), "no progress seen while the file arrived");
+    let output = send.wait_with_output().unwrap();
+    let said = text(&output.stdout);
+    assert!(output.status.success(), "{said}\n{}", text(&output.stderr));
+    assert!(said.contains("alice: delivered big.iso"), "{said}");
+    // A line every few seconds at most, never one per chunk.
+    let lines = said.lines().filter(|line| line.contains("progress:")).count();
+    assert!(lines <= 12, "{said}");
+}
