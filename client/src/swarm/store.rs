@@ -4,9 +4,10 @@
 //! The whole file's SHA-256 is computed as the pieces come, in order: whenever the pieces from
 //! the start up to some point are all in, they are hashed while still in memory. Behind that
 //! point, every [`SYNC_STEP`] pieces the file is made durable and all but the most recent
-//! pieces are dropped from the page cache (as [`gshare_common::files::WriteBehind`] does for a
-//! file received in order): dirty memory stays bounded, and on a virtual machine the same
-//! pages are reused instead of fresh ones (which cost a host page fault each).
+//! pieces are dropped from the page cache, much as [`gshare_common::files::WriteBehind`] does
+//! for a file received in order, but without ever waiting for the disk while pieces arrive:
+//! dirty memory stays bounded, and on a virtual machine the same pages are reused instead of
+//! fresh ones (which cost a host page fault each).
 //!
 //! Nothing is kept that did not verify: a piece is written only after its SHA-256 matches the
 //! server's, from whomever it came. What an interrupted attempt left is checked piece by piece
@@ -21,8 +22,8 @@ use std::sync::{Mutex, MutexGuard};
 use gshare_proto::frame::FileKey;
 use gshare_proto::swarm::{Bits, piece_span};
 
-/// Pieces hashed into the whole-file SHA-256 between two steps of making the file durable and
-/// dropping it from the page cache (32 MiB at 512 KiB pieces).
+/// Pieces hashed into the whole-file SHA-256 between two steps of starting their writeback and
+/// dropping older ones from the page cache (32 MiB at 512 KiB pieces).
 pub const SYNC_STEP: u32 = 64;
 /// The most recent pieces behind the hashing point kept in the page cache: other members ask
 /// for recent pieces most.
@@ -45,10 +46,11 @@ struct Tail {
     written: Bits,
     /// The next piece to hash.
     cursor: u32,
-    context: ring::digest::Context,
-    /// Pieces below this are durable and dropped from the page cache.
+    /// The hash of the pieces before the cursor; taken out while one caller hashes on.
+    context: Option<ring::digest::Context>,
+    /// Pieces below this are dropped from the page cache.
     dropped: u32,
-    /// Pieces below this are durable.
+    /// Pieces below this have had their writeback started.
     synced: u32,
 }
 
@@ -65,7 +67,7 @@ impl PieceStore {
         let tail = Tail {
             written: Bits::new(pieces),
             cursor: 0,
-            context: ring::digest::Context::new(&ring::digest::SHA256),
+            context: Some(ring::digest::Context::new(&ring::digest::SHA256)),
             dropped: 0,
             synced: 0,
         };
@@ -86,40 +88,74 @@ impl PieceStore {
     }
 
     /// Records that a verified piece was written, and hashes on from the hashing point as far
-    /// as the pieces are in; every [`SYNC_STEP`] pieces, makes them durable and drops the older
-    /// ones from the page cache.
-    /// `bytes` are the piece's bytes, hashed straight away if it is the next in order.
+    /// as the pieces are in; every [`SYNC_STEP`] pieces, starts their writeback and drops the older
+    /// ones from the page cache. `bytes` are the piece's bytes, hashed straight away if it is
+    /// the next in order.
+    ///
+    /// The hashing happens outside the lock, by the one caller that finds the next piece in
+    /// order (it takes the hash state out while it works): pieces arriving meanwhile only mark
+    /// themselves written and return, instead of waiting behind a long run of hashing.
     pub fn piece_written(&self, piece: u32, bytes: &[u8]) -> io::Result<()> {
-        let mut tail = self.tail();
-        tail.written.set(piece);
-        if piece == tail.cursor {
-            tail.context.update(bytes);
-            tail.cursor += 1;
-        }
+        let mut context = {
+            let mut tail = self.tail();
+            tail.written.set(piece);
+            if piece != tail.cursor {
+                return Ok(());
+            }
+            match tail.context.take() {
+                Some(context) => context,
+                None => return Ok(()), // the one hashing will find this piece written
+            }
+        };
+        context.update(bytes);
+        let mut next = piece + 1;
         let mut buffer = Vec::new();
-        while tail.cursor < self.pieces && tail.written.get(tail.cursor) {
-            buffer = self.read(tail.cursor, buffer)?;
-            tail.context.update(&buffer);
-            tail.cursor += 1;
+        loop {
+            {
+                // Checked under the lock that writers mark under: a piece marked after this
+                // finds the hash state back and the cursor on it, and hashes on itself.
+                let mut tail = self.tail();
+                tail.cursor = next;
+                if next >= self.pieces || !tail.written.get(next) {
+                    tail.context = Some(context);
+                    self.write_behind(&mut tail);
+                    return Ok(());
+                }
+            }
+            // On a read error the hash state stays out: the whole file is then read back to
+            // hash it ([`PieceStore::whole_file_digest`]), and the error ends this attempt.
+            buffer = self.read(next, buffer)?;
+            context.update(&buffer);
+            next += 1;
         }
+    }
+
+    /// Every [`SYNC_STEP`] pieces hashed: starts their writeback, and drops from the page cache
+    /// what is older than the last [`KEEP_CACHED`] pieces.
+    fn write_behind(&self, tail: &mut Tail) {
         if tail.cursor >= tail.synced + SYNC_STEP {
-            rustix::fs::fdatasync(&self.data)?;
-            tail.synced = tail.cursor;
-            let keep_from = tail.cursor.saturating_sub(KEEP_CACHED);
+            // Writing back starts now, without waiting for it (nothing here may stall every
+            // other piece of this file behind a disk flush): DONTNEED on dirty pages starts
+            // their writeback and leaves them. Pieces further behind, written back by now, are
+            // then dropped by the same advice. The whole file is made durable once, before its
+            // rename.
+            let (synced, cursor) = (tail.synced, tail.cursor);
+            self.advise_dont_need(synced, cursor);
+            tail.synced = cursor;
+            let keep_from = cursor.saturating_sub(KEEP_CACHED);
             if keep_from > tail.dropped {
-                let offset = u64::from(tail.dropped) * u64::from(self.piece_len);
-                let len = u64::from(keep_from - tail.dropped) * u64::from(self.piece_len);
-                // Advice only: a file system that cannot drop pages (tmpfs) keeps them.
-                let _ = rustix::fs::fadvise(
-                    &self.data,
-                    offset,
-                    std::num::NonZeroU64::new(len),
-                    rustix::fs::Advice::DontNeed,
-                );
+                self.advise_dont_need(tail.dropped, keep_from);
                 tail.dropped = keep_from;
             }
         }
-        Ok(())
+    }
+
+    /// `POSIX_FADV_DONTNEED` for pieces `from..to`. Advice only: a file system that cannot
+    /// drop pages (tmpfs) keeps them.
+    fn advise_dont_need(&self, from: u32, to: u32) {
+        let offset = u64::from(from) * u64::from(self.piece_len);
+        let len = u64::from(to.saturating_sub(from)) * u64::from(self.piece_len);
+        let _ = rustix::fs::fadvise(&self.data, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::DontNeed);
     }
 
     /// The whole file's SHA-256: from the hash taken as pieces came if every piece is in, else
@@ -127,9 +163,9 @@ impl PieceStore {
     pub fn whole_file_digest(&self) -> io::Result<[u8; 32]> {
         {
             let tail = self.tail();
-            if tail.cursor == self.pieces {
+            if let (true, Some(context)) = (tail.cursor == self.pieces, &tail.context) {
                 let mut digest = [0u8; 32];
-                digest.copy_from_slice(tail.context.clone().finish().as_ref());
+                digest.copy_from_slice(context.clone().finish().as_ref());
                 return Ok(digest);
             }
         }
@@ -237,6 +273,38 @@ mod tests {
             let span = piece as usize * 1000..(piece as usize * 1000 + 1000).min(2500);
             store.piece_written(piece, &content[span]).unwrap();
         }
+        assert_eq!(store.whole_file_digest().unwrap(), sha(&content));
+    }
+
+    #[test]
+    fn pieces_written_from_many_threads_in_any_order_hash_to_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (piece_len, pieces) = (1000usize, 200u32);
+        let size = piece_len * pieces as usize - 123;
+        let content: Vec<u8> = (0..size).map(|i| (i * 31 % 253) as u8).collect();
+        let hashes: Vec<u8> = content.chunks(piece_len).flat_map(sha).collect();
+        std::fs::write(dir.path().join("hashes"), &hashes).unwrap();
+        let data =
+            File::options().create(true).truncate(true).read(true).write(true).open(dir.path().join("part")).unwrap();
+        data.set_len(size as u64).unwrap();
+        let hashes = File::open(dir.path().join("hashes")).unwrap();
+        let store = PieceStore::new(sha(&content), size as u64, piece_len as u32, pieces, data, hashes);
+        // Eight writers, each taking every eighth piece from the end backwards: the next piece
+        // in order keeps arriving while another thread is hashing.
+        std::thread::scope(|scope| {
+            for writer in 0..8u32 {
+                let (store, content) = (&store, &content);
+                scope.spawn(move || {
+                    for piece in (0..pieces).rev().filter(|p| p % 8 == writer) {
+                        let start = piece as usize * piece_len;
+                        let bytes = &content[start..(start + piece_len).min(size)];
+                        store.write(piece, bytes).unwrap();
+                        store.piece_written(piece, bytes).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(store.tail().cursor, pieces, "some piece was never hashed in order");
         assert_eq!(store.whole_file_digest().unwrap(), sha(&content));
     }
 }
