@@ -140,7 +140,7 @@ pub async fn listen(
     let verifier = PinnedCaVerifier::new(Some(enrollment.ca_fingerprint()));
     let mut config = session_config(Arc::clone(&verifier), &enrollment.certificate_der, &enrollment.key_pem)?;
     let swarm = Swarm::new(&enrollment.ca_der, &enrollment.certificate_der, &enrollment.key_pem, settings.peer.serve)?;
-    let peer_port = start_serving(settings, &enrollment, &swarm).await?;
+    let mut peer_port = start_serving(settings, &enrollment, &swarm).await?;
     let mut renewal = Renewal::new(&enrollment, settings.renew_at);
     let mut joined: Vec<GroupName> = Vec::new();
     let mut waiting = Waiting::default();
@@ -153,6 +153,11 @@ pub async fn listen(
                     config = session_config(Arc::clone(&verifier), &renewed.certificate_der, &renewed.key_pem)?;
                     swarm.set_identity(&renewed.ca_der, &renewed.certificate_der, &renewed.key_pem)?;
                     renewal = Renewal::new(&renewed, settings.renew_at);
+                    // A certificate from before swarm delivery could not serve; the renewed one
+                    // can, from now on.
+                    if peer_port.is_none() && gshare_certs::authority::can_serve(&renewed.certificate_der) {
+                        peer_port = start_serving(settings, &renewed, &swarm).await?;
+                    }
                     if let Ok((_, expires)) = renewed.validity() {
                         eprintln!("certificate renewed; the new one is valid until {}", format_time(expires));
                     }
