@@ -199,10 +199,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let identity = load_identity(&config)?;
     let store = store::Store::open(&config.state_dir)?;
     let users = users::UserStore::load(&config.users_file, &config.groups)?;
-    if let Ok(metadata) = std::fs::metadata(&config.users_file) {
-        use std::os::unix::fs::PermissionsExt;
-        if metadata.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(file = %config.users_file.display(), "the user store can be read by other users; its password hashes are secrets too: chmod 600 it");
+    // The hashes are secrets too: a user store others can read is made private, as the
+    // state directory is.
+    match users::make_private(&config.users_file) {
+        Ok(Some(mode)) => {
+            tracing::warn!(file = %config.users_file.display(), "the user store could be read by other users (mode {mode:04o}); they no longer can")
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(file = %config.users_file.display(), %error, "the user store can be read by other users and its mode cannot be changed; chmod o-rwx it")
         }
     }
     let cost = config.password_cost;

@@ -155,7 +155,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         bail!("which server? give --config FILE (or set GSHARE_CONFIG)");
     };
     let config = Config::load(&config_path)?;
-    if cli.command.is_some() {
+    // Commands that edit users.toml make it private as they write; the others say so.
+    let edits_users = matches!(&cli.command, Some(Command::User(command)) if !matches!(command, UserCommand::List));
+    if cli.command.is_some() && !edits_users {
         warn_if_users_file_is_readable(&config.users_file);
     }
     match cli.command {
@@ -254,9 +256,9 @@ fn warn_if_users_file_is_readable(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(metadata) = std::fs::metadata(path) {
         let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if mode & 0o007 != 0 {
             eprintln!(
-                "warning: {} can be read by other users (mode {mode:04o}); its password hashes are secrets too: chmod 600 {}",
+                "warning: {} can be read by other users (mode {mode:04o}); its password hashes are secrets too: chmod o-rwx {}",
                 path.display(),
                 path.display()
             );

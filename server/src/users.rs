@@ -279,8 +279,27 @@ pub fn edit(path: &Path, server_groups: &[GroupName], change: Edit) -> Result<()
     }
     let updated = document.to_string();
     UserStore::parse(path, &updated, server_groups)?;
+    // Written private, whatever mode the file had (`atomic_write` keeps an existing mode).
+    make_private(path).map_err(|e| EditError::Write(path.display().to_string(), e))?;
     gshare_common::files::atomic_write(path, updated.as_bytes(), 0o600)
         .map_err(|e| EditError::Write(path.display().to_string(), e))
+}
+
+/// Takes the permissions of other users (not the file's group, which the operator may have
+/// chosen for fellow administrators) off the user store: its hashes are secrets too. Returns
+/// the mode it had if it changed anything; a missing file is left alone.
+pub fn make_private(path: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.permissions().mode() & 0o777,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    if mode & 0o007 == 0 {
+        return Ok(None);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o770))?;
+    Ok(Some(mode))
 }
 
 /// Checks a group list given on the command line against the server's groups.
