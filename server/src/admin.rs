@@ -54,11 +54,13 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
-    /// `file` is the number `status` shows the file under (`#7`).
+    /// `file` is the number `status` shows the file under (`#7`); 0 from a server that
+    /// predates it.
     Recorded {
         name: String,
         size: u64,
         sha256: String,
+        #[serde(default)]
         file: u64,
         deliveries: Vec<DeliveryRef>,
     },

@@ -301,6 +301,8 @@ pub async fn take_offer(connection: &mut MemberStream) -> Offer {
                 return offer;
             }
             Ok(Ok(Some(Frame::Ping))) => connection.write_frame(&Frame::Pong).await.unwrap(),
+            // The list of deliveries owed, sent once after `Subscribed`.
+            Ok(Ok(Some(Frame::Owed { .. }))) => {}
             other => panic!("expected an offer, got {other:?}"),
         }
     }
