@@ -264,6 +264,7 @@ class Gshare:
             if result.returncode != 0:
                 raise RuntimeError(f"enroll m{i}: {result.stderr}")
             out = self.dir / f"out-m{i}"
+            out.mkdir()
             log = self.dir / f"listen-m{i}.log"
             args = ["listen", "--out", out] + [a for n, g in groups.items() if i <= n for a in ("--group", g)]
             process = subprocess.Popen(
