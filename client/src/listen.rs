@@ -589,6 +589,14 @@ where
         Err(error) => return cannot_store(connection, &offer, &name, inbox.path(), &error).await,
     };
     connection.write_frame(&Frame::Ack { delivery: id }).await?;
+    tracing::info!(delivery = id.0, file = %stored, size = offer.size, "received and verified");
+    say_stored(&offer, &name, &stored, identical, inbox, hook);
+    Ok(())
+}
+
+/// Tells the person where an acknowledged file went (and why it took another name, if it
+/// did), and runs the hook on it.
+fn say_stored(offer: &Offer, name: &FileName, stored: &FileName, identical: bool, inbox: &Inbox, hook: Option<&Hook>) {
     if identical {
         println!("{}/{name}: the same bytes are already here as {stored}; no second copy", offer.group);
     } else if stored != name {
@@ -598,12 +606,10 @@ where
             offer.group
         );
     }
-    tracing::info!(delivery = id.0, file = %stored, size = offer.size, "received and verified");
     println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
     if let Some(hook) = hook {
         hook.run(&inbox.path().join(stored.as_str()), &offer.group, offer.size, &offer.sha256);
     }
-    Ok(())
 }
 
 /// Why this member cannot store a file in `dir`, as the server records it and `status` and
@@ -971,19 +977,7 @@ where
     share.state().complete = true;
     let _ = std::fs::remove_file(&hashes_path);
     connection.write_frame(&Frame::Ack { delivery: id }).await?;
-    if identical {
-        println!("{}/{name}: the same bytes are already here as {stored}; no second copy", offer.group);
-    } else if stored != name {
-        tracing::info!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
-        eprintln!(
-            "{}/{name}: a different file already has that name; kept it, and saved this one as {stored}",
-            offer.group
-        );
-    }
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, from_server, from_peers, "received and verified");
-    println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
-    if let Some(hook) = hook {
-        hook.run(&inbox.path().join(stored.as_str()), &offer.group, offer.size, &offer.sha256);
-    }
+    say_stored(&offer, &name, &stored, identical, inbox, hook);
     Ok(())
 }

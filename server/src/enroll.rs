@@ -85,15 +85,7 @@ pub(crate) async fn enroll(
                 return refuse(&format!("bad certificate request: {error}"));
             }
         };
-    let record = CertificateRecord {
-        serial: issued.serial.clone(),
-        fingerprint: gshare_certs::fingerprint(&issued.der),
-        user: user.clone(),
-        der: issued.der.clone(),
-        issued_at: issued.not_before.unix_timestamp(),
-        expires_at: issued.not_after.unix_timestamp(),
-        revoked_at: None,
-    };
+    let record = record_of(&user, &issued);
     let fingerprint = record.fingerprint;
     if let Err(error) = blocking(server, move |store| store.record_certificate(&record)).await {
         tracing::error!(%peer, %user, %error, "cannot record the issued certificate");
@@ -117,6 +109,19 @@ pub(crate) async fn enroll(
     server.metrics.enrollments.inc();
     tracing::info!(%peer, %user, serial = %issued.serial, certificate = %fingerprint, "enrolled");
     Frame::EnrollAccepted { certificate: issued.der, ca_certificate: server.identity.ca.certificate_der().to_vec() }
+}
+
+/// The state store's record of a certificate just issued to `user`.
+fn record_of(user: &UserName, issued: &gshare_certs::IssuedCertificate) -> CertificateRecord {
+    CertificateRecord {
+        serial: issued.serial.clone(),
+        fingerprint: gshare_certs::fingerprint(&issued.der),
+        user: user.clone(),
+        der: issued.der.clone(),
+        issued_at: issued.not_before.unix_timestamp(),
+        expires_at: issued.not_after.unix_timestamp(),
+        revoked_at: None,
+    }
 }
 
 /// Most certificates one certificate may be renewed into. One is the rule; a few more let a
@@ -169,15 +174,7 @@ pub(crate) async fn renew(server: &Arc<Server>, peer: SocketAddr, certificate: O
                 return refuse(&format!("bad certificate request: {error}"));
             }
         };
-    let renewed = CertificateRecord {
-        serial: issued.serial.clone(),
-        fingerprint: gshare_certs::fingerprint(&issued.der),
-        user: user.clone(),
-        der: issued.der.clone(),
-        issued_at: issued.not_before.unix_timestamp(),
-        expires_at: issued.not_after.unix_timestamp(),
-        revoked_at: None,
-    };
+    let renewed = record_of(&user, &issued);
     let (new_fingerprint, old_serial) = (renewed.fingerprint, record.serial.clone());
     if let Err(error) = blocking(server, move |store| store.record_renewal(&renewed, &old_serial)).await {
         tracing::error!(%peer, %user, %error, "cannot record the renewed certificate");
