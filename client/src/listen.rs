@@ -597,6 +597,9 @@ where
 /// Tells the person where an acknowledged file went (and why it took another name, if it
 /// did), and runs the hook on it.
 fn say_stored(offer: &Offer, name: &FileName, stored: &FileName, identical: bool, inbox: &Inbox, hook: Option<&Hook>) {
+    if told_cannot_store().remove(&offer.delivery.0) {
+        println!("{}/{name}: there is room again", offer.group);
+    }
     if identical {
         println!("{}/{name}: the same bytes are already here as {stored}; no second copy", offer.group);
     } else if stored != name {
@@ -637,12 +640,23 @@ where
 {
     let reason = storage_failure(dir, error);
     tracing::debug!(delivery = offer.delivery.0, file = %name, "cannot store: {reason}");
-    eprintln!(
-        "{}/{name}: {reason}; what arrived is kept, and the server offers the file again shortly (free some space, or fix the directory)",
-        offer.group
-    );
+    // Said once per delivery, not at every retry while the disk stays full.
+    let first = told_cannot_store().insert(offer.delivery.0);
+    if first {
+        eprintln!(
+            "{}/{name}: {reason}; what arrived is kept, and the server offers the file again shortly (free some space, or fix the directory)",
+            offer.group
+        );
+    }
     connection.write_frame(&Frame::CannotStore { delivery: offer.delivery, reason: Text::new(&reason) }).await?;
     Ok(())
+}
+
+/// Deliveries whose "cannot store" this listener has already said.
+fn told_cannot_store() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u64>> {
+    static TOLD: std::sync::Mutex<std::collections::BTreeSet<u64>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    TOLD.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads and drops the `rest` bytes of a delivery's data still on their way. `false` if the

@@ -109,8 +109,14 @@ fn a_member_whose_disk_fills_mid_file_says_no_space_and_gets_the_file_once_there
     assert!(!names_in(disk.path()).contains(&"dataset.bin".to_owned()), "a partial file took the final name");
     assert_eq!(first_delivery(&server).0, "pending", "a full disk must not use up the delivery's attempts");
 
+    // Two attempts that found the disk full: the member says so once, not at each.
+    server.wait_for_log("member cannot store the file", LONG);
+    server.wait_for_log("member cannot store the file", LONG);
     disk.grow(32);
     listener.wait_for("received dataset.bin", LONG);
+    let said = listener.output();
+    assert_eq!(said.matches("no space left on the member's disk").count(), 1, "said at every retry:\n{said}");
+    assert!(said.contains("dataset.bin: there is room again"), "{said}");
     assert!(std::fs::read(disk.path().join("dataset.bin")).unwrap() == std::fs::read(&file).unwrap(), "bytes differ");
     assert_eq!(names_in(disk.path()), ["dataset.bin"], "a temporary file was left behind");
     assert!(wait_until(LONG, || first_delivery(&server).0 == "delivered"), "{}", status(&server));
