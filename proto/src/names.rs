@@ -213,6 +213,84 @@ impl fmt::Display for FileName {
     }
 }
 
+/// Most components a [`RelativePath`] may have.
+pub const MAX_PATH_DEPTH: usize = 32;
+/// Longest [`RelativePath`], in bytes with its separators.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Why a relative path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path is {0} bytes long, the limit is {MAX_PATH_LEN}")]
+    TooLong(usize),
+    #[error("the path has {0} components, the limit is {MAX_PATH_DEPTH}")]
+    TooDeep(usize),
+    #[error("the path is not UTF-8")]
+    NotUtf8,
+    #[error("the path has an empty component (it starts or ends with '/', or holds '//')")]
+    EmptyComponent,
+    #[error("component {index} of the path: {error}")]
+    Component { index: usize, error: FileNameError },
+}
+
+/// A file's place inside a sent directory tree, as members receive it: one or more components
+/// separated by `/`, each a [`FileName`] (so never `.`, `..`, a drive, a control character or
+/// the reserved prefix), never absolute, at most [`MAX_PATH_DEPTH`] deep and [`MAX_PATH_LEN`]
+/// bytes. Groundwork for sending directories: a receiver creates each directory component
+/// relative to its out directory's handle, never following a symlink.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelativePath(Vec<FileName>);
+
+impl RelativePath {
+    pub fn new(path: &str) -> Result<Self, PathError> {
+        if path.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong(path.len()));
+        }
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() > MAX_PATH_DEPTH {
+            return Err(PathError::TooDeep(parts.len()));
+        }
+        let mut components = Vec::with_capacity(parts.len());
+        for (index, part) in parts.into_iter().enumerate() {
+            if part.is_empty() {
+                return Err(PathError::EmptyComponent);
+            }
+            components.push(FileName::new(part).map_err(|error| PathError::Component { index, error })?);
+        }
+        Ok(Self(components))
+    }
+
+    /// Parses a path received as bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, PathError> {
+        if bytes.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong(bytes.len()));
+        }
+        Self::new(std::str::from_utf8(bytes).map_err(|_| PathError::NotUtf8)?)
+    }
+
+    /// The directories to create, outermost first (every component but the last).
+    pub fn directories(&self) -> &[FileName] {
+        &self.0[..self.0.len() - 1]
+    }
+
+    /// The file's own name (the last component).
+    pub fn file_name(&self) -> &FileName {
+        &self.0[self.0.len() - 1]
+    }
+}
+
+impl fmt::Display for RelativePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, component) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("/")?;
+            }
+            f.write_str(component.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 /// Where members reach the server over TLS: `HOST:PORT`, HOST an IP address (IPv6 in brackets)
 /// or a DNS name. Announced over multicast and stored by clients at enrollment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -335,7 +413,50 @@ mod tests {
         assert!(FileName::new(numbered.as_str()).is_ok());
     }
 
+    #[test]
+    fn relative_paths_are_components_that_each_pass_as_names() {
+        let path = RelativePath::new("reports/2026/q4.pdf").unwrap();
+        assert_eq!(path.to_string(), "reports/2026/q4.pdf");
+        assert_eq!(path.file_name().as_str(), "q4.pdf");
+        assert_eq!(path.directories().iter().map(FileName::as_str).collect::<Vec<_>>(), ["reports", "2026"]);
+        assert!(RelativePath::new("single.txt").unwrap().directories().is_empty());
+        for (bad, why) in [
+            ("", "empty component"),
+            ("/etc/passwd", "empty component"),
+            ("a//b", "empty component"),
+            ("a/", "empty component"),
+            ("../escape", "'.' or '..'"),
+            ("a/../../b", "'.' or '..'"),
+            ("a/./b", "'.' or '..'"),
+            ("C:/windows", "drive prefix"),
+            ("a\\b/c", "single component"),
+            ("dir/.gshare-1-ab.part", "reserved prefix"),
+            ("x/\u{1b}[2J", "control character"),
+        ] {
+            let error = RelativePath::new(bad).unwrap_err().to_string();
+            assert!(error.contains(why), "{bad:?}: {error}");
+        }
+        let deep = vec!["d"; MAX_PATH_DEPTH + 1].join("/");
+        assert_eq!(RelativePath::new(&deep), Err(PathError::TooDeep(MAX_PATH_DEPTH + 1)));
+        assert!(RelativePath::new(&vec!["d"; MAX_PATH_DEPTH].join("/")).is_ok());
+        assert_eq!(RelativePath::from_bytes(&[b'a', b'/', 0xff]), Err(PathError::NotUtf8));
+        assert!(matches!(RelativePath::from_bytes(&vec![b'a'; MAX_PATH_LEN + 1]), Err(PathError::TooLong(_))));
+    }
+
     proptest::proptest! {
+        #[test]
+        fn any_bytes_are_a_safe_relative_path_or_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            if let Ok(path) = RelativePath::from_bytes(&bytes) {
+                // What parses is exactly its components joined, and none of them can step out.
+                let text = path.to_string();
+                proptest::prop_assert_eq!(text.as_bytes(), &bytes[..]);
+                for component in path.directories().iter().chain([path.file_name()]) {
+                    proptest::prop_assert!(FileName::new(component.as_str()).is_ok());
+                    proptest::prop_assert!(component.as_str() != ".." && !component.as_str().contains('/'));
+                }
+            }
+        }
+
         #[test]
         fn numbered_names_always_fit_and_stay_valid(stem in "[a-z ]{0,200}", extension in "[a-zé]{0,250}", n in 1u32..=10_000) {
             let text = format!("x{stem}.{extension}");
