@@ -418,7 +418,7 @@ async fn session(
     loop {
         let frame = tokio::select! {
             frame = read(&mut connection) => frame?,
-            () = renewal_time(link.renew_at) => {
+            () = gshare_common::sleep_until(link.renew_at) => {
                 tracing::info!("ending the session to renew the certificate");
                 return Ok(());
             }
@@ -450,14 +450,6 @@ async fn session(
             Some(Frame::Refused { reason }) => return Err(SessionError::Refused(reason.to_string())),
             Some(_) => return Err(SessionError::Protocol("an unexpected frame between deliveries".into())),
         }
-    }
-}
-
-/// Waits until `at`, or forever.
-async fn renewal_time(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -575,14 +567,7 @@ where
         Err(error) => return cannot_store(connection, &offer, &name, inbox.path(), &error).await,
     };
     if digest != offer.sha256 {
-        inbox.discard(key);
-        tracing::info!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
-        eprintln!(
-            "{}/{name}: SHA-256 mismatch; thrown away, the server will check its copy and offer it again",
-            offer.group
-        );
-        let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
-        return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
+        return throw_away_mismatch(connection, &offer, &name, inbox, key).await;
     }
     let (stored, identical) = match inbox.store_reporting(key, &name) {
         Ok(stored) => stored,
@@ -592,6 +577,28 @@ where
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, "received and verified");
     say_stored(&offer, &name, &stored, identical, inbox, hook);
     Ok(())
+}
+
+/// A whole file that does not hash to the offer: thrown away, said, and reported to the server
+/// (which checks its own copy and offers the file again).
+async fn throw_away_mismatch<S>(
+    connection: &mut Connection<S>,
+    offer: &Offer,
+    name: &FileName,
+    inbox: &Inbox,
+    key: &DeliveryKey,
+) -> Result<(), SessionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    inbox.discard(key);
+    tracing::info!(delivery = offer.delivery.0, file = %name, "SHA-256 mismatch: the file was thrown away");
+    eprintln!(
+        "{}/{name}: SHA-256 mismatch; thrown away, the server will check its copy and offer it again",
+        offer.group
+    );
+    let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
+    Ok(connection.write_frame(&Frame::Failed { delivery: offer.delivery, reason }).await?)
 }
 
 /// Tells the person where an acknowledged file went (and why it took another name, if it
@@ -971,14 +978,7 @@ where
     connection.write_frame(&Frame::SwarmDone { delivery: id, from_server, from_peers, bad_peers }).await?;
     if digest != offer.sha256 {
         swarm.remove_share(&file);
-        inbox.discard(key);
-        tracing::info!(delivery = id.0, file = %name, "SHA-256 mismatch: the file was thrown away");
-        eprintln!(
-            "{}/{name}: SHA-256 mismatch; thrown away, the server will check its copy and offer it again",
-            offer.group
-        );
-        let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
-        return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
+        return throw_away_mismatch(connection, &offer, &name, inbox, key).await;
     }
     let (stored, identical) = match inbox.store_reporting(key, &name) {
         Ok(stored) => stored,

@@ -38,3 +38,12 @@ pub fn unix_now() -> gshare_proto::UnixMillis {
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     gshare_proto::UnixMillis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// Sleeps until `until`, or forever when there is nothing to wait for: a `select!` branch for
+/// an optional deadline.
+pub async fn sleep_until(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}

@@ -253,16 +253,12 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
 /// The password hashes in users.toml are secrets too (they can be attacked offline): a file
 /// others may read gets a warning, with the command that fixes it.
 fn warn_if_users_file_is_readable(path: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(metadata) = std::fs::metadata(path) {
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o007 != 0 {
-            eprintln!(
-                "warning: {} can be read by other users (mode {mode:04o}); its password hashes are secrets too: chmod o-rwx {}",
-                path.display(),
-                path.display()
-            );
-        }
+    if let Ok(Some(mode)) = users::readable_by_others(path) {
+        eprintln!(
+            "warning: {} can be read by other users (mode {mode:04o}); its password hashes are secrets too: chmod o-rwx {}",
+            path.display(),
+            path.display()
+        );
     }
 }
 

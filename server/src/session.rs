@@ -247,7 +247,7 @@ async fn session_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ = control.changed() => {}
             _ = swarm_changes.changed() => sync_peers(server, connection, session).await?,
-            () = sleep_until(session.deferred.next_due(now)) => {}
+            () = gshare_common::sleep_until(session.deferred.next_due(now).map(Into::into)) => {}
             () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {
                 if last_heard.elapsed() > SILENCE_LIMIT {
                     return Err(SessionError::Timeout);
@@ -420,14 +420,6 @@ async fn cannot_store(
     Ok(())
 }
 
-/// Sleeps until `until`, or forever if there is nothing to wait for.
-async fn sleep_until(until: Option<Instant>) {
-    match until {
-        Some(until) => tokio::time::sleep_until(until.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What `status` says of a delivery whose spool entry changed on disk.
 pub(crate) const SPOOL_CORRUPT: &str =
     "spool entry corrupt (its bytes changed on the server's disk); send the file again";
@@ -468,6 +460,19 @@ async fn fail_if_spool_corrupt(server: &Arc<Server>, delivery: &PendingDelivery)
         server.emit(Event::Failed { delivery: id, user, reason: SPOOL_CORRUPT.to_owned(), retrying: false });
     }
     Ok(true)
+}
+
+/// Records how far a member got with `delivery` (for `status`) and tells `send --wait`.
+async fn record_progress(
+    server: &Arc<Server>,
+    user: &UserName,
+    delivery: &PendingDelivery,
+    bytes: u64,
+) -> Result<(), SessionError> {
+    let (id, now) = (delivery.id, unix_now());
+    blocking(server, move |store| store.set_progress(id, bytes, now)).await?;
+    server.emit(Event::Progress { delivery: id, user: user.clone(), bytes, size: delivery.size });
+    Ok(())
 }
 
 /// Least time between two progress records of one swarm delivery.
@@ -558,9 +563,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
                         // Recorded once a second at most, whatever the member sends.
                         if last_progress.elapsed() >= PROGRESS_INTERVAL {
                             last_progress = Instant::now();
-                            let (bytes, now) = (bytes.min(delivery.size), unix_now());
-                            blocking(server, move |store| store.set_progress(id.0, bytes, now)).await?;
-                            server.emit(Event::Progress { delivery: id.0, user: user.clone(), bytes, size: delivery.size });
+                            record_progress(server, user, &delivery, bytes.min(delivery.size)).await?;
                         }
                     }
                     Some(Frame::SwarmDone { delivery: done, from_server, from_peers, bad_peers }) if done == id => {
@@ -746,9 +749,7 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
         sent += read as u64;
         if sent >= next_progress || sent == delivery.size {
             next_progress = sent + PROGRESS_STEP;
-            let now = unix_now();
-            blocking(server, move |store| store.set_progress(id.0, sent, now)).await?;
-            server.emit(Event::Progress { delivery: id.0, user: user.clone(), bytes: sent, size: delivery.size });
+            record_progress(server, user, delivery, sent).await?;
         }
     }
     unless_revoked(connection.flush(), control).await?;

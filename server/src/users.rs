@@ -290,16 +290,20 @@ pub fn edit(path: &Path, server_groups: &[GroupName], change: Edit) -> Result<()
 /// the mode it had if it changed anything; a missing file is left alone.
 pub fn make_private(path: &Path) -> std::io::Result<Option<u32>> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = match std::fs::metadata(path) {
-        Ok(metadata) => metadata.permissions().mode() & 0o777,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
-    };
-    if mode & 0o007 == 0 {
-        return Ok(None);
-    }
+    let Some(mode) = readable_by_others(path)? else { return Ok(None) };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o770))?;
     Ok(Some(mode))
+}
+
+/// The user store's mode, if users other than its owner and group may read or write it; a
+/// missing file is nobody's.
+pub fn readable_by_others(path: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(metadata) => Ok(Some(metadata.permissions().mode() & 0o777).filter(|mode| mode & 0o007 != 0)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// Checks a group list given on the command line against the server's groups.
