@@ -200,7 +200,7 @@ async fn connect(
     let config = enrollment_config(std::sync::Arc::clone(verifier)).map_err(|e| fail(e.to_string()))?;
     let attempt = async {
         let tcp = TcpStream::connect(server.as_str()).await.map_err(|e| fail(e.to_string()))?;
-        TlsConnector::from(config).connect(server_name(), tcp).await.map_err(|e| fail(e.to_string()))
+        TlsConnector::from(config).connect(server_name(), tcp).await.map_err(|e| fail(crate::tls::handshake_error(&e)))
     };
     let tls = tokio::time::timeout(limit, attempt).await.map_err(|_| {
         fail(format!("no answer in {} seconds (answer_timeout_secs in client.toml)", limit.as_secs()))

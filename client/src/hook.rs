@@ -3,7 +3,8 @@
 //! its one argument and the details in its environment:
 //!
 //! - `GSHARE_FILE`: the path of the stored file (the same as the argument),
-//! - `GSHARE_NAME`: its name as stored (`report (1).pdf` if the name was taken),
+//! - `GSHARE_NAME`: its name as stored, relative to the out directory (`report (1).pdf` if the
+//!   name was taken; `project/src/main.rs` for a file of a sent directory tree),
 //! - `GSHARE_GROUP`, `GSHARE_SIZE` (bytes), `GSHARE_SHA256` (hex).
 //!
 //! It runs only once the file is verified, stored under its name and acknowledged, and it never
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use gshare_proto::GroupName;
+use gshare_proto::{GroupName, RelativePath};
 
 /// Hooks running at once; more wait, without holding up any transfer.
 pub const MAX_RUNNING: usize = 4;
@@ -32,13 +33,13 @@ impl Hook {
         Self { program, running: Arc::new(Semaphore::new(MAX_RUNNING)) }
     }
 
-    /// Starts the hook for `file` in the background.
-    pub fn run(&self, file: &Path, group: &GroupName, size: u64, sha256: &[u8; 32]) {
-        let (hook, file, group) = (self.clone(), file.to_owned(), group.to_string());
+    /// Starts the hook in the background for the file stored as `stored` in `out_dir`.
+    pub fn run(&self, out_dir: &Path, stored: &RelativePath, group: &GroupName, size: u64, sha256: &[u8; 32]) {
+        let name = stored.to_string();
+        let (hook, file, group) = (self.clone(), out_dir.join(&name), group.to_string());
         let sha256: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
         tokio::spawn(async move {
             let Ok(_turn) = hook.running.acquire().await else { return };
-            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let status = tokio::process::Command::new(&hook.program)
                 .arg(&file)
                 .env("GSHARE_FILE", &file)

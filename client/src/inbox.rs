@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
 use gshare_common::files::WriteBehind;
-use gshare_proto::FileName;
 use gshare_proto::frame::DeliveryId;
+use gshare_proto::{FileName, RelativePath};
 
 /// What names one delivery on this member: the server's id and the file's SHA-256.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,34 +300,44 @@ impl Inbox {
         rustix::fs::statat(&self.dir, temporary_name(delivery).as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
-    /// Gives the verified temporary file of `delivery` its final name: `name`, or the first
-    /// free numbered variant. Returns the name used.
-    pub fn store(&self, delivery: &DeliveryKey, name: &FileName) -> io::Result<FileName> {
-        self.store_reporting(delivery, name).map(|(stored, _)| stored)
+    /// Gives the verified temporary file of `delivery` its final place: `path`, or the first
+    /// free numbered variant of its name. Returns the path used.
+    pub fn store(&self, delivery: &DeliveryKey, path: &RelativePath) -> io::Result<RelativePath> {
+        self.store_reporting(delivery, path).map(|(stored, _)| stored)
     }
 
     /// [`store`](Self::store), and whether the file was already there: a file of that name
     /// (or a numbered one) with the same bytes is kept as the delivered copy, and the
     /// temporary file removed, instead of a second copy under the next number.
-    pub fn store_reporting(&self, delivery: &DeliveryKey, name: &FileName) -> io::Result<(FileName, bool)> {
+    ///
+    /// The directories of `path` are made (mode 0700) or entered one component at a time,
+    /// each relative to the handle of the one before, never through a symlink: a component
+    /// taken by something that is not a directory is left alone, and the numbered variant
+    /// of the directory used instead. The temporary file stays at the top of the out
+    /// directory until this rename (the same file system), so one scan finds every one.
+    pub fn store_reporting(&self, delivery: &DeliveryKey, path: &RelativePath) -> io::Result<(RelativePath, bool)> {
         let temporary = temporary_name(delivery);
         let size = rustix::fs::statat(&self.dir, temporary.as_str(), AtFlags::SYMLINK_NOFOLLOW)?.st_size;
+        let (dir, directories) = self.enter_directories(path.directories())?;
+        let name = path.file_name();
         for n in 0..=MAX_NUMBERED {
-            let candidate = if n == 0 { name.clone() } else { name.numbered(n) };
-            gshare_common::files::atomic_write(&self.journal_entry(delivery), candidate.as_str().as_bytes(), 0o600)?;
+            let file_name = if n == 0 { name.clone() } else { name.numbered(n) };
+            let candidate = RelativePath::from_parts(directories.clone(), file_name.clone());
+            gshare_common::files::atomic_write(&self.journal_entry(delivery), candidate.to_string().as_bytes(), 0o600)?;
             match rustix::fs::renameat_with(
                 &self.dir,
                 temporary.as_str(),
-                &self.dir,
-                candidate.as_str(),
+                &dir,
+                file_name.as_str(),
                 RenameFlags::NOREPLACE,
             ) {
                 Ok(()) => {
+                    rustix::fs::fsync(&dir)?;
                     rustix::fs::fsync(&self.dir)?;
                     let _ = std::fs::remove_file(self.receiving_marker(delivery));
                     return Ok((candidate, false));
                 }
-                Err(rustix::io::Errno::EXIST) if self.holds(&candidate, size, &delivery.sha256) => {
+                Err(rustix::io::Errno::EXIST) if holds(&dir, &file_name, size, &delivery.sha256) => {
                     rustix::fs::unlinkat(&self.dir, temporary.as_str(), AtFlags::empty())?;
                     rustix::fs::fsync(&self.dir)?;
                     let _ = std::fs::remove_file(self.receiving_marker(delivery));
@@ -337,31 +347,67 @@ impl Inbox {
                 Err(error) => return Err(error.into()),
             }
         }
-        Err(io::Error::other(format!("{MAX_NUMBERED} files named like {name} already exist")))
+        Err(io::Error::other(format!("{MAX_NUMBERED} files named like {path} already exist")))
     }
 
-    /// Whether `name` in the out directory is a regular file (never followed through a
-    /// symlink) of `size` bytes whose SHA-256 is `sha256`.
-    fn holds(&self, name: &FileName, size: i64, sha256: &[u8; 32]) -> bool {
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let Ok(fd) = rustix::fs::openat(&self.dir, name.as_str(), flags, Mode::empty()) else { return false };
-        let Ok(stat) = rustix::fs::fstat(&fd) else { return false };
-        if !rustix::fs::FileType::from_raw_mode(stat.st_mode).is_file() || stat.st_size != size {
-            return false;
+    /// Opens the directory `wanted` (outermost first) inside the out directory, making what is
+    /// missing. Returns its handle and the components used (a numbered one where the name is
+    /// taken by a file or a symlink).
+    fn enter_directories(&self, wanted: &[FileName]) -> io::Result<(OwnedFd, Vec<FileName>)> {
+        let mut current = self.dir.try_clone()?;
+        let mut used = Vec::with_capacity(wanted.len());
+        for component in wanted {
+            let (next, name) = enter_directory(&current, component)?;
+            current = next;
+            used.push(name);
         }
-        let mut file = File::from(fd);
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buffer = vec![0u8; 256 * 1024];
-        loop {
-            match file.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(read) => context.update(&buffer[..read]),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        context.finish().as_ref() == sha256
+        Ok((current, used))
     }
+}
+
+/// Opens the directory `wanted` in `parent`, making it (mode 0700) if it is missing, never
+/// through a symlink. Where a file or a symlink has the name, the first numbered variant that
+/// is, or can be made, a directory.
+fn enter_directory(parent: &OwnedFd, wanted: &FileName) -> io::Result<(OwnedFd, FileName)> {
+    for n in 0..=MAX_NUMBERED {
+        let name = if n == 0 { wanted.clone() } else { wanted.numbered(n) };
+        match rustix::fs::mkdirat(parent, name.as_str(), Mode::from_raw_mode(0o700)) {
+            // Its entry in the parent made durable before anything is renamed into it.
+            Ok(()) => rustix::fs::fsync(parent)?,
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(parent, name.as_str(), flags, Mode::empty()) {
+            Ok(fd) => return Ok((fd, name)),
+            Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(io::Error::other(format!("{MAX_NUMBERED} files named like the directory {wanted} already exist")))
+}
+
+/// Whether `name` in `dir` is a regular file (never followed through a symlink) of `size`
+/// bytes whose SHA-256 is `sha256`.
+fn holds(dir: &OwnedFd, name: &FileName, size: i64, sha256: &[u8; 32]) -> bool {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::openat(dir, name.as_str(), flags, Mode::empty()) else { return false };
+    let Ok(stat) = rustix::fs::fstat(&fd) else { return false };
+    if !rustix::fs::FileType::from_raw_mode(stat.st_mode).is_file() || stat.st_size != size {
+        return false;
+    }
+    let mut file = File::from(fd);
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => context.update(&buffer[..read]),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    context.finish().as_ref() == sha256
 }
 
 #[cfg(test)]
@@ -398,8 +444,8 @@ mod tests {
 
         let out = root.path().join("out");
         std::fs::write(out.join("greeting.txt"), b"mine").unwrap();
-        let stored = inbox.store(delivery, &FileName::new("greeting.txt").unwrap()).unwrap();
-        assert_eq!(stored.as_str(), "greeting (1).txt");
+        let stored = inbox.store(delivery, &RelativePath::new("greeting.txt").unwrap()).unwrap();
+        assert_eq!(stored.to_string(), "greeting (1).txt");
         assert_eq!(std::fs::read(out.join("greeting.txt")).unwrap(), b"mine", "the existing file is kept");
         assert_eq!(std::fs::read(out.join("greeting (1).txt")).unwrap(), b"helloworld");
         assert_eq!(inbox.delivered_name(delivery).as_deref(), Some("greeting (1).txt"));
@@ -418,7 +464,7 @@ mod tests {
         }
         assert_eq!(partial.held, size);
         assert_eq!(partial.finish().unwrap(), sha256(&content));
-        inbox.store(delivery, &FileName::new("big.bin").unwrap()).unwrap();
+        inbox.store(delivery, &RelativePath::new("big.bin").unwrap()).unwrap();
         assert!(std::fs::read(root.path().join("out/big.bin")).unwrap() == content, "every byte in place");
     }
 
@@ -453,8 +499,8 @@ mod tests {
         let mut partial = inbox.prepare(delivery, 3).unwrap();
         partial.write(b"new".to_vec()).await.unwrap();
         partial.finish().unwrap();
-        let stored = inbox.store(delivery, &FileName::new("report.pdf").unwrap()).unwrap();
-        assert_eq!(stored.as_str(), "report (1).pdf");
+        let stored = inbox.store(delivery, &RelativePath::new("report.pdf").unwrap()).unwrap();
+        assert_eq!(stored.to_string(), "report (1).pdf");
         assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
         assert!(std::fs::symlink_metadata(out.join("report.pdf")).unwrap().file_type().is_symlink());
     }
@@ -478,21 +524,21 @@ mod tests {
         let mut partial = inbox.prepare(old, 3).unwrap();
         partial.write(b"old".to_vec()).await.unwrap();
         partial.finish().unwrap();
-        inbox.store(old, &FileName::new("a.txt").unwrap()).unwrap();
+        inbox.store(old, &RelativePath::new("a.txt").unwrap()).unwrap();
         let new = &key(1, b"new!");
         assert_eq!(inbox.delivered_name(new), None, "same id, other file: not received yet");
         let mut partial = inbox.prepare(new, 4).unwrap();
         assert_eq!(partial.held, 0);
         partial.write(b"new!".to_vec()).await.unwrap();
         partial.finish().unwrap();
-        assert_eq!(inbox.store(new, &FileName::new("a.txt").unwrap()).unwrap().as_str(), "a (1).txt");
+        assert_eq!(inbox.store(new, &RelativePath::new("a.txt").unwrap()).unwrap().to_string(), "a (1).txt");
         // The same bytes again, under the same name: no third copy.
         let again = &key(9, b"new!");
         let mut partial = inbox.prepare(again, 4).unwrap();
         partial.write(b"new!".to_vec()).await.unwrap();
         partial.finish().unwrap();
-        let (stored, identical) = inbox.store_reporting(again, &FileName::new("a.txt").unwrap()).unwrap();
-        assert_eq!((stored.as_str(), identical), ("a (1).txt", true));
+        let (stored, identical) = inbox.store_reporting(again, &RelativePath::new("a.txt").unwrap()).unwrap();
+        assert_eq!((stored.to_string().as_str(), identical), ("a (1).txt", true));
         let mut names: Vec<String> = std::fs::read_dir(root.path().join("out"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -501,5 +547,59 @@ mod tests {
         assert_eq!(names, ["a (1).txt", "a.txt"]);
         assert_eq!(std::fs::read(root.path().join("out/a (1).txt")).unwrap(), b"new!");
         assert_eq!(inbox.delivered_name(old).as_deref(), Some("a.txt"));
+    }
+
+    async fn received(inbox: &Inbox, id: u64, content: &[u8]) -> DeliveryKey {
+        let delivery = key(id, content);
+        let mut partial = inbox.prepare(&delivery, content.len() as u64).unwrap();
+        partial.write(content.to_vec()).await.unwrap();
+        partial.finish().unwrap();
+        delivery
+    }
+
+    #[tokio::test]
+    async fn a_file_of_a_tree_goes_into_its_directories_never_through_a_symlink() {
+        let (root, inbox) = inbox();
+        let out = root.path().join("out");
+        let outside = root.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+
+        let delivery = received(&inbox, 1, b"fn main() {}").await;
+        let stored = inbox.store(&delivery, &RelativePath::new("project/src/main.rs").unwrap()).unwrap();
+        assert_eq!(stored.to_string(), "project/src/main.rs");
+        assert_eq!(std::fs::read(out.join("project/src/main.rs")).unwrap(), b"fn main() {}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("project/src")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "directories are private to the member, like files: {mode:o}");
+        assert_eq!(inbox.delivered_name(&delivery).as_deref(), Some("project/src/main.rs"));
+
+        // A second file of the tree joins the directories the first made.
+        let delivery = received(&inbox, 2, b"# readme").await;
+        inbox.store(&delivery, &RelativePath::new("project/README.md").unwrap()).unwrap();
+        assert_eq!(std::fs::read(out.join("project/README.md")).unwrap(), b"# readme");
+
+        // A symlink planted where a directory goes is not followed (nothing lands outside)
+        // and not replaced: the directory takes a numbered name.
+        std::os::unix::fs::symlink(&outside, out.join("docs")).unwrap();
+        let delivery = received(&inbox, 3, b"guide").await;
+        let stored = inbox.store(&delivery, &RelativePath::new("docs/guide.txt").unwrap()).unwrap();
+        assert_eq!(stored.to_string(), "docs (1)/guide.txt");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
+        assert!(std::fs::symlink_metadata(out.join("docs")).unwrap().file_type().is_symlink());
+
+        // A regular file where a directory goes is kept; so is one deeper in the path.
+        std::fs::write(out.join("notes"), b"mine").unwrap();
+        let delivery = received(&inbox, 4, b"deep").await;
+        let stored = inbox.store(&delivery, &RelativePath::new("notes/a/b.txt").unwrap()).unwrap();
+        assert_eq!(stored.to_string(), "notes (1)/a/b.txt");
+        assert_eq!(std::fs::read(out.join("notes")).unwrap(), b"mine");
+
+        // No temporary file is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with(".gshare-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

@@ -22,7 +22,7 @@ use gshare_common::{Connection, ConnectionError};
 use gshare_proto::frame::{DeliveryId, Frame, Offer, Text};
 use gshare_proto::membership::Outcome;
 use gshare_proto::swarm::{Bits, MAX_PIECES, Source, piece_count};
-use gshare_proto::{FileName, GroupName, ServerAddress};
+use gshare_proto::{GroupName, RelativePath, ServerAddress};
 
 use crate::home::ClientSettings;
 use crate::hook::Hook;
@@ -399,7 +399,7 @@ async fn session(
     let tls = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(config).connect(server_name(), tcp))
         .await
         .map_err(|_| SessionError::Connect("the TLS handshake timed out".into()))?
-        .map_err(|e| SessionError::Connect(e.to_string()))?;
+        .map_err(|e| SessionError::Connect(crate::tls::handshake_error(&e)))?;
     let mut connection = Connection::new(tls);
     connection.set_write_timeout(SILENCE_LIMIT);
     connection.write_frame(&Frame::SubscribeSwarm { groups: groups.to_vec(), peer_port: link.peer_port }).await?;
@@ -465,9 +465,9 @@ where
 
 /// The offer's file name and the inbox of its group, or why the offer is declined (said to the
 /// person and logged).
-fn accepted<'a>(offer: &Offer, inboxes: &'a HashMap<GroupName, Inbox>) -> Result<(FileName, &'a Inbox), String> {
+fn accepted<'a>(offer: &Offer, inboxes: &'a HashMap<GroupName, Inbox>) -> Result<(RelativePath, &'a Inbox), String> {
     let id = offer.delivery;
-    let name = FileName::from_bytes(&offer.name).map_err(|error| {
+    let name = RelativePath::from_bytes(&offer.name).map_err(|error| {
         let shown = String::from_utf8_lossy(&offer.name).escape_debug().to_string();
         tracing::info!(delivery = id.0, name = %shown, "refused a file: {error}");
         eprintln!("refused a file named \"{shown}\": {error}");
@@ -503,7 +503,7 @@ where
     // it, and acknowledge without taking the data again.
     if let Some(stored) = inbox.delivered_name(key) {
         if inbox.has_temporary(key) {
-            if let Err(error) = inbox.store(key, &FileName::new(&stored).unwrap_or(name.clone())) {
+            if let Err(error) = inbox.store(key, &RelativePath::new(&stored).unwrap_or(name.clone())) {
                 return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
             }
         }
@@ -584,7 +584,7 @@ where
 async fn throw_away_mismatch<S>(
     connection: &mut Connection<S>,
     offer: &Offer,
-    name: &FileName,
+    name: &RelativePath,
     inbox: &Inbox,
     key: &DeliveryKey,
 ) -> Result<(), SessionError>
@@ -603,7 +603,14 @@ where
 
 /// Tells the person where an acknowledged file went (and why it took another name, if it
 /// did), and runs the hook on it.
-fn say_stored(offer: &Offer, name: &FileName, stored: &FileName, identical: bool, inbox: &Inbox, hook: Option<&Hook>) {
+fn say_stored(
+    offer: &Offer,
+    name: &RelativePath,
+    stored: &RelativePath,
+    identical: bool,
+    inbox: &Inbox,
+    hook: Option<&Hook>,
+) {
     if told_cannot_store().remove(&offer.delivery.0) {
         println!("{}/{name}: there is room again", offer.group);
     }
@@ -618,7 +625,7 @@ fn say_stored(offer: &Offer, name: &FileName, stored: &FileName, identical: bool
     }
     println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
     if let Some(hook) = hook {
-        hook.run(&inbox.path().join(stored.as_str()), &offer.group, offer.size, &offer.sha256);
+        hook.run(inbox.path(), stored, &offer.group, offer.size, &offer.sha256);
     }
 }
 
@@ -638,7 +645,7 @@ fn storage_failure(dir: &Path, error: &std::io::Error) -> String {
 async fn cannot_store<S>(
     connection: &mut Connection<S>,
     offer: &Offer,
-    name: &FileName,
+    name: &RelativePath,
     dir: &Path,
     error: &std::io::Error,
 ) -> Result<(), SessionError>
@@ -700,7 +707,7 @@ fn held_bytes(have: &Bits, piece_len: u32, size: u64) -> u64 {
 struct FileBar(Option<indicatif::ProgressBar>);
 
 impl FileBar {
-    fn start(group: &GroupName, name: &FileName, size: u64, held: u64) -> Self {
+    fn start(group: &GroupName, name: &RelativePath, size: u64, held: u64) -> Self {
         use std::io::IsTerminal;
         if !std::io::stderr().is_terminal() {
             return Self(None);
@@ -802,7 +809,7 @@ where
     // Already stored (our acknowledgement was lost): say we hold everything, and acknowledge.
     if let Some(stored) = inbox.delivered_name(key) {
         if inbox.has_temporary(key) {
-            if let Err(error) = inbox.store(key, &FileName::new(&stored).unwrap_or(name.clone())) {
+            if let Err(error) = inbox.store(key, &RelativePath::new(&stored).unwrap_or(name.clone())) {
                 return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
             }
         }

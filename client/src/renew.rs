@@ -53,7 +53,7 @@ pub async fn renew(settings: &ClientSettings, current: &Enrollment) -> Result<En
         let tls = TlsConnector::from(Arc::clone(&config))
             .connect(server_name(), tcp)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(crate::tls::handshake_error(&e)))?;
         let mut connection = Connection::new(tls);
         connection.write_frame(&Frame::RenewRequest { csr }).await.map_err(|e| RenewError::Protocol(e.to_string()))?;
         connection.read_frame().await.map_err(|e| RenewError::Protocol(e.to_string()))

@@ -1,5 +1,5 @@
 //! The client's TLS configuration: TLS 1.3 only, ring as the one crypto provider, ALPN
-//! `gshare/1`, and the server verified against one CA that this member pinned by fingerprint.
+//! `gshare/2`, and the server verified against one CA that this member pinned by fingerprint.
 //!
 //! [`PinnedCaVerifier`] takes the CA certificate from the end of the chain the server sends,
 //! refuses it unless its SHA-256 is the expected fingerprint (when one is expected), and then
@@ -180,4 +180,32 @@ pub fn peer_server_config(
         .with_single_cert(vec![CertificateDer::from(certificate_der.to_vec())], member_key(key_pem)?)?;
     config.alpn_protocols = vec![gshare_common::PEER_ALPN.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A failed TLS handshake as a person reads it: a protocol version mismatch (the server
+/// refused our ALPN, or we refused its) said as such, anything else as rustls says it.
+pub fn handshake_error(error: &std::io::Error) -> String {
+    let mismatch = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).is_some_and(|inner| {
+        matches!(
+            inner,
+            rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+                | rustls::Error::NoApplicationProtocol
+        )
+    });
+    if mismatch { gshare_common::ALPN_MISMATCH.to_owned() } else { error.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_of_another_protocol_version_is_said_as_such() {
+        // What tokio-rustls returns when the server refuses our ALPN.
+        let refused = rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol);
+        let error = std::io::Error::new(std::io::ErrorKind::InvalidData, refused);
+        assert_eq!(handshake_error(&error), gshare_common::ALPN_MISMATCH);
+        let other = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert_ne!(handshake_error(&other), gshare_common::ALPN_MISMATCH);
+    }
 }

@@ -28,8 +28,14 @@ pub use drops::{DropCounter, DropReason};
 pub use multicast::{MulticastChannel, TransportError};
 pub use settings::MulticastSettings;
 
-/// The ALPN protocol name of gshare's TLS sessions; both sides insist on it.
-pub const ALPN: &[u8] = b"gshare/1";
+/// The ALPN protocol name of gshare's TLS sessions; both sides insist on it. Its number goes
+/// up when a frame changes so that an older peer would misread it (2: offers name a path of
+/// up to 4096 bytes), so that a server and a member of different versions fail at the
+/// handshake with a sentence ([`ALPN_MISMATCH`]) instead of in the middle of a file.
+pub const ALPN: &[u8] = b"gshare/2";
+/// What a member says when the server speaks another version of the protocol.
+pub const ALPN_MISMATCH: &str =
+    "the server speaks another version of gshare's protocol; run the same gshare version on the server and its members";
 /// The ALPN protocol name of connections between members (swarm delivery).
 pub const PEER_ALPN: &[u8] = b"gshare-peer/1";
 

@@ -142,8 +142,10 @@ impl fmt::Display for DeliveryId {
 pub struct Offer {
     pub delivery: DeliveryId,
     pub group: GroupName,
-    /// The name as sent, unchecked: the receiver parses it into a `FileName` and declines the
-    /// offer if that fails, so that a bad name is refused and reported, not a broken frame.
+    /// The name as sent, unchecked: the receiver parses it into a `RelativePath` (a file name,
+    /// or a file's place inside a sent directory tree) and declines the offer if that fails, so
+    /// that a bad name is refused and reported, not a broken frame. At most
+    /// [`MAX_PATH_LEN`](crate::names::MAX_PATH_LEN) bytes.
     pub name: Vec<u8>,
     /// Bytes.
     pub size: u64,
@@ -424,12 +426,12 @@ fn put_groups(out: &mut Vec<u8>, groups: &[GroupName]) -> Result<(), crate::Enco
 }
 
 fn put_offer(out: &mut Vec<u8>, offer: &Offer) -> Result<(), crate::EncodeError> {
-    if offer.name.len() > crate::names::MAX_FILE_NAME_LEN {
+    if offer.name.len() > crate::names::MAX_PATH_LEN {
         return Err(crate::EncodeError::FieldTooLong { field: "file name", len: offer.name.len() });
     }
     out.extend_from_slice(&offer.delivery.0.to_be_bytes());
     put_short_bytes(out, offer.group.as_str().as_bytes());
-    put_short_bytes(out, &offer.name);
+    put_long_bytes(out, &offer.name);
     out.extend_from_slice(&offer.size.to_be_bytes());
     out.extend_from_slice(&offer.sha256);
     Ok(())
@@ -666,7 +668,7 @@ fn read_offer(reader: &mut Reader<'_>) -> Result<Offer, DecodeError> {
     let group = std::str::from_utf8(reader.short_bytes()?)
         .map_err(|_| DecodeError::invalid("group name", "not UTF-8"))
         .and_then(|name| GroupName::new(name).map_err(|e| DecodeError::invalid("group name", e)))?;
-    let name = reader.short_bytes()?.to_vec();
+    let name = reader.long_bytes("file name", crate::names::MAX_PATH_LEN)?.to_vec();
     let size = reader.u64()?;
     let sha256 = reader.array()?;
     Ok(Offer { delivery, group, name, size, sha256 })
@@ -710,6 +712,23 @@ mod tests {
         assert_eq!(declared_len(&[0x7f, 0xff, 0xff, 0xff]), None, "beyond the maximum");
     }
 
+    #[test]
+    fn an_offer_names_a_path_of_up_to_4096_bytes() {
+        let offer = |len: usize| {
+            Frame::Offer(Offer {
+                delivery: DeliveryId(1),
+                group: "Developers".parse().unwrap(),
+                name: vec![b'a'; len],
+                size: 1,
+                sha256: [0; 32],
+            })
+        };
+        let longest = offer(crate::names::MAX_PATH_LEN);
+        let bytes = longest.encode().unwrap();
+        assert_eq!(decode(&bytes).unwrap(), Some((longest, bytes.len())));
+        assert!(offer(crate::names::MAX_PATH_LEN + 1).encode().is_err());
+    }
+
     /// One frame of every kind, with the fields at interesting sizes.
     fn samples() -> Vec<Frame> {
         vec![
@@ -745,7 +764,8 @@ mod tests {
                 offer: Offer {
                     delivery: DeliveryId(7),
                     group: "Developers".parse().unwrap(),
-                    name: b"big.iso".to_vec(),
+                    // A path inside a sent tree, longer than one file name may be.
+                    name: [&b"images/"[..], &[b'd'; 300], b"/big.iso"].concat(),
                     size: 1 << 30,
                     sha256: [3; 32],
                 },

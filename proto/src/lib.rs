@@ -61,4 +61,4 @@ pub use datagram::{
 };
 pub use fingerprint::Fingerprint;
 pub use freshness::{Rejection, ReplayGuard};
-pub use names::{FileName, GroupName, ServerAddress, UserName};
+pub use names::{FileName, GroupName, RelativePath, ServerAddress, UserName};

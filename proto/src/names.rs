@@ -236,8 +236,8 @@ pub enum PathError {
 /// A file's place inside a sent directory tree, as members receive it: one or more components
 /// separated by `/`, each a [`FileName`] (so never `.`, `..`, a drive, a control character or
 /// the reserved prefix), never absolute, at most [`MAX_PATH_DEPTH`] deep and [`MAX_PATH_LEN`]
-/// bytes. Groundwork for sending directories: a receiver creates each directory component
-/// relative to its out directory's handle, never following a symlink.
+/// bytes. A file sent on its own is a path of one component. A receiver creates each directory
+/// component relative to its out directory's handle, never following a symlink.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RelativePath(Vec<FileName>);
 
@@ -276,6 +276,21 @@ impl RelativePath {
     /// The file's own name (the last component).
     pub fn file_name(&self) -> &FileName {
         &self.0[self.0.len() - 1]
+    }
+
+    /// The path of `file_name` inside `directories`, outermost first: names already checked,
+    /// such as a numbered variant of a path that was (so it may pass the length limit by the
+    /// few bytes of the numbers).
+    pub fn from_parts(directories: Vec<FileName>, file_name: FileName) -> Self {
+        let mut components = directories;
+        components.push(file_name);
+        Self(components)
+    }
+}
+
+impl From<FileName> for RelativePath {
+    fn from(name: FileName) -> Self {
+        Self(vec![name])
     }
 }
 

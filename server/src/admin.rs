@@ -4,8 +4,11 @@
 //! One JSON object per line each way. The request:
 //!
 //! ```json
-//! {"send": {"group": "Developers", "files": ["/abs/report.pdf"], "wait": true}}
+//! {"send": {"group": "Developers", "files": [{"path": "/abs/report.pdf", "name": "report.pdf"}], "wait": true}}
 //! ```
+//!
+//! Each file's `name` is what members receive it under: its file name, or its path inside a
+//! sent directory tree (`project/src/main.rs`; see [`crate::sendlist`]).
 //!
 //! Answers, in order: one `recorded` per file (its deliveries, one per member), then with
 //! `wait` any number of `progress`, `delivered` and `failed`, and finally `done` listing the
@@ -21,23 +24,25 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use gshare_proto::{FileName, GroupName, UserName};
+use gshare_proto::{GroupName, RelativePath, UserName};
 
 use crate::ServerError;
+use crate::sendlist::SendFile;
 use crate::state::{Event, Server, blocking};
 use crate::store::unix_now;
 
 /// File name of the socket inside the state directory.
 pub const SOCKET_FILE: &str = "admin.sock";
 /// Longest request line accepted, in bytes.
-const MAX_REQUEST: u64 = 1 << 20;
+/// (A send of [`MAX_FILES_PER_SEND`](crate::sendlist::MAX_FILES_PER_SEND) files with long paths fits.)
+const MAX_REQUEST: u64 = 64 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Send {
         group: String,
-        files: Vec<PathBuf>,
+        files: Vec<SendFile>,
         wait: bool,
     },
     Online,
@@ -184,7 +189,7 @@ const SPOOL_HEADROOM: u64 = 16 * 1024 * 1024;
 
 /// Why the spool cannot take `files` now, if it cannot: their sizes (plus headroom) against
 /// the space free on its filesystem. A file that cannot be read is left to the copy to report.
-fn spool_cannot_hold(server: &Server, files: &[(PathBuf, FileName)]) -> Option<String> {
+fn spool_cannot_hold(server: &Server, files: &[(PathBuf, RelativePath)]) -> Option<String> {
     let needed: u64 = files.iter().filter_map(|(path, _)| std::fs::metadata(path).ok()).map(|m| m.len()).sum();
     let free = server.spool.free_bytes().ok()?;
     (needed.saturating_add(SPOOL_HEADROOM) > free).then(|| {
@@ -199,7 +204,7 @@ async fn send(
     server: &Arc<Server>,
     writer: &mut (impl AsyncWrite + Unpin),
     group: &str,
-    files: &[PathBuf],
+    files: &[SendFile],
     wait: bool,
 ) -> std::io::Result<()> {
     let fail = |message: String| Answer::Error { message };
@@ -208,9 +213,8 @@ async fn send(
     };
     // Check every name before spooling anything, so a bad one sends nothing.
     let mut named = Vec::new();
-    for path in files {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        match FileName::new(&name) {
+    for SendFile { path, name } in files {
+        match RelativePath::new(name) {
             Ok(name) => named.push((path.clone(), name)),
             Err(error) => return write(writer, &fail(format!("{}: cannot be sent: {error}", path.display()))).await,
         }

@@ -18,6 +18,7 @@
 //! - `notify`: readiness for a service manager (systemd's `Type=notify`).
 //! - `metrics`: the optional Prometheus endpoint.
 //! - `state`: what the tasks share.
+//! - [`sendlist`]: what a `send` names: files, and the files of directory trees.
 //! - `swarm`: which member sessions share which file's pieces, and which pieces have gone out.
 
 pub mod admin;
@@ -32,7 +33,7 @@ mod notify;
 pub mod private;
 mod ratelimit;
 mod reload;
-
+pub mod sendlist;
 mod session;
 pub mod spool;
 mod state;

@@ -40,7 +40,7 @@ enum Command {
     /// Manage the user store (users.toml). A running server picks up changes by itself.
     #[command(subcommand)]
     User(UserCommand),
-    /// Send files to every member of a group, through the running server.
+    /// Send files and directory trees to every member of a group, through the running server.
     ///
     /// Returns once the deliveries are recorded (they survive a restart); with --wait, shows
     /// progress per member and returns when every connected member has the files.
@@ -48,8 +48,10 @@ enum Command {
         /// The group to send to.
         #[arg(long)]
         group: String,
-        /// Files to send; each is delivered under its own file name.
-        #[arg(required = true)]
+        /// Files and directories to send. A file is delivered under its own file name; each
+        /// file inside a directory under its path from the directory's name down
+        /// (project/src/main.rs). Symbolic links inside a directory are skipped, never followed.
+        #[arg(required = true, value_name = "FILE|DIR")]
         files: Vec<PathBuf>,
         /// Wait until every connected member has acknowledged; list the others as pending.
         #[arg(long)]
@@ -531,25 +533,16 @@ fn send(
     wait: bool,
     requested: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
-    let mut absolute = Vec::new();
-    for file in files {
-        let path = std::path::absolute(&file).with_context(|| format!("{}", file.display()))?;
-        match std::fs::metadata(&path) {
-            Ok(metadata) if metadata.is_file() => {}
-            Ok(metadata) if metadata.is_dir() => bail!("{}: is a directory; send takes files", file.display()),
-            Ok(_) => bail!("{}: is not a regular file (a FIFO, socket or device); send takes files", file.display()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => bail!("{}: no such file", file.display()),
-            Err(error) => bail!("{}: cannot be read: {error}", file.display()),
-        }
-        absolute.push(path);
+    let listed = gshare_server::sendlist::list(&files)?;
+    for skipped in &listed.skipped {
+        eprintln!("{skipped}");
     }
     let mut names: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
     let mut progress = SendProgress::new(wait);
     let mut failed = false;
     let mut recorded: Vec<String> = Vec::new();
-    let files: Vec<String> =
-        absolute.iter().map(|path| path.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
-    let request = Request::Send { group: group.clone(), files: absolute, wait };
+    let files: Vec<String> = listed.files.iter().map(|file| file.name.clone()).collect();
+    let request = Request::Send { group: group.clone(), files: listed.files, wait };
     let sent = || requested.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcome = admin_request_with(config, &request, sent, |answer| {
         match answer {

@@ -155,16 +155,18 @@ fn output_into_a_closed_pipe_ends_quietly_instead_of_panicking() {
 }
 
 #[test]
-fn send_of_a_directory_a_fifo_or_a_missing_file_names_which() {
+fn send_of_an_empty_directory_a_fifo_or_a_missing_file_names_which() {
     let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
     let config = dir.path().join("server.toml");
     std::fs::write(&config, "groups = [\"Developers\"]\n").unwrap();
     let fifo = dir.path().join("pipe");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let cases = [
-        (dir.path().to_path_buf(), "is a directory; send takes files"),
-        (fifo, "is not a regular file (a FIFO, socket or device)"),
-        (dir.path().join("gone.txt"), "no such file"),
+        (empty, "holds no regular file to send"),
+        (fifo, "is not a regular file or a directory (a FIFO, socket or device)"),
+        (dir.path().join("gone.txt"), "no such file or directory"),
     ];
     for (path, expected) in cases {
         let output = server(&config, &["send", "--group", "Developers", path.to_str().unwrap()]);

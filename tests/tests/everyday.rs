@@ -368,3 +368,74 @@ fn progress_of_a_file_in_pieces_reaches_status_and_send_wait_prints_lines_not_fl
     let lines = said.lines().filter(|line| line.contains("progress:")).count();
     assert!(lines <= 12, "{said}");
 }
+
+#[test]
+fn a_directory_tree_arrives_under_its_relative_paths_and_its_links_are_skipped() {
+    let (_net, server, home) = enrolled_member();
+    let out = tempfile::tempdir().unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    let log = tools.path().join("hook.log");
+    let hook = script(tools.path(), "on-receive", &format!("echo \"$GSHARE_NAME|$1\" >> {}", log.display()));
+    let mut command = home.command();
+    command.args(["listen", "--group", "Developers", "--out"]).arg(out.path()).arg("--exec").arg(&hook);
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let output = gshare_tests::OutputLines::collect(vec![
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ]);
+    let mut listener = Listener::from_parts(child, output);
+    listener.wait_for("waiting for files", LONG);
+
+    let source = tempfile::tempdir().unwrap();
+    let tree = source.path().join("project");
+    std::fs::create_dir_all(tree.join("src/util")).unwrap();
+    std::fs::create_dir_all(tree.join("empty")).unwrap();
+    let files = [("README.md", 1_000, 81), ("src/main.rs", 70_000, 82), ("src/util/strings.rs", 3_000_000, 83)];
+    for (path, size, seed) in files {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        gshare_tests::random_file(&tree.join(dir), name, size, seed);
+    }
+    let secret = gshare_tests::random_file(source.path(), "secret.key", 100, 84);
+    std::os::unix::fs::symlink(&secret, tree.join("src/key")).unwrap();
+    std::os::unix::fs::symlink(source.path(), tree.join("up")).unwrap();
+
+    let sent = server.send("Developers", &[&tree], true);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let said = text(&sent.stderr);
+    assert!(said.contains("src/key: a symbolic link; skipped (links are never followed)"), "{said}");
+    assert!(said.contains("up: a symbolic link; skipped"), "{said}");
+    for (path, _, _) in files {
+        assert!(text(&sent.stdout).contains(&format!("project/{path}: ")), "{}", text(&sent.stdout));
+    }
+    for (path, _, _) in files {
+        listener.wait_for(&format!("received project/{path} "), LONG);
+        let arrived = std::fs::read(out.path().join("project").join(path)).unwrap();
+        assert!(arrived == std::fs::read(tree.join(path)).unwrap(), "{path} differs");
+    }
+    // Only the files: no link, no empty directory, nothing of what the links pointed at.
+    let mut received: Vec<String> = walk(out.path());
+    received.sort();
+    assert_eq!(received, ["project/README.md", "project/src/main.rs", "project/src/util/strings.rs"]);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(gshare_tests::wait_until(LONG, || logged().lines().count() == 3), "{}", logged());
+    let expected = format!("project/src/main.rs|{}", out.path().join("project/src/main.rs").display());
+    assert!(logged().lines().any(|line| line == expected), "{}", logged());
+}
+
+/// Every regular file under `dir`, as paths relative to it, never following a link.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if kind.is_dir() {
+            found.extend(walk(&entry.path()).into_iter().map(|inner| format!("{name}/{inner}")));
+        } else {
+            assert!(kind.is_file(), "{name} is neither a file nor a directory");
+            found.push(name);
+        }
+    }
+    found
+}

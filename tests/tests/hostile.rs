@@ -80,11 +80,17 @@ fn hostile_offers_are_refused_and_nothing_is_written_outside_the_out_directory()
     let outside = root.path().join("outside.txt");
     std::fs::write(&outside, b"precious").unwrap();
     std::os::unix::fs::symlink(&outside, out.join("report.txt")).unwrap();
+    // A directory of a sent tree planted as a symlink out of the out directory.
+    std::os::unix::fs::symlink(root.path(), out.join("linked")).unwrap();
 
     let bad_names: Vec<&[u8]> = vec![
         b"../x",
         b"/etc/passwd",
-        b"a/b",
+        b"a/../../x",
+        b"a//b",
+        b"a/",
+        b"a/./b",
+        b"a/.gshare-1-00.part",
         b"..",
         b".",
         b"",
@@ -96,6 +102,7 @@ fn hostile_offers_are_refused_and_nothing_is_written_outside_the_out_directory()
     ];
     let mut first: Vec<HostileOffer> = bad_names.iter().map(|name| HostileOffer::honest(name, b"hello")).collect();
     first.push(HostileOffer::honest(b"report.txt", b"hello"));
+    first.push(HostileOffer::honest(b"linked/deep.txt", b"hello"));
     // Declares fewer bytes than it sends.
     first.push(HostileOffer {
         name: b"small.txt".to_vec(),
@@ -128,6 +135,8 @@ fn hostile_offers_are_refused_and_nothing_is_written_outside_the_out_directory()
     }
     let symlinked = fake.next_report(Duration::from_secs(30));
     assert_eq!(symlinked.answers, ["resume 0", "ack"]);
+    let through_directory = fake.next_report(Duration::from_secs(30));
+    assert_eq!(through_directory.answers, ["resume 0", "ack"], "{}", listener.output());
     let small = fake.next_report(Duration::from_secs(30));
     assert_eq!(small.answers, ["resume 0", "failed"], "{}", listener.output());
     let large = fake.next_report(Duration::from_secs(30));
@@ -137,13 +146,14 @@ fn hostile_offers_are_refused_and_nothing_is_written_outside_the_out_directory()
     assert_eq!(std::fs::read(&outside).unwrap(), b"precious", "written through the symlink");
     assert!(std::fs::symlink_metadata(out.join("report.txt")).unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read(out.join("report (1).txt")).unwrap(), b"hello");
+    assert_eq!(std::fs::read(out.join("linked (1)/deep.txt")).unwrap(), b"hello", "beside the link, not through it");
     let mut in_out: Vec<String> =
         std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     in_out.sort();
     // The unfinished large.txt may wait for a resume, under its temporary name only.
     assert_eq!(
         in_out.iter().filter(|n| !n.ends_with(".part")).collect::<Vec<_>>(),
-        ["report (1).txt", "report.txt"],
+        ["linked", "linked (1)", "report (1).txt", "report.txt"],
         "{in_out:?}"
     );
     let mut in_root: Vec<String> = std::fs::read_dir(root.path())
