@@ -35,6 +35,9 @@ pub(crate) struct SwarmMember {
 struct FileSwarm {
     /// Pieces handed out at least once.
     dispatched: Bits,
+    /// Every piece below this has been handed out: the search for the next starts here, so
+    /// handing out a file of millions of pieces is not a scan from the start each time.
+    first_undispatched: u32,
     members: Vec<SwarmMember>,
 }
 
@@ -70,8 +73,11 @@ impl Swarms {
     /// Adds `member` to the swarm of `file` (of `pieces` pieces); harmless if it is in it.
     pub fn join(&self, file: FileKey, pieces: u32, member: SwarmMember) {
         let mut files = self.files();
-        let swarm =
-            files.entry(file).or_insert_with(|| FileSwarm { dispatched: Bits::new(pieces), members: Vec::new() });
+        let swarm = files.entry(file).or_insert_with(|| FileSwarm {
+            dispatched: Bits::new(pieces),
+            first_undispatched: 0,
+            members: Vec::new(),
+        });
         if !swarm.members.iter().any(|m| m.session == member.session) {
             swarm.members.push(member);
             drop(files);
@@ -133,7 +139,11 @@ impl Swarms {
     pub fn next_piece(&self, file: &FileKey, held: &Bits) -> Option<u32> {
         let mut files = self.files();
         let swarm = files.get_mut(file)?;
-        let piece = (0..swarm.dispatched.len()).find(|&p| !swarm.dispatched.get(p) && !held.get(p))?;
+        let pieces = swarm.dispatched.len();
+        while swarm.first_undispatched < pieces && swarm.dispatched.get(swarm.first_undispatched) {
+            swarm.first_undispatched += 1;
+        }
+        let piece = (swarm.first_undispatched..pieces).find(|&p| !swarm.dispatched.get(p) && !held.get(p))?;
         swarm.dispatched.set(piece);
         Some(piece)
     }

@@ -176,6 +176,18 @@ async fn join_swarm_claiming_everything(
     address: &str,
     hostile: &Hostile,
 ) -> (FileKey, Connection<tokio_rustls::client::TlsStream<TcpStream>>) {
+    join_swarm(address, hostile, false).await
+}
+
+/// Joins the first file's swarm as `hostile`. With `take_every_new_piece`, it tells the server
+/// it holds nothing and takes every piece the server hands out as new (so an honest member can
+/// get the file only from other members, or from the server by number after a quiet spell);
+/// otherwise it claims to hold everything.
+async fn join_swarm(
+    address: &str,
+    hostile: &Hostile,
+    take_every_new_piece: bool,
+) -> (FileKey, Connection<tokio_rustls::client::TlsStream<TcpStream>>) {
     let tcp = TcpStream::connect(address).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from(gshare_certs::SERVER_NAME).unwrap();
     let tls = tokio_rustls::TlsConnector::from(hostile.member_config()).connect(name, tcp).await.unwrap();
@@ -198,11 +210,27 @@ async fn join_swarm_claiming_everything(
             hashes += part.len() as u32;
         }
     }
-    let mut all = gshare_proto::swarm::Bits::new(pieces);
-    (0..pieces).for_each(|piece| all.set(piece));
-    let accept = Frame::SwarmAccept { delivery: offer.delivery, have: all.as_bytes().to_vec() };
+    let mut claimed = gshare_proto::swarm::Bits::new(pieces);
+    if !take_every_new_piece {
+        (0..pieces).for_each(|piece| claimed.set(piece));
+    }
+    let accept = Frame::SwarmAccept { delivery: offer.delivery, have: claimed.as_bytes().to_vec() };
     session.write_frame(&accept).await.unwrap();
-    (offer.sha256, session)
+    if !take_every_new_piece {
+        return (offer.sha256, session);
+    }
+    loop {
+        session.write_frame(&Frame::NextPiece { file: offer.sha256 }).await.unwrap();
+        loop {
+            match session.read_frame().await.unwrap() {
+                Some(Frame::Piece { .. }) => break,
+                Some(Frame::NoNewPiece { .. }) => return (offer.sha256, session),
+                Some(Frame::Ping) => session.write_frame(&Frame::Pong).await.unwrap(),
+                Some(_) => {}
+                None => panic!("session closed"),
+            }
+        }
+    }
 }
 
 /// Serves every member that connects: claims every piece, and answers each request with bytes
@@ -232,14 +260,19 @@ async fn garbage_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let mut connection = Connection::new(stream);
     let mut all = gshare_proto::swarm::Bits::new(pieces);
     (0..pieces).for_each(|piece| all.set(piece));
+    // One bitfield per file, as an honest member sends (a second one starts the file over).
+    let mut announced = std::collections::HashSet::new();
     if let Some(file) = file {
+        announced.insert(file);
         if connection.write_frame(&Frame::Bitfield { file, have: all.as_bytes().to_vec() }).await.is_err() {
             return;
         }
     }
     while let Ok(Some(frame)) = connection.read_frame().await {
         let answer = match frame {
-            Frame::Bitfield { file, .. } => Frame::Bitfield { file, have: all.as_bytes().to_vec() },
+            Frame::Bitfield { file, .. } if announced.insert(file) => {
+                Frame::Bitfield { file, have: all.as_bytes().to_vec() }
+            }
             Frame::PieceRequest { file, piece } => {
                 served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Frame::Piece { file, piece, bytes: vec![0xee; gshare_proto::swarm::PIECE_LEN as usize] }
@@ -318,7 +351,9 @@ fn a_peer_serving_corrupted_pieces_is_caught_and_the_file_still_arrives() {
     let (file_key, _session) = rt.block_on(async {
         let listener = TcpListener::bind(("127.0.0.1", mallory_port)).await.unwrap();
         tokio::spawn(serve_garbage(listener, server_config, pieces, Arc::clone(&served)));
-        join_swarm_claiming_everything(&address, &mallory).await
+        // Every new piece goes to mallory first, so alice must ask the members (mallory) for
+        // pieces before the server gives them by number, however fast the server is.
+        join_swarm(&address, &mallory, true).await
     });
     // Mallory also dials alice as soon as she listens (whichever of the two dials, alice must
     // check what arrives).
@@ -338,7 +373,11 @@ fn a_peer_serving_corrupted_pieces_is_caught_and_the_file_still_arrives() {
     let mut listener = Listener::start(&alice, &["Developers"], out.path());
     listener.wait_for("received dataset.bin", LONG);
     assert!(std::fs::read(out.path().join("dataset.bin")).unwrap() == std::fs::read(&file).unwrap(), "bytes differ");
-    assert!(served.load(std::sync::atomic::Ordering::Relaxed) > 0, "alice never asked mallory for a piece");
+    assert!(
+        served.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "alice never asked mallory for a piece:\n{}",
+        listener.output()
+    );
     assert!(listener.output().contains("did not verify"), "{}", listener.output());
     let alice_row = deliveries(&server).into_iter().find(|row| row.0 == "alice").unwrap();
     assert!(

@@ -72,7 +72,15 @@ struct PeerHandle {
     /// Bitfields it sent for files the server has not (yet) named it for: the two members'
     /// peer lists arrive at slightly different moments. Applied if the server names it.
     pending: HashMap<FileKey, Vec<u8>>,
+    /// Whether the server has named this member for any file since the connection opened. A
+    /// member that connects before our own peer list names it is kept waiting for the list
+    /// (for at most [`UNNAMED_LIMIT`]), not closed by the first list that does not name it yet.
+    named: bool,
 }
+
+/// How long a connection from a member the server has not named for any file is kept open,
+/// waiting for a peer list that names it.
+const UNNAMED_LIMIT: Duration = Duration::from_secs(30);
 
 /// Most early bitfields kept per connection.
 const MAX_PENDING_BITFIELDS: usize = 16;
@@ -294,10 +302,13 @@ impl Swarm {
         let me = self.me();
         for (&id, handle) in lock(&self.peers).iter_mut() {
             if !allowed_anywhere.contains(&handle.certificate) {
-                tracing::info!(peer = %handle.certificate, "closing the connection to a member the server no longer names");
-                let _ = handle.close.send(true);
+                if handle.named {
+                    tracing::info!(peer = %handle.certificate, "closing the connection to a member the server no longer names");
+                    let _ = handle.close.send(true);
+                }
                 continue;
             }
+            handle.named = true;
             connected.insert(handle.certificate);
             if !share.state().allowed.contains_key(&handle.certificate) {
                 continue;
@@ -386,16 +397,34 @@ impl Swarm {
                 let _ = out.send(PeerOut::Frame(Frame::Bitfield { file: share.store.key, have }));
             }
         }
-        let handle =
-            PeerHandle { certificate, out: out.clone(), close: close.clone(), announced, pending: HashMap::new() };
+        let named = !announced.is_empty();
+        let handle = PeerHandle {
+            certificate,
+            out: out.clone(),
+            close: close.clone(),
+            announced,
+            pending: HashMap::new(),
+            named,
+        };
         lock(&self.peers).insert(id, handle);
         tracing::debug!(%address, peer = %certificate, "member connected");
         let writing = tokio::spawn(write_peer(writer, outgoing, close.clone()));
         let mut connection = Connection::new(reader);
+        let unnamed_limit = tokio::time::sleep(UNNAMED_LIMIT);
+        tokio::pin!(unnamed_limit);
+        let mut named_checked = named;
         loop {
             let frame = tokio::select! {
                 frame = connection.read_frame() => frame,
                 _ = closed.changed() => break,
+                () = &mut unnamed_limit, if !named_checked => {
+                    named_checked = true;
+                    if lock(&self.peers).get(&id).is_some_and(|handle| !handle.named) {
+                        tracing::info!(%address, peer = %certificate, "closing the connection of a member the server has not named for any file");
+                        break;
+                    }
+                    continue;
+                }
             };
             let frame = match frame {
                 Ok(Some(frame)) => frame,
