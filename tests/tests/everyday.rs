@@ -210,6 +210,22 @@ fn cancel_stops_a_transfer_and_members_not_yet_served_never_get_the_file() {
 
 /// An executable script at `dir/name` with `body` (a program like any other: the hook runs it
 /// without a shell; the kernel reads its first line).
+/// `listen --group Developers --out OUT --exec HOOK`, its output collected (info records
+/// included), once it is waiting for files.
+fn listen_with_hook(home: &ClientHome, out: &std::path::Path, hook: &std::path::Path) -> Listener {
+    let mut command = home.command();
+    command.args(["listen", "--group", "Developers", "--out"]).arg(out).arg("--exec").arg(hook);
+    command.env("RUST_LOG", "info").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let output = gshare_tests::OutputLines::collect(vec![
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ]);
+    let mut listener = Listener::from_parts(child, output);
+    listener.wait_for("waiting for files", LONG);
+    listener
+}
+
 fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
@@ -231,16 +247,7 @@ fn a_hook_runs_after_each_verified_file_with_its_details_and_never_holds_up_rece
     );
     let hook = script(tools.path(), "on-receive", &record);
     let out = tempfile::tempdir().unwrap();
-    let mut command = home.command();
-    command.args(["listen", "--group", "Developers", "--out"]).arg(out.path()).arg("--exec").arg(&hook);
-    command.env("RUST_LOG", "info").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let output = gshare_tests::OutputLines::collect(vec![
-        Box::new(child.stdout.take().unwrap()),
-        Box::new(child.stderr.take().unwrap()),
-    ]);
-    let mut listener = Listener::from_parts(child, output);
-    listener.wait_for("waiting for files", LONG);
+    let mut listener = listen_with_hook(&home, out.path(), &hook);
 
     let source = tempfile::tempdir().unwrap();
     // The first hook never ends; the files after it arrive all the same.
@@ -376,16 +383,7 @@ fn a_directory_tree_arrives_under_its_relative_paths_and_its_links_are_skipped()
     let tools = tempfile::tempdir().unwrap();
     let log = tools.path().join("hook.log");
     let hook = script(tools.path(), "on-receive", &format!("echo \"$GSHARE_NAME|$1\" >> {}", log.display()));
-    let mut command = home.command();
-    command.args(["listen", "--group", "Developers", "--out"]).arg(out.path()).arg("--exec").arg(&hook);
-    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let output = gshare_tests::OutputLines::collect(vec![
-        Box::new(child.stdout.take().unwrap()),
-        Box::new(child.stderr.take().unwrap()),
-    ]);
-    let mut listener = Listener::from_parts(child, output);
-    listener.wait_for("waiting for files", LONG);
+    let mut listener = listen_with_hook(&home, out.path(), &hook);
 
     let source = tempfile::tempdir().unwrap();
     let tree = source.path().join("project");
