@@ -186,6 +186,17 @@ impl Inbox {
         std::fs::read_to_string(self.journal_entry(delivery)).ok()
     }
 
+    /// The name `delivery` was stored under if it already was (its acknowledgement was lost),
+    /// with the rename finished first if a crash interrupted it (`name` is the offer's, used
+    /// if the journal's cannot be read back as a path).
+    pub fn already_delivered(&self, delivery: &DeliveryKey, name: &RelativePath) -> io::Result<Option<String>> {
+        let Some(stored) = self.delivered_name(delivery) else { return Ok(None) };
+        if self.has_temporary(delivery) {
+            self.store(delivery, &RelativePath::new(&stored).unwrap_or_else(|_| name.clone()))?;
+        }
+        Ok(Some(stored))
+    }
+
     /// Opens (creating, mode 0600) the temporary file of `delivery`, relative to the out
     /// directory's handle and never through a symlink.
     fn open_temporary(&self, delivery: &DeliveryKey) -> io::Result<File> {
@@ -320,8 +331,7 @@ impl Inbox {
         let size = rustix::fs::statat(&self.dir, temporary.as_str(), AtFlags::SYMLINK_NOFOLLOW)?.st_size;
         let (dir, directories) = self.enter_directories(path.directories())?;
         let name = path.file_name();
-        for n in 0..=MAX_NUMBERED {
-            let file_name = if n == 0 { name.clone() } else { name.numbered(n) };
+        for file_name in numbered_variants(name) {
             let candidate = RelativePath::from_parts(directories.clone(), file_name.clone());
             gshare_common::files::atomic_write(&self.journal_entry(delivery), candidate.to_string().as_bytes(), 0o600)?;
             match rustix::fs::renameat_with(
@@ -333,7 +343,10 @@ impl Inbox {
             ) {
                 Ok(()) => {
                     rustix::fs::fsync(&dir)?;
-                    rustix::fs::fsync(&self.dir)?;
+                    // The temporary file left the out directory too, if it went further down.
+                    if !directories.is_empty() {
+                        rustix::fs::fsync(&self.dir)?;
+                    }
                     let _ = std::fs::remove_file(self.receiving_marker(delivery));
                     return Ok((candidate, false));
                 }
@@ -365,12 +378,17 @@ impl Inbox {
     }
 }
 
+/// `name`, then `name (1)`, `name (2)`, ... up to [`MAX_NUMBERED`]: the names tried, in order,
+/// for a file or directory whose name is taken.
+fn numbered_variants(name: &FileName) -> impl Iterator<Item = FileName> + '_ {
+    std::iter::once(name.clone()).chain((1..=MAX_NUMBERED).map(|n| name.numbered(n)))
+}
+
 /// Opens the directory `wanted` in `parent`, making it (mode 0700) if it is missing, never
 /// through a symlink. Where a file or a symlink has the name, the first numbered variant that
 /// is, or can be made, a directory.
 fn enter_directory(parent: &OwnedFd, wanted: &FileName) -> io::Result<(OwnedFd, FileName)> {
-    for n in 0..=MAX_NUMBERED {
-        let name = if n == 0 { wanted.clone() } else { wanted.numbered(n) };
+    for name in numbered_variants(wanted) {
         match rustix::fs::mkdirat(parent, name.as_str(), Mode::from_raw_mode(0o700)) {
             // Its entry in the parent made durable before anything is renamed into it.
             Ok(()) => rustix::fs::fsync(parent)?,

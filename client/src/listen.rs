@@ -501,12 +501,11 @@ where
 
     // Already stored (our acknowledgement was lost): finish the rename if a crash interrupted
     // it, and acknowledge without taking the data again.
-    if let Some(stored) = inbox.delivered_name(key) {
-        if inbox.has_temporary(key) {
-            if let Err(error) = inbox.store(key, &RelativePath::new(&stored).unwrap_or(name.clone())) {
-                return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
-            }
-        }
+    let delivered = match inbox.already_delivered(key, &name) {
+        Ok(delivered) => delivered,
+        Err(error) => return cannot_store(connection, &offer, &name, inbox.path(), &error).await,
+    };
+    if let Some(stored) = delivered {
         connection.write_frame(&Frame::Resume { delivery: id, offset: offer.size }).await?;
         connection.write_frame(&Frame::Ack { delivery: id }).await?;
         tracing::info!(delivery = id.0, file = %stored, "already received; acknowledged again");
@@ -807,12 +806,11 @@ where
     }
 
     // Already stored (our acknowledgement was lost): say we hold everything, and acknowledge.
-    if let Some(stored) = inbox.delivered_name(key) {
-        if inbox.has_temporary(key) {
-            if let Err(error) = inbox.store(key, &RelativePath::new(&stored).unwrap_or(name.clone())) {
-                return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
-            }
-        }
+    let delivered = match inbox.already_delivered(key, &name) {
+        Ok(delivered) => delivered,
+        Err(error) => return cannot_store(connection, &offer, &name, inbox.path(), &error).await,
+    };
+    if let Some(stored) = delivered {
         let mut all = Bits::new(pieces);
         (0..pieces).for_each(|piece| all.set(piece));
         connection.write_frame(&Frame::SwarmAccept { delivery: id, have: all.as_bytes().to_vec() }).await?;

@@ -288,12 +288,6 @@ impl RelativePath {
     }
 }
 
-impl From<FileName> for RelativePath {
-    fn from(name: FileName) -> Self {
-        Self(vec![name])
-    }
-}
-
 impl fmt::Display for RelativePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (index, component) in self.0.iter().enumerate() {

@@ -75,14 +75,14 @@ pub fn list(arguments: &[PathBuf]) -> Result<SendList, SendListError> {
     Ok(list)
 }
 
-/// The last component of `path`, the directory's own name for `.` or `..`.
+/// The last component of `path`; the directory's own name for `..` (a trailing `.` is no
+/// component of its own).
 fn top_name(path: &Path) -> Option<String> {
-    match path.file_name() {
-        Some(name) if path.components().next_back().is_some_and(|c| matches!(c, std::path::Component::Normal(_))) => {
-            Some(name.to_string_lossy().into_owned())
-        }
-        _ => fs::canonicalize(path).ok()?.file_name().map(|name| name.to_string_lossy().into_owned()),
-    }
+    let name = match path.file_name() {
+        Some(name) => name.to_owned(),
+        None => fs::canonicalize(path).ok()?.file_name()?.to_owned(),
+    };
+    Some(name.to_string_lossy().into_owned())
 }
 
 impl SendList {
