@@ -214,17 +214,8 @@ fn groups(settings: &ClientSettings, wait: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes completions for bash, zsh and fish and a manual page per command into `out`.
+/// Writes completions and manual pages into `out`.
 fn generate(out: &std::path::Path) -> anyhow::Result<()> {
     use clap::CommandFactory;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut command = Cli::command();
-    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
-        clap_complete::generate_to(shell, &mut command, "gshare-client", out)
-            .with_context(|| format!("cannot write {shell} completions into {}", out.display()))?;
-    }
-    clap_mangen::generate_to(command, out)
-        .with_context(|| format!("cannot write manual pages into {}", out.display()))?;
-    gshare_common::outln!("wrote completions and manual pages for gshare-client into {}", out.display());
-    Ok(())
+    gshare_common::cli::generate(Cli::command(), "gshare-client", out)
 }

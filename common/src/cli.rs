@@ -1,6 +1,6 @@
 //! What both binaries do around their work: logging to stderr, one line per event, filtered by
-//! `RUST_LOG`; and a failure printed as one `error: ...` line with its whole cause chain, with a
-//! non-zero exit status.
+//! `RUST_LOG`; a failure printed as one `error: ...` line with its whole cause chain, with a
+//! non-zero exit status; and their shell completions and manual pages (`generate DIR`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -15,6 +15,21 @@ pub fn init_logging(default_filter: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+/// Writes completions for bash, zsh and fish and a manual page per command of `command` (the
+/// binary `binary`'s clap definition) into `out`.
+pub fn generate(mut command: clap::Command, binary: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut command, binary, out)
+            .with_context(|| format!("cannot write {shell} completions into {}", out.display()))?;
+    }
+    clap_mangen::generate_to(command, out)
+        .with_context(|| format!("cannot write manual pages into {}", out.display()))?;
+    crate::outln!("wrote completions and manual pages for {binary} into {}", out.display());
+    Ok(())
 }
 
 /// The exit status for `result`, printing a failure as `error: cause: cause: ...`.
