@@ -5,7 +5,7 @@
 //! ```text
 //!   server ──NextPiece──▶ a piece no member has had yet (each piece leaves the server once)
 //!      │
-//!   member A ◀──Have/Bitfield──▶ member B      pieces pass between members, rarest first
+//!   member A ◀──Have/Bitfield──▶ member B      pieces pass between members, in order first
 //!      │
 //!   server ──PieceRequest──▶ a piece nobody reachable holds (its holder died, or is slow, or
 //!                            cannot be reached), once every piece has gone out
@@ -15,10 +15,12 @@
 //! piece once, to whichever member asks first, so a fast member takes more and a slow one
 //! fewer, and the server's link carries the file about once. (A member that does not pass
 //! pieces on never asks for new ones: what it took would reach nobody else.) Everything else
-//! comes from other members, rarest first; a piece a member has been slow to send is asked of
-//! another member that holds it too. Only when the other members have made no progress for a
-//! grace period (after the server handed out every piece) is a piece that no connected member
-//! holds, or that only a slow one does, asked of the server by number.
+//! comes from other members: a member's first missing piece first (the whole-file hash is taken
+//! in order, and whatever arrives beyond that point waits in memory for it), then the rarest of
+//! the next few; a piece a member has been slow to send is asked of another member that holds
+//! it too. Only when the other members have made no progress for a grace period (after the
+//! server handed out every piece) is a piece that no connected member holds, or that only a
+//! slow one does, asked of the server by number.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -183,8 +185,10 @@ pub struct Schedule {
     /// When a piece last arrived from, or was announced by, another member (or, before any
     /// did, when the schedule began).
     last_progress: Option<Instant>,
-    /// Where the next look for pieces to ask for starts, in bytes of the bitfield.
-    cursor: usize,
+    /// Every piece below this is held.
+    first_missing: u32,
+    /// Spreads this member's choice among equally rare pieces away from other members'.
+    seed: u32,
 }
 
 impl Schedule {
@@ -205,15 +209,28 @@ impl Schedule {
             server_exhausted_at: None,
             takes_new_pieces: serves,
             last_progress: None,
-            cursor: 0,
+            first_missing: 0,
+            seed: 0,
         }
+        .with_first_missing_found()
     }
 
-    /// Starts the look for pieces to ask members for at `start` (bytes into the bitfield):
-    /// members that each start somewhere else ask a member that holds everything for different
-    /// pieces, and pass them on to each other, instead of all asking for the same ones first.
-    pub fn start_at(&mut self, start: usize) {
-        self.cursor = start;
+    /// Sets the seed that spreads this member's choice among equally rare pieces: members
+    /// with different seeds ask a member that holds everything for different pieces, and pass
+    /// them on to each other, instead of all asking for the same ones.
+    pub fn spread_by(&mut self, seed: u32) {
+        self.seed = seed;
+    }
+
+    fn with_first_missing_found(mut self) -> Self {
+        self.advance_first_missing();
+        self
+    }
+
+    fn advance_first_missing(&mut self) {
+        while self.first_missing < self.have.len() && self.have.get(self.first_missing) {
+            self.first_missing += 1;
+        }
     }
 
     pub fn have(&self) -> &Bits {
@@ -277,6 +294,7 @@ impl Schedule {
             return false;
         }
         self.have.set(piece);
+        self.advance_first_missing();
         true
     }
 
@@ -360,31 +378,34 @@ impl Schedule {
         if room == 0 {
             return Vec::new();
         }
-        // Pieces it holds that we lack and nobody is asked for: the rarest of the first few
-        // found from a moving starting point (a full rarest-first sort on every call costs
-        // more than it gains on a LAN), a byte of the bitfields at a time.
+        // Pieces it holds that we lack and nobody is asked for, looked for from our first
+        // missing piece on, a byte of the bitfields at a time. The lowest found is asked first:
+        // the whole-file hash is taken in order, and every piece that arrives beyond the point
+        // it has reached waits in memory until it gets there. Then the rarest of the next few
+        // found (a full rarest-first sort on every call costs more than it gains on a LAN),
+        // ties spread by this member's seed, so that members asking one that holds everything
+        // ask it for different pieces and then pass them on to each other.
         let (theirs, ours) = (view.has.as_bytes(), self.have.as_bytes());
-        let bytes = theirs.len();
-        let mut fresh: Vec<(u16, u32)> = Vec::new();
-        let start = if bytes == 0 { 0 } else { self.cursor % bytes };
-        for step in 0..bytes {
-            let index = (start + step) % bytes;
+        let mut fresh: Vec<(u16, u32, u32)> = Vec::new();
+        for index in (self.first_missing / 8) as usize..theirs.len() {
             let mut wanted = theirs[index] & !ours[index];
             while wanted != 0 {
                 let bit = wanted.leading_zeros();
                 wanted &= !(0x80u8 >> bit);
                 let piece = (index * 8) as u32 + bit;
                 if !self.in_flight.contains_key(&piece) {
-                    fresh.push((self.availability[piece as usize], piece));
+                    let spread = piece.wrapping_add(self.seed).wrapping_mul(0x9E37_79B9);
+                    fresh.push((self.availability[piece as usize], spread, piece));
                 }
             }
             if fresh.len() >= RAREST_OF {
                 break;
             }
         }
-        self.cursor = self.cursor.wrapping_add(1 + fresh.len() / 8);
-        fresh.sort_unstable();
-        let mut chosen: Vec<u32> = fresh.into_iter().take(room).map(|(_, piece)| piece).collect();
+        if let Some(rest) = fresh.get_mut(1..) {
+            rest.sort_unstable();
+        }
+        let mut chosen: Vec<u32> = fresh.into_iter().take(room).map(|(_, _, piece)| piece).collect();
         // Then pieces another member is slow to send.
         if chosen.len() < room {
             let mut slow: Vec<u32> = self
@@ -457,6 +478,7 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn piece_arithmetic() {
@@ -481,6 +503,50 @@ mod tests {
         assert_eq!(bits.ones().collect::<Vec<_>>(), [0, 9]);
     }
 
+    fn holding(pieces: u32, held: impl IntoIterator<Item = u32>) -> Bits {
+        let mut bits = Bits::new(pieces);
+        for piece in held {
+            bits.set(piece);
+        }
+        bits
+    }
+
+    #[test]
+    fn the_first_missing_piece_is_asked_first_even_when_others_are_rarer() {
+        // Everyone holds pieces 0..10; member 1 also holds 10..100, which nobody else does.
+        // Rarest first alone would ask member 1 for those and leave piece 0 for last, while
+        // every piece that arrives beyond it waits in memory for the in-order whole-file hash.
+        let now = Instant::now();
+        let mut schedule = Schedule::new(holding(100, [0, 1, 2]));
+        schedule.peer_joined(1, holding(100, 0..100));
+        for peer in 2..6 {
+            schedule.peer_joined(peer, holding(100, 0..10));
+        }
+        let asked = schedule.asks_for_peer(1, now);
+        assert_eq!(asked.len(), PEER_DEPTH as usize);
+        assert_eq!(asked[0], 3, "the first missing piece first: {asked:?}");
+        assert!(asked[1..].iter().all(|&piece| piece >= 10), "then the rarest: {asked:?}");
+        // The next member asked takes the next missing piece.
+        assert_eq!(schedule.asks_for_peer(2, now)[0], 4);
+    }
+
+    #[test]
+    fn members_with_different_seeds_ask_a_full_holder_for_different_pieces() {
+        let now = Instant::now();
+        let asked: Vec<Vec<u32>> = (0..4u32)
+            .map(|member| {
+                let mut schedule = Schedule::new(Bits::new(1000));
+                schedule.spread_by(member.wrapping_mul(0x6A09_E667));
+                schedule.peer_joined(1, holding(1000, 0..1000));
+                schedule.asks_for_peer(1, now)
+            })
+            .collect();
+        // Each asks for piece 0 first, then for pieces of its own.
+        let rest: HashSet<u32> = asked.iter().flat_map(|pieces| pieces[1..].iter().copied()).collect();
+        assert!(asked.iter().all(|pieces| pieces[0] == 0), "{asked:?}");
+        assert!(rest.len() >= 10, "the four members asked for only {} distinct pieces: {asked:?}", rest.len());
+    }
+
     // -----------------------------------------------------------------------------------------
     // A simulated LAN: every host has a link of its own rate each way (as the benchmark's token
     // buckets make them); transfers crossing a link share it equally, and each member runs this
@@ -494,6 +560,8 @@ mod tests {
     struct Outcome {
         finish: Vec<Option<f64>>,
         server_uploads: u64,
+        /// The most pieces any member held beyond its first missing one.
+        peak_out_of_order: u32,
     }
 
     /// A piece on its way: from a member (`None`: the server) to a member.
@@ -506,12 +574,16 @@ mod tests {
     }
 
     /// Runs `members` members fetching one file; `rates[i]` is member i's link rate, `dies` a
-    /// member killed at a time. Returns when each finished and how many pieces the server sent.
+    /// member killed at a time. Returns when each finished, how many pieces the server sent,
+    /// and how far pieces arrived out of order.
     fn simulate(members: usize, rates: &[f64], dies: Option<(usize, f64)>) -> Outcome {
         let pieces = piece_count(SIZE, PIECE_LEN) as u32;
         let start = Instant::now();
         let at = |t: f64| start + Duration::from_secs_f64(t);
         let mut schedules: Vec<Schedule> = (0..members).map(|_| Schedule::new(Bits::new(pieces))).collect();
+        for (me, schedule) in schedules.iter_mut().enumerate() {
+            schedule.spread_by(me as u32 * 7919);
+        }
         for (me, schedule) in schedules.iter_mut().enumerate() {
             for other in (0..members).filter(|&other| other != me) {
                 schedule.peer_joined(other as u64, Bits::new(pieces));
@@ -522,6 +594,7 @@ mod tests {
         let mut finish = vec![None; members];
         let mut dead = vec![false; members];
         let mut server_uploads = 0u64;
+        let mut peak_out_of_order = 0u32;
         let mut now = 0.0f64;
         while now < 300.0 && (0..members).any(|m| finish[m].is_none() && !dead[m]) {
             if let Some((who, when)) = dies {
@@ -615,12 +688,15 @@ mod tests {
                         }
                     }
                 }
+                let have = schedules[t.to].have();
+                let first_missing = (0..pieces).find(|&p| !have.get(p)).unwrap_or(pieces);
+                peak_out_of_order = peak_out_of_order.max(have.count() - first_missing);
                 if schedules[t.to].is_done() && finish[t.to].is_none() {
                     finish[t.to] = Some(now);
                 }
             }
         }
-        Outcome { finish, server_uploads }
+        Outcome { finish, server_uploads, peak_out_of_order }
     }
 
     fn limit() -> f64 {
@@ -633,9 +709,10 @@ mod tests {
         let slowest = outcome.finish.iter().map(|f| f.expect("every member finishes")).fold(0.0, f64::max);
         let pieces = piece_count(SIZE, PIECE_LEN);
         eprintln!(
-            "16 members: slowest {:.2}x the limit; the server sent {:.2}x the file",
+            "16 members: slowest {:.2}x the limit; the server sent {:.2}x the file; at most {} pieces held out of order",
             slowest / limit(),
-            outcome.server_uploads as f64 / pieces as f64
+            outcome.server_uploads as f64 / pieces as f64,
+            outcome.peak_out_of_order
         );
         assert!(slowest < 1.3 * limit(), "slowest member took {slowest:.1} s, the limit is {:.1} s", limit());
         assert!(
@@ -643,6 +720,7 @@ mod tests {
             "the server sent {} pieces of {pieces}",
             outcome.server_uploads
         );
+        assert!(outcome.peak_out_of_order <= 64, "{} pieces held out of order", outcome.peak_out_of_order);
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl FileShare {
     pub fn new(store: PieceStore, held: Bits, serves: bool) -> Arc<Self> {
         let mut schedule = Schedule::with_role(held, serves);
         let start: [u8; 4] = gshare_certs::random_bytes().unwrap_or_default();
-        schedule.start_at(u32::from_be_bytes(start) as usize);
+        schedule.spread_by(u32::from_be_bytes(start));
         Arc::new(Self {
             store,
             state: Mutex::new(ShareState {
