@@ -992,7 +992,11 @@ where
             return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
         }
     };
-    // Still served to the others (from the stored file, each piece checked again first).
+    // Still served to the others, from the stored file; each piece is checked again first if
+    // the file has changed since (its change time is noted now, after the rename moved it).
+    if let Err(error) = share.store.seal() {
+        tracing::info!(%error, file = %stored, "cannot note the received file's change time; its pieces are checked again before they are served");
+    }
     share.state().complete = true;
     let _ = std::fs::remove_file(&hashes_path);
     connection.write_frame(&Frame::Ack { delivery: id }).await?;

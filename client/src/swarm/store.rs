@@ -17,7 +17,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 use gshare_proto::frame::FileKey;
 use gshare_proto::swarm::{Bits, piece_span};
@@ -39,6 +39,11 @@ pub struct PieceStore {
     data: File,
     hashes: File,
     tail: Mutex<Tail>,
+    /// Signalled when the hash state is put back (or lost to a read error).
+    hash_returned: Condvar,
+    /// The file's size and change time once it was received whole: while they are the same,
+    /// its pieces are the ones that verified.
+    sealed: OnceLock<(u64, i64, i64)>,
 }
 
 /// The whole-file hash, taken in order as pieces arrive.
@@ -48,6 +53,9 @@ struct Tail {
     cursor: u32,
     /// The hash of the pieces before the cursor; taken out while one caller hashes on.
     context: Option<ring::digest::Context>,
+    /// A read failed while hashing on: the hash state is gone, and the whole file is read
+    /// back to hash it.
+    context_lost: bool,
     /// Pieces below this are dropped from the page cache.
     dropped: u32,
     /// Pieces below this have had their writeback started.
@@ -68,10 +76,21 @@ impl PieceStore {
             written: Bits::new(pieces),
             cursor: 0,
             context: Some(ring::digest::Context::new(&ring::digest::SHA256)),
+            context_lost: false,
             dropped: 0,
             synced: 0,
         };
-        Self { key, size, piece_len, pieces, data, hashes, tail: Mutex::new(tail) }
+        Self {
+            key,
+            size,
+            piece_len,
+            pieces,
+            data,
+            hashes,
+            tail: Mutex::new(tail),
+            hash_returned: Condvar::new(),
+            sealed: OnceLock::new(),
+        }
     }
 
     fn tail(&self) -> MutexGuard<'_, Tail> {
@@ -118,13 +137,21 @@ impl PieceStore {
                 tail.cursor = next;
                 if next >= self.pieces || !tail.written.get(next) {
                     tail.context = Some(context);
+                    self.hash_returned.notify_all();
                     self.write_behind(&mut tail);
                     return Ok(());
                 }
             }
-            // On a read error the hash state stays out: the whole file is then read back to
-            // hash it ([`PieceStore::whole_file_digest`]), and the error ends this attempt.
-            buffer = self.read(next, buffer)?;
+            // On a read error the hash state is lost: the whole file is then read back to hash
+            // it ([`PieceStore::whole_file_digest`]), and the error ends this attempt.
+            buffer = match self.read(next, buffer) {
+                Ok(buffer) => buffer,
+                Err(error) => {
+                    self.tail().context_lost = true;
+                    self.hash_returned.notify_all();
+                    return Err(error);
+                }
+            };
             context.update(&buffer);
             next += 1;
         }
@@ -159,10 +186,13 @@ impl PieceStore {
     }
 
     /// The whole file's SHA-256: from the hash taken as pieces came if every piece is in, else
-    /// read back from disk.
+    /// read back from disk. Waits for a caller still hashing the last pieces in.
     pub fn whole_file_digest(&self) -> io::Result<[u8; 32]> {
         {
-            let tail = self.tail();
+            let mut tail = self.tail();
+            while tail.context.is_none() && !tail.context_lost {
+                tail = self.hash_returned.wait(tail).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
             if let (true, Some(context)) = (tail.cursor == self.pieces, &tail.context) {
                 let mut digest = [0u8; 32];
                 digest.copy_from_slice(context.clone().finish().as_ref());
@@ -237,6 +267,26 @@ impl PieceStore {
     pub fn sync(&self) -> io::Result<()> {
         self.data.sync_all()
     }
+
+    /// Notes the file's size and change time now that it was received whole and verified.
+    pub fn seal(&self) -> io::Result<()> {
+        let _ = self.sealed.set(self.fingerprint()?);
+        Ok(())
+    }
+
+    /// Whether the file may have changed since it was sealed (or was never sealed). Its change
+    /// time moves with every write, and no program can set it back, so a piece of a file that
+    /// has not changed is the piece that verified and need not be hashed again to be served.
+    /// (A write within the clock's granularity of the seal could go unseen here on an older
+    /// kernel; the member it is served to checks every piece anyway.)
+    pub fn changed_since_sealed(&self) -> io::Result<bool> {
+        Ok(self.sealed.get() != Some(&self.fingerprint()?))
+    }
+
+    fn fingerprint(&self) -> io::Result<(u64, i64, i64)> {
+        let stat = rustix::fs::fstat(&self.data)?;
+        Ok((stat.st_size as u64, stat.st_ctime as i64, stat.st_ctime_nsec as i64))
+    }
 }
 
 #[cfg(test)]
@@ -306,5 +356,22 @@ mod tests {
         });
         assert_eq!(store.tail().cursor, pieces, "some piece was never hashed in order");
         assert_eq!(store.whole_file_digest().unwrap(), sha(&content));
+    }
+
+    #[test]
+    fn a_sealed_file_counts_as_changed_once_anything_writes_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = vec![7u8; 3000];
+        let hashes: Vec<u8> = content.chunks(1000).flat_map(sha).collect();
+        std::fs::write(dir.path().join("hashes"), &hashes).unwrap();
+        std::fs::write(dir.path().join("part"), &content).unwrap();
+        let data = File::options().read(true).write(true).open(dir.path().join("part")).unwrap();
+        let store = PieceStore::new(sha(&content), 3000, 1000, 3, data, File::open(dir.path().join("hashes")).unwrap());
+        assert!(store.changed_since_sealed().unwrap(), "never sealed: checked before serving");
+        store.seal().unwrap();
+        assert!(!store.changed_since_sealed().unwrap());
+        // The person edits the received file in place, keeping its size.
+        File::options().write(true).open(dir.path().join("part")).unwrap().write_all_at(b"x", 1500).unwrap();
+        assert!(store.changed_since_sealed().unwrap());
     }
 }
