@@ -370,7 +370,7 @@ class Checker:
                 if any(d["state"] == "pending" for d in file["deliveries"])}
         spool = self.cluster.dir / "state" / "spool"
         for entry in spool.iterdir():
-            if not entry.name.endswith(".pieces") and entry.name not in owed:
+            if not entry.name.endswith((".ends", ".pieces")) and entry.name not in owed:
                 self.problem("spool entries not owed", entry.name)
 
 

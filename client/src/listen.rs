@@ -773,9 +773,9 @@ where
     }
     let pieces = pieces as u32;
 
-    // Every piece hash first, over this session: the only source of truth for pieces.
-    // They go to a file beside the journal; if it cannot be written, the rest are still read,
-    // so the session can go on.
+    // Every piece end first, over this session: the only source of truth for pieces. They go
+    // to a file beside the journal; if it cannot be written, the rest are still read, so the
+    // session can go on. The last must be the file's SHA-256 (pieces are checked against it).
     let hashes_path = inbox.piece_hashes_path(key);
     let hashes_dir = hashes_path.parent().unwrap_or(inbox.path()).to_owned();
     let mut hashes = std::fs::File::create(&hashes_path);
@@ -787,6 +787,9 @@ where
                 let count = u32::try_from(part.len()).unwrap_or(u32::MAX);
                 if count == 0 || count > pieces - next {
                     return Err(SessionError::Protocol("piece hashes that do not fit the file".into()));
+                }
+                if next + count == pieces && part.last() != Some(&offer.sha256) {
+                    return Err(SessionError::Protocol("piece hashes that do not end in the file's SHA-256".into()));
                 }
                 if let Ok(file) = &mut hashes {
                     let bytes: Vec<u8> = part.iter().flatten().copied().collect();
@@ -959,29 +962,24 @@ where
         }
     }
 
-    // Whole: the file's own SHA-256, read back from disk, before it takes its name.
-    let checking = Arc::clone(&share);
-    let digest = tokio::task::spawn_blocking(move || {
-        let digest = checking.store.whole_file_digest()?;
-        checking.store.sync()?;
-        Ok::<_, std::io::Error>(digest)
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .and_then(|result| result);
-    let digest = match digest {
-        Ok(digest) => digest,
-        Err(error) => {
-            swarm.remove_share(&file);
-            return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
-        }
-    };
+    // Whole: every piece passed, so the file's own SHA-256 has been computed and matched
+    // (each piece was checked from the state at the end of the one before, the last against
+    // the file's SHA-256). Durable before it takes its name.
+    let syncing = Arc::clone(&share);
+    let synced = tokio::task::spawn_blocking(move || syncing.store.sync())
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|result| result);
+    if let Err(error) = synced {
+        swarm.remove_share(&file);
+        return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
+    }
     let (from_server, from_peers, bad_peers) = {
         let state = share.state();
         (state.from_server, state.from_peers, state.bad.clone())
     };
     connection.write_frame(&Frame::SwarmDone { delivery: id, from_server, from_peers, bad_peers }).await?;
-    if digest != offer.sha256 {
+    if !share.store.whole_file_verified() {
         swarm.remove_share(&file);
         return throw_away_mismatch(connection, &offer, &name, inbox, key).await;
     }

@@ -96,10 +96,10 @@ pub async fn request(
                 tracing::debug!(%from, %rejection, "ignored a membership reply");
                 continue;
             }
-            if reply.outcome == Outcome::Accepted {
-                if let Err(error) = remember(&settings.home, direction, group) {
-                    tracing::debug!(%error, "cannot note the membership for `status`");
-                }
+            if reply.outcome == Outcome::Accepted
+                && let Err(error) = remember(&settings.home, direction, group)
+            {
+                tracing::debug!(%error, "cannot note the membership for `status`");
             }
             return Ok(reply.outcome);
         }

@@ -1,5 +1,5 @@
 //! The client's TLS configuration: TLS 1.3 only, ring as the one crypto provider, ALPN
-//! `gshare/2`, and the server verified against one CA that this member pinned by fingerprint.
+//! `gshare/3`, and the server verified against one CA that this member pinned by fingerprint.
 //!
 //! [`PinnedCaVerifier`] takes the CA certificate from the end of the chain the server sends,
 //! refuses it unless its SHA-256 is the expected fingerprint (when one is expected), and then

@@ -30,9 +30,9 @@ pub use settings::MulticastSettings;
 
 /// The ALPN protocol name of gshare's TLS sessions; both sides insist on it. Its number goes
 /// up when a frame changes so that an older peer would misread it (2: offers name a path of
-/// up to 4096 bytes), so that a server and a member of different versions fail at the
+/// up to 4096 bytes; 3: piece hashes are SHA-256 states at each piece's end), so that a server and a member of different versions fail at the
 /// handshake with a sentence ([`ALPN_MISMATCH`]) instead of in the middle of a file.
-pub const ALPN: &[u8] = b"gshare/2";
+pub const ALPN: &[u8] = b"gshare/3";
 /// What a member says when the server speaks another version of the protocol.
 pub const ALPN_MISMATCH: &str =
     "the server speaks another version of gshare's protocol; run the same gshare version on the server and its members";

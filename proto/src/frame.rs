@@ -96,13 +96,15 @@ pub enum Frame {
     /// member that can take files in pieces and pass them on. `peer_port` is where it accepts
     /// other members (on the address its session comes from), if it does.
     SubscribeSwarm { groups: Vec<GroupName>, peer_port: Option<u16> },
-    /// Server → member: a file is waiting, to be taken in pieces of `piece_len` bytes.
+    /// Server → member: a file is waiting, to be taken in pieces of `piece_len` bytes (a whole
+    /// number of SHA-256 blocks, see [`crate::chain`]).
     SwarmOffer { offer: Offer, piece_len: u32 },
     /// Member → server: send the offered file; `have` is a bitfield of the pieces already held
     /// (verified), most significant bit of the first byte for piece 0.
     SwarmAccept { delivery: DeliveryId, have: Vec<u8> },
-    /// Server → member: the SHA-256 of pieces `first`, `first + 1`, ... (all of them arrive,
-    /// in order, before the member takes a piece from anyone).
+    /// Server → member: the file's SHA-256 state at the end of pieces `first`, `first + 1`, ...,
+    /// the last piece's being the file's SHA-256 ([`crate::chain`]). All of them arrive, in
+    /// order, before the member takes a piece from anyone.
     PieceHashes { delivery: DeliveryId, first: u32, hashes: Vec<[u8; 32]> },
     /// Server → member: the members who may serve this member the file, and whom it may serve.
     /// Sent again whenever that changes; a member not in the latest list is refused.
@@ -573,7 +575,8 @@ pub fn decode_with(
         17 => {
             let offer = read_offer(&mut reader)?;
             let piece_len = reader.u32()?;
-            if piece_len == 0 || piece_len as usize > crate::swarm::MAX_PIECE_LEN {
+            let whole_blocks = (piece_len as usize).is_multiple_of(crate::chain::BLOCK);
+            if piece_len == 0 || piece_len as usize > crate::swarm::MAX_PIECE_LEN || !whole_blocks {
                 return Err(DecodeError::invalid("piece length", format!("{piece_len} bytes")).into());
             }
             Frame::SwarmOffer { offer, piece_len }

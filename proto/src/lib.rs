@@ -45,6 +45,7 @@
 //!   for, from whom), driven by events and an injected clock.
 
 pub mod announce;
+pub mod chain;
 pub mod datagram;
 pub mod fingerprint;
 pub mod frame;

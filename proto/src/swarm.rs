@@ -253,13 +253,14 @@ impl Schedule {
 
     /// A member now holds `piece` too.
     pub fn peer_has(&mut self, peer: u64, piece: u32, now: Instant) {
-        if let Some(view) = self.peers.get_mut(&peer) {
-            if piece < view.has.len() && !view.has.get(piece) {
-                view.has.set(piece);
-                self.availability[piece as usize] = self.availability[piece as usize].saturating_add(1);
-                if !self.have.get(piece) {
-                    self.last_progress = Some(now);
-                }
+        if let Some(view) = self.peers.get_mut(&peer)
+            && piece < view.has.len()
+            && !view.has.get(piece)
+        {
+            view.has.set(piece);
+            self.availability[piece as usize] = self.availability[piece as usize].saturating_add(1);
+            if !self.have.get(piece) {
+                self.last_progress = Some(now);
             }
         }
     }
@@ -356,10 +357,10 @@ impl Schedule {
         self.in_flight.retain(|_, requests| {
             requests.retain(|(source, since)| {
                 let alive = now.saturating_duration_since(*since) < REQUEST_TIMEOUT;
-                if let (false, Source::Peer(peer)) = (alive, source) {
-                    if let Some(view) = peers.get_mut(peer) {
-                        view.in_flight = view.in_flight.saturating_sub(1);
-                    }
+                if let (false, Source::Peer(peer)) = (alive, source)
+                    && let Some(view) = peers.get_mut(peer)
+                {
+                    view.in_flight = view.in_flight.saturating_sub(1);
                 }
                 alive
             });
@@ -597,14 +598,15 @@ mod tests {
         let mut peak_out_of_order = 0u32;
         let mut now = 0.0f64;
         while now < 300.0 && (0..members).any(|m| finish[m].is_none() && !dead[m]) {
-            if let Some((who, when)) = dies {
-                if now >= when && !dead[who] {
-                    dead[who] = true;
-                    transfers.retain(|t| t.to != who && t.from != Some(who));
-                    for (me, schedule) in schedules.iter_mut().enumerate() {
-                        if me != who {
-                            schedule.peer_gone(who as u64);
-                        }
+            if let Some((who, when)) = dies
+                && now >= when
+                && !dead[who]
+            {
+                dead[who] = true;
+                transfers.retain(|t| t.to != who && t.from != Some(who));
+                for (me, schedule) in schedules.iter_mut().enumerate() {
+                    if me != who {
+                        schedule.peer_gone(who as u64);
                     }
                 }
             }

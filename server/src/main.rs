@@ -654,10 +654,10 @@ fn status(config: &Config, json: bool, only_file: Option<u64>) -> anyhow::Result
         })
         .collect();
     let mut files: Vec<serde_json::Value> = Vec::new();
-    if let Some(wanted) = only_file {
-        if !deliveries.iter().any(|d| d.file_id == wanted) {
-            bail!("no file #{wanted}; `status` lists the files with their numbers");
-        }
+    if let Some(wanted) = only_file
+        && !deliveries.iter().any(|d| d.file_id == wanted)
+    {
+        bail!("no file #{wanted}; `status` lists the files with their numbers");
     }
     for delivery in deliveries.iter().filter(|d| only_file.is_none_or(|wanted| d.file_id == wanted)) {
         let entry = serde_json::json!({

@@ -2,14 +2,17 @@
 //! some member still needs.
 //!
 //! [`Spool::ingest`] reads a file once, hashing on one thread while a second copies it into a
-//! temporary file beside the spool and makes it durable, then renames it to its hash: so a spool entry is always whole, the hash is
-//! computed once however many members receive the file, and sending the same file twice stores
-//! it once. Blocking: call it on a blocking thread.
+//! temporary file beside the spool and makes it durable, then renames it to its hash: so a
+//! spool entry is always whole, the hash is computed once however many members receive the
+//! file, and sending the same file twice stores it once. Blocking: call it on a blocking
+//! thread.
 //!
-//! Beside each entry, `<sha256 hex>.pieces` holds the SHA-256 of each of its pieces (32 bytes
-//! each, in order), which members check every piece against in swarm delivery. It is
-//! computed during ingest, on the writer thread, so it costs no extra pass over the file; an
-//! entry spooled before swarm delivery existed gets it on first use.
+//! Beside each entry, `<sha256 hex>.ends` holds the file's SHA-256 state at the end of each of
+//! its pieces (32 bytes each, in order; the last is the file's SHA-256), which members check
+//! every piece against in swarm delivery ([`gshare_proto::chain`]). They fall out of the
+//! whole-file hash as it is taken, so they cost nothing more; an entry spooled by an older
+//! version (whose `<sha256 hex>.pieces` held another kind of hash, and is deleted) gets them
+//! on first use.
 //!
 //! An entry can be needed again while it is being let go: a new file with the same bytes is
 //! ingested just as the last delivery of an older one is acknowledged. So an entry ingested
@@ -25,7 +28,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use gshare_common::files::WriteBehind;
+use gshare_proto::chain::{Chain, State};
 use gshare_proto::swarm::PIECE_LEN;
+
+/// What an entry's piece ends are named by: `<sha256 hex>.ends`.
+const PIECE_ENDS_SUFFIX: &str = ".ends";
+/// What an older version named each piece's own SHA-256 by; no longer used, deleted.
+const LEGACY_PIECES_SUFFIX: &str = ".pieces";
 
 /// Bytes read per step while ingesting.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -135,7 +144,7 @@ impl Spool {
         }
         let random: [u8; 8] = gshare_certs::random_bytes().unwrap_or_default();
         let temporary = self.dir.join(format!(".ingest-{}", hex(&random)));
-        let temporary_pieces = self.dir.join(format!(".ingest-{}.pieces", hex(&random)));
+        let temporary_pieces = self.dir.join(format!(".ingest-{}{PIECE_ENDS_SUFFIX}", hex(&random)));
         let result = (|| {
             let create = |path: &Path| {
                 OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_error(path))
@@ -178,24 +187,24 @@ impl Spool {
         &self.dir
     }
 
-    /// Where the piece hashes of an entry are kept.
+    /// Where the piece ends of an entry are kept.
     pub fn pieces_path(&self, sha256_hex: &str) -> PathBuf {
-        self.dir.join(format!("{sha256_hex}.pieces"))
+        self.dir.join(format!("{sha256_hex}{PIECE_ENDS_SUFFIX}"))
     }
 
-    /// The piece hashes of an entry, computed now if it has none (an entry spooled before
-    /// swarm delivery, or a crash between writing it and its hashes). Blocking.
+    /// The piece ends of an entry, computed now if it has none (an entry spooled by an older
+    /// version, or a crash between writing it and its piece ends). Blocking.
     pub fn ensure_piece_hashes(&self, sha256_hex: &str) -> io::Result<PathBuf> {
         let path = self.pieces_path(sha256_hex);
         if path.exists() {
             return Ok(path);
         }
         let random: [u8; 8] = gshare_certs::random_bytes().unwrap_or_default();
-        let temporary = self.dir.join(format!(".ingest-{}.pieces", hex(&random)));
+        let temporary = self.dir.join(format!(".ingest-{}{PIECE_ENDS_SUFFIX}", hex(&random)));
         let result = (|| {
             let mut input = File::open(self.path(sha256_hex))?;
-            let mut hasher =
-                PieceHasher::new(OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?);
+            let mut ends =
+                PieceEnds::new(OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?);
             let mut buffer = vec![0u8; COPY_BUFFER];
             loop {
                 let read = match input.read(&mut buffer) {
@@ -204,9 +213,11 @@ impl Spool {
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                     Err(error) => return Err(error),
                 };
-                hasher.update(&buffer[..read])?;
+                ends.update(&buffer[..read])?;
             }
-            hasher.finish()?;
+            if hex(&ends.finish()?) != sha256_hex {
+                return Err(io::Error::other("the spooled file no longer hashes to its name"));
+            }
             fs::rename(&temporary, &path)
         })();
         if result.is_err() {
@@ -259,9 +270,13 @@ impl Spool {
         let Ok(entries) = fs::read_dir(&self.dir) else { return Ok(deleted) };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let hash = name.strip_suffix(".pieces").unwrap_or(&name);
+            if name.ends_with(LEGACY_PIECES_SUFFIX) {
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
+            let hash = name.strip_suffix(PIECE_ENDS_SUFFIX).unwrap_or(&name);
             let is_entry = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
-            let entry_gone = name.ends_with(".pieces") && !self.path(hash).exists();
+            let entry_gone = name.ends_with(PIECE_ENDS_SUFFIX) && !self.path(hash).exists();
             if is_entry && (entry_gone || !needed.iter().any(|n| n == hash)) && !pins.contains_key(hash) {
                 self.remove(hash);
                 deleted.push(hash.to_owned());
@@ -272,11 +287,12 @@ impl Spool {
 
     /// Deletes a spool entry no longer needed.
     fn remove(&self, sha256_hex: &str) {
-        for path in [self.path(sha256_hex), self.pieces_path(sha256_hex)] {
-            if let Err(error) = fs::remove_file(&path) {
-                if error.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(%error, path = %path.display(), "cannot delete a spool entry");
-                }
+        let legacy = self.dir.join(format!("{sha256_hex}{LEGACY_PIECES_SUFFIX}"));
+        for path in [self.path(sha256_hex), self.pieces_path(sha256_hex), legacy] {
+            if let Err(error) = fs::remove_file(&path)
+                && error.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(%error, path = %path.display(), "cannot delete a spool entry");
             }
         }
     }
@@ -298,20 +314,16 @@ fn copy_hashing(
     let (to_writer, chunks) = mpsc::sync_channel::<Vec<u8>>(COPY_QUEUE);
     let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|scope| {
-        // The writer also hashes pieces: it mostly waits on the disk, and the reader thread
-        // is busy with the whole-file hash.
         let writer = scope.spawn(move || -> io::Result<()> {
             let mut behind = WriteBehind::new(output, 0, false);
-            let mut piece_hasher = PieceHasher::new(pieces);
             for chunk in chunks {
                 behind.write(&chunk)?;
-                piece_hasher.update(&chunk)?;
                 let _ = recycle.send(chunk);
             }
-            piece_hasher.finish()?;
             behind.finish()
         });
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        // The whole-file hash, which notes the piece ends as it goes.
+        let mut ends = PieceEnds::new(pieces);
         let mut size = 0u64;
         let read_result = loop {
             let mut buffer = recycled.try_recv().unwrap_or_default();
@@ -327,7 +339,9 @@ fn copy_hashing(
                 break Err(SpoolError::TooLarge { path: source.to_owned(), size, limit: max_size });
             }
             buffer.truncate(read);
-            context.update(&buffer);
+            if let Err(error) = ends.update(&buffer) {
+                break Err(SpoolError::Io { path: temporary.to_owned(), source: error });
+            }
             if to_writer.send(buffer).is_err() {
                 break Ok(()); // the writer failed; its error is reported below
             }
@@ -339,48 +353,51 @@ fn copy_hashing(
             .map_err(|source| SpoolError::Io { path: temporary.to_owned(), source });
         read_result?;
         write_result?;
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(context.finish().as_ref());
+        let sha256 = ends.finish().map_err(|source| SpoolError::Io { path: temporary.to_owned(), source })?;
         Ok((sha256, size))
     })
 }
 
-/// Hashes a stream of bytes piece by piece ([`PIECE_LEN`] each, the last one shorter) and
-/// writes each piece's SHA-256 to a file as it completes.
-struct PieceHasher {
+/// Takes a file's SHA-256 as its bytes stream past and writes the state at the end of each
+/// piece to a file ([`gshare_proto::chain`]), the file's SHA-256 last.
+struct PieceEnds {
     out: io::BufWriter<File>,
-    context: ring::digest::Context,
-    in_piece: usize,
+    chain: Chain,
+    /// The latest piece end, written once another piece follows it: the last piece's end is
+    /// the file's SHA-256 instead.
+    held: Option<State>,
 }
 
-impl PieceHasher {
+impl PieceEnds {
     fn new(out: File) -> Self {
-        Self { out: io::BufWriter::new(out), context: ring::digest::Context::new(&ring::digest::SHA256), in_piece: 0 }
+        Self { out: io::BufWriter::new(out), chain: Chain::new(PIECE_LEN), held: None }
     }
 
-    fn update(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+    fn update(&mut self, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
-        while !bytes.is_empty() {
-            let take = (PIECE_LEN as usize - self.in_piece).min(bytes.len());
-            self.context.update(&bytes[..take]);
-            self.in_piece += take;
-            bytes = &bytes[take..];
-            if self.in_piece == PIECE_LEN as usize {
-                let done = std::mem::replace(&mut self.context, ring::digest::Context::new(&ring::digest::SHA256));
-                self.out.write_all(done.finish().as_ref())?;
-                self.in_piece = 0;
-            }
+        let (out, held) = (&mut self.out, &mut self.held);
+        self.chain.update(bytes, |end| match held.replace(end) {
+            Some(earlier) => out.write_all(&earlier),
+            None => Ok(()),
+        })
+    }
+
+    /// Writes the last piece's end (the file's SHA-256), makes the file durable, and returns
+    /// the file's SHA-256.
+    fn finish(mut self) -> io::Result<[u8; 32]> {
+        use std::io::Write;
+        let len = self.chain.len();
+        let last_piece_whole = len > 0 && len.is_multiple_of(u64::from(PIECE_LEN));
+        if let (false, Some(earlier)) = (last_piece_whole, self.held) {
+            self.out.write_all(&earlier)?;
         }
-        Ok(())
-    }
-
-    fn finish(mut self) -> io::Result<()> {
-        use std::io::Write;
-        if self.in_piece > 0 {
-            self.out.write_all(self.context.finish().as_ref())?;
+        let sha256 = self.chain.finish();
+        if len > 0 {
+            self.out.write_all(&sha256)?;
         }
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
+        file.sync_all()?;
+        Ok(sha256)
     }
 }
 
@@ -426,20 +443,34 @@ mod tests {
     }
 
     #[test]
-    fn piece_hashes_are_written_beside_the_entry_and_made_on_demand() {
+    fn piece_ends_are_written_beside_the_entry_and_made_on_demand() {
         let state = tempfile::tempdir().unwrap();
         let spool = Spool::open(state.path()).unwrap();
         let source = state.path().join("pieces.bin");
         let content: Vec<u8> = (0..PIECE_LEN as usize * 2 + 100).map(|i| (i * 31 % 253) as u8).collect();
         fs::write(&source, &content).unwrap();
         let hex = spool.ingest(&source, u64::MAX).unwrap().spooled.hex();
-        let expected: Vec<u8> = content
-            .chunks(PIECE_LEN as usize)
-            .flat_map(|piece| ring::digest::digest(&ring::digest::SHA256, piece).as_ref().to_vec())
-            .collect();
+        // The state at the end of each piece, the last being the file's SHA-256.
+        let first = gshare_proto::chain::run(&gshare_proto::chain::start(), &content[..PIECE_LEN as usize]).unwrap();
+        let second = gshare_proto::chain::run(&first, &content[PIECE_LEN as usize..2 * PIECE_LEN as usize]).unwrap();
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, &content);
+        let expected = [first.as_slice(), second.as_slice(), sha256.as_ref()].concat();
         assert_eq!(fs::read(spool.pieces_path(&hex)).unwrap(), expected);
         fs::remove_file(spool.pieces_path(&hex)).unwrap();
         assert_eq!(fs::read(spool.ensure_piece_hashes(&hex).unwrap()).unwrap(), expected);
+
+        // A last piece that is whole: its end is the file's SHA-256 all the same.
+        let whole = &content[..2 * PIECE_LEN as usize];
+        fs::write(&source, whole).unwrap();
+        let hex = spool.ingest(&source, u64::MAX).unwrap().spooled.hex();
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, whole);
+        assert_eq!(fs::read(spool.pieces_path(&hex)).unwrap(), [first.as_slice(), sha256.as_ref()].concat());
+
+        // An older version's per-piece hashes are never served: swept away.
+        let legacy = state.path().join("spool").join(format!("{hex}.pieces"));
+        fs::write(&legacy, [0u8; 64]).unwrap();
+        spool.sweep(|| Ok::<_, ()>(vec![hex.clone()])).unwrap();
+        assert!(!legacy.exists() && spool.pieces_path(&hex).exists());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The server's TLS configuration: TLS 1.3 only, ring as the one crypto provider, the server
-//! certificate sent with its CA, ALPN `gshare/2`, and client certificates verified against the
+//! certificate sent with its CA, ALPN `gshare/3`, and client certificates verified against the
 //! CA when offered. Enrollment connections have no client certificate yet, so one is optional
 //! at the handshake; every request that needs a member checks for it afterwards, and checks the
 //! state store (revocation, user standing) before anything else happens.

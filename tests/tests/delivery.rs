@@ -135,7 +135,7 @@ fn spool_entry(server: &ServerProcess) -> std::path::PathBuf {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| !p.to_string_lossy().ends_with(".pieces"))
+        .filter(|p| !p.to_string_lossy().ends_with(".ends"))
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     entries[0].clone()

@@ -173,9 +173,9 @@ fn a_send_the_spool_cannot_hold_is_refused_whole_and_records_nothing() {
     assert_eq!(files[0]["name"], "small.txt");
     let integrity =
         Command::new("sqlite3").arg(disk.path().join("state/gshare.db")).arg("PRAGMA integrity_check").output();
-    if let Ok(integrity) = integrity {
-        if integrity.status.success() {
-            assert_eq!(text(&integrity.stdout).trim(), "ok");
-        }
+    if let Ok(integrity) = integrity
+        && integrity.status.success()
+    {
+        assert_eq!(text(&integrity.stdout).trim(), "ok");
     }
 }

@@ -295,13 +295,12 @@ async fn dial_with_garbage(
 ) {
     let (_, config) = hostile.peer_config();
     for _ in 0..600 {
-        if let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)).await {
-            if let Ok(tls) = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+        if let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)).await
+            && let Ok(tls) = tokio_rustls::TlsConnector::from(Arc::clone(&config))
                 .connect(gshare_client::tls::member_name(), tcp)
                 .await
-            {
-                return garbage_on(tls, Some(file), pieces, served).await;
-            }
+        {
+            return garbage_on(tls, Some(file), pieces, served).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

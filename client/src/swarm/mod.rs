@@ -317,13 +317,13 @@ impl Swarm {
                 let have = share.state().schedule.have().as_bytes().to_vec();
                 let _ = handle.out.send(PeerOut::Frame(Frame::Bitfield { file: key, have }));
             }
-            if let Some(early) = handle.pending.remove(&key) {
-                if let Ok(have) = Bits::from_bytes(&early, share.store.pieces) {
-                    let mut state = share.state();
-                    state.schedule.peer_joined(id, have);
-                    state.interested.insert(id);
-                    joined = true;
-                }
+            if let Some(early) = handle.pending.remove(&key)
+                && let Ok(have) = Bits::from_bytes(&early, share.store.pieces)
+            {
+                let mut state = share.state();
+                state.schedule.peer_joined(id, have);
+                state.interested.insert(id);
+                joined = true;
             }
         }
         if joined {
@@ -474,10 +474,10 @@ impl Swarm {
                 else {
                     // Perhaps our own list from the server has not caught up yet: kept for
                     // then, never acted on before.
-                    if let Some(handle) = lock(&self.peers).get_mut(&id) {
-                        if handle.pending.len() < MAX_PENDING_BITFIELDS || handle.pending.contains_key(&file) {
-                            handle.pending.insert(file, have);
-                        }
+                    if let Some(handle) = lock(&self.peers).get_mut(&id)
+                        && (handle.pending.len() < MAX_PENDING_BITFIELDS || handle.pending.contains_key(&file))
+                    {
+                        handle.pending.insert(file, have);
                     }
                     return Ok(None);
                 };
@@ -488,10 +488,10 @@ impl Swarm {
                     state.interested.insert(id);
                     state.schedule.have().as_bytes().to_vec()
                 };
-                if let Some(handle) = lock(&self.peers).get_mut(&id) {
-                    if handle.announced.insert(file) {
-                        let _ = out.send(PeerOut::Frame(Frame::Bitfield { file, have: answer }));
-                    }
+                if let Some(handle) = lock(&self.peers).get_mut(&id)
+                    && handle.announced.insert(file)
+                {
+                    let _ = out.send(PeerOut::Frame(Frame::Bitfield { file, have: answer }));
                 }
                 share.wake.notify_one();
             }
@@ -646,9 +646,9 @@ impl Swarm {
     }
 }
 
-/// Checks a piece against the server's hash and, if it matches, writes it; on a blocking
-/// thread. `Ok((false, _))`: it did not verify and nothing was written. The buffer comes back,
-/// for the connection to read the next piece into.
+/// Checks a piece against the server's piece ends and, if it matches, writes it; on a
+/// blocking thread. `Ok((false, _))`: it did not verify and nothing was written. The buffer
+/// comes back, for the connection to read the next piece into.
 pub async fn verify_and_write(share: &Arc<FileShare>, piece: u32, bytes: Vec<u8>) -> std::io::Result<(bool, Vec<u8>)> {
     let share = Arc::clone(share);
     tokio::task::spawn_blocking(move || {
@@ -656,7 +656,7 @@ pub async fn verify_and_write(share: &Arc<FileShare>, piece: u32, bytes: Vec<u8>
             return Ok((false, bytes));
         }
         share.store.write(piece, &bytes)?;
-        share.store.piece_written(piece, &bytes)?;
+        share.store.piece_written(piece);
         Ok((true, bytes))
     })
     .await

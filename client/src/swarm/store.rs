@@ -1,33 +1,34 @@
 //! A file received in pieces: the temporary file in the out directory, written and read at
-//! each piece's offset, and the piece hashes the server stated, kept in the journal beside it.
+//! each piece's offset, and the piece ends the server stated, kept in the journal beside it.
 //!
-//! The whole file's SHA-256 is computed as the pieces come, in order: whenever the pieces from
-//! the start up to some point are all in, they are hashed while still in memory. Behind that
-//! point, every [`SYNC_STEP`] pieces the file is made durable and all but the most recent
-//! pieces are dropped from the page cache, much as [`gshare_common::files::WriteBehind`] does
-//! for a file received in order, but without ever waiting for the disk while pieces arrive:
-//! dirty memory stays bounded, and on a virtual machine the same pages are reused instead of
-//! fresh ones (which cost a host page fault each).
+//! Each piece is checked against the server's SHA-256 state at its end, running on from the
+//! state at the end of the piece before ([`gshare_proto::chain`]): every byte is hashed once,
+//! in whatever order pieces come, and once every piece has passed, the file's own SHA-256 has
+//! been computed and matched. So nothing waits in memory for pieces before it: every
+//! [`SYNC_STEP`] pieces written, their writeback is started and the step before is dropped
+//! from the page cache, much as [`gshare_common::files::WriteBehind`] does for a file received
+//! in order: dirty memory stays bounded, and on a virtual machine the same pages are reused
+//! instead of fresh ones (which cost a host page fault each). The waiting for the disk is
+//! done by a thread of its own ([`Flusher`]), so no piece ever waits behind it.
 //!
-//! Nothing is kept that did not verify: a piece is written only after its SHA-256 matches the
-//! server's, from whomever it came. What an interrupted attempt left is checked piece by piece
+//! Nothing is kept that did not verify: a piece is written only after it matches the server's
+//! state, from whomever it came. What an interrupted attempt left is checked piece by piece
 //! ([`PieceStore::scan`]), so a member resumes with exactly the pieces it holds verified, even
 //! after a kill -9. Blocking: async code calls these on a blocking thread.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, mpsc};
 
+use gshare_proto::chain::{PieceEnds, State, start};
 use gshare_proto::frame::FileKey;
 use gshare_proto::swarm::{Bits, piece_span};
 
-/// Pieces hashed into the whole-file SHA-256 between two steps of starting their writeback and
-/// dropping older ones from the page cache (32 MiB at 512 KiB pieces).
-pub const SYNC_STEP: u32 = 64;
-/// The most recent pieces behind the hashing point kept in the page cache: other members ask
-/// for recent pieces most.
-pub const KEEP_CACHED: u32 = 64;
+/// Pieces written between two steps of making them durable and dropping the step before from
+/// the page cache (32 MiB at 512 KiB pieces). Other members ask for recent pieces most: a
+/// piece stays cached for one to two steps after it arrives.
+pub const SYNC_STEP: usize = 64;
 
 /// The pieces of one file on disk.
 #[derive(Debug)]
@@ -37,186 +38,105 @@ pub struct PieceStore {
     pub piece_len: u32,
     pub pieces: u32,
     data: File,
-    hashes: File,
-    tail: Mutex<Tail>,
-    /// Signalled when the hash state is put back (or lost to a read error).
-    hash_returned: Condvar,
+    /// The server's piece ends, 32 bytes each, in order.
+    ends: File,
+    written: Mutex<Written>,
+    /// Takes each step of written pieces to make durable and drop; started with the first.
+    flusher: Mutex<Option<mpsc::Sender<Vec<u32>>>>,
     /// The file's size and change time once it was received whole: while they are the same,
     /// its pieces are the ones that verified.
     sealed: OnceLock<(u64, i64, i64)>,
 }
 
-/// The whole-file hash, taken in order as pieces arrive.
-struct Tail {
-    written: Bits,
-    /// The next piece to hash.
-    cursor: u32,
-    /// The hash of the pieces before the cursor; taken out while one caller hashes on.
-    context: Option<ring::digest::Context>,
-    /// A read failed while hashing on: the hash state is gone, and the whole file is read
-    /// back to hash it.
-    context_lost: bool,
-    /// Pieces below this are dropped from the page cache.
-    dropped: u32,
-    /// Pieces below this have had their writeback started.
-    synced: u32,
-}
-
-impl std::fmt::Debug for Tail {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tail").field("cursor", &self.cursor).field("synced", &self.synced).finish_non_exhaustive()
-    }
+/// Which pieces are on disk verified, and which were written since the last step.
+#[derive(Debug)]
+struct Written {
+    verified: Bits,
+    step: Vec<u32>,
 }
 
 impl PieceStore {
-    /// `data` is the temporary file (already `size` bytes long), `hashes` the server's piece
-    /// hashes, 32 bytes each, in order.
-    pub fn new(key: FileKey, size: u64, piece_len: u32, pieces: u32, data: File, hashes: File) -> Self {
-        let tail = Tail {
-            written: Bits::new(pieces),
-            cursor: 0,
-            context: Some(ring::digest::Context::new(&ring::digest::SHA256)),
-            context_lost: false,
-            dropped: 0,
-            synced: 0,
-        };
+    /// `data` is the temporary file (already `size` bytes long), `ends` the server's piece
+    /// ends, 32 bytes each, in order.
+    pub fn new(key: FileKey, size: u64, piece_len: u32, pieces: u32, data: File, ends: File) -> Self {
+        let written = Written { verified: Bits::new(pieces), step: Vec::new() };
         Self {
             key,
             size,
             piece_len,
             pieces,
             data,
-            hashes,
-            tail: Mutex::new(tail),
-            hash_returned: Condvar::new(),
+            ends,
+            written: Mutex::new(written),
+            flusher: Mutex::new(None),
             sealed: OnceLock::new(),
         }
     }
 
-    fn tail(&self) -> MutexGuard<'_, Tail> {
-        // Updated in single steps; a poisoned lock still holds a usable hash state.
-        self.tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn written(&self) -> MutexGuard<'_, Written> {
+        // Updated in single steps; a poisoned lock still holds usable bits.
+        self.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Takes `held` (found on disk by [`PieceStore::scan`]) as written.
     pub fn mark_held(&self, held: &Bits) {
-        let mut tail = self.tail();
+        let mut written = self.written();
         for piece in held.ones() {
-            tail.written.set(piece);
+            written.verified.set(piece);
         }
     }
 
-    /// Records that a verified piece was written, and hashes on from the hashing point as far
-    /// as the pieces are in; every [`SYNC_STEP`] pieces, starts their writeback and drops the older
-    /// ones from the page cache. `bytes` are the piece's bytes, hashed straight away if it is
-    /// the next in order.
-    ///
-    /// The hashing happens outside the lock, by the one caller that finds the next piece in
-    /// order (it takes the hash state out while it works): pieces arriving meanwhile only mark
-    /// themselves written and return, instead of waiting behind a long run of hashing.
-    pub fn piece_written(&self, piece: u32, bytes: &[u8]) -> io::Result<()> {
-        let mut context = {
-            let mut tail = self.tail();
-            tail.written.set(piece);
-            if piece != tail.cursor {
-                return Ok(());
+    /// Records that a verified piece was written. Every [`SYNC_STEP`] pieces, hands them to the
+    /// flusher, which makes them durable and drops the step before from the page cache.
+    pub fn piece_written(&self, piece: u32) {
+        let step = {
+            let mut written = self.written();
+            written.verified.set(piece);
+            written.step.push(piece);
+            if written.step.len() < SYNC_STEP {
+                return;
             }
-            match tail.context.take() {
-                Some(context) => context,
-                None => return Ok(()), // the one hashing will find this piece written
-            }
+            std::mem::take(&mut written.step)
         };
-        context.update(bytes);
-        let mut next = piece + 1;
-        let mut buffer = Vec::new();
-        loop {
-            {
-                // Checked under the lock that writers mark under: a piece marked after this
-                // finds the hash state back and the cursor on it, and hashes on itself.
-                let mut tail = self.tail();
-                tail.cursor = next;
-                if next >= self.pieces || !tail.written.get(next) {
-                    tail.context = Some(context);
-                    self.hash_returned.notify_all();
-                    self.write_behind(&mut tail);
-                    return Ok(());
-                }
-            }
-            // On a read error the hash state is lost: the whole file is then read back to hash
-            // it ([`PieceStore::whole_file_digest`]), and the error ends this attempt.
-            buffer = match self.read(next, buffer) {
-                Ok(buffer) => buffer,
-                Err(error) => {
-                    self.tail().context_lost = true;
-                    self.hash_returned.notify_all();
-                    return Err(error);
-                }
-            };
-            context.update(&buffer);
-            next += 1;
+        let mut flusher = self.flusher.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if flusher.is_none() {
+            *flusher = Flusher::start(&self.data, self.piece_len);
+        }
+        if let Some(flusher) = flusher.as_ref() {
+            let _ = flusher.send(step);
         }
     }
 
-    /// Every [`SYNC_STEP`] pieces hashed: starts their writeback, and drops from the page cache
-    /// what is older than the last [`KEEP_CACHED`] pieces.
-    fn write_behind(&self, tail: &mut Tail) {
-        if tail.cursor >= tail.synced + SYNC_STEP {
-            // Writing back starts now, without waiting for it (nothing here may stall every
-            // other piece of this file behind a disk flush): DONTNEED on dirty pages starts
-            // their writeback and leaves them. Pieces further behind, written back by now, are
-            // then dropped by the same advice. The whole file is made durable once, before its
-            // rename.
-            let (synced, cursor) = (tail.synced, tail.cursor);
-            self.advise_dont_need(synced, cursor);
-            tail.synced = cursor;
-            let keep_from = cursor.saturating_sub(KEEP_CACHED);
-            if keep_from > tail.dropped {
-                self.advise_dont_need(tail.dropped, keep_from);
-                tail.dropped = keep_from;
-            }
+    /// Whether every piece is on disk verified: then the file's SHA-256 is the one stated.
+    pub fn whole_file_verified(&self) -> bool {
+        if self.pieces == 0 {
+            return self.key == gshare_proto::chain::finish(&start(), &[], 0);
         }
+        self.written().verified.is_full()
     }
 
-    /// `POSIX_FADV_DONTNEED` for pieces `from..to`. Advice only: a file system that cannot
-    /// drop pages (tmpfs) keeps them.
-    fn advise_dont_need(&self, from: u32, to: u32) {
-        let offset = u64::from(from) * u64::from(self.piece_len);
-        let len = u64::from(to.saturating_sub(from)) * u64::from(self.piece_len);
-        let _ = rustix::fs::fadvise(&self.data, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::DontNeed);
-    }
-
-    /// The whole file's SHA-256: from the hash taken as pieces came if every piece is in, else
-    /// read back from disk. Waits for a caller still hashing the last pieces in.
-    pub fn whole_file_digest(&self) -> io::Result<[u8; 32]> {
-        {
-            let mut tail = self.tail();
-            while tail.context.is_none() && !tail.context_lost {
-                tail = self.hash_returned.wait(tail).unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            if let (true, Some(context)) = (tail.cursor == self.pieces, &tail.context) {
-                let mut digest = [0u8; 32];
-                digest.copy_from_slice(context.clone().finish().as_ref());
-                return Ok(digest);
-            }
-        }
-        self.whole_file_sha256()
-    }
-
-    /// The SHA-256 the server stated for `piece`.
-    pub fn expected(&self, piece: u32) -> io::Result<[u8; 32]> {
-        let mut hash = [0u8; 32];
-        self.hashes.read_exact_at(&mut hash, u64::from(piece) * 32)?;
-        Ok(hash)
+    /// The states the server stated before and after `piece`: at the end of the piece before
+    /// it (SHA-256's start for the first), and at its own end (the file's SHA-256 for the
+    /// last).
+    fn piece_ends(&self, piece: u32) -> io::Result<(State, State)> {
+        let stated = |index: u32| -> io::Result<State> {
+            let mut end = [0u8; 32];
+            self.ends.read_exact_at(&mut end, u64::from(index) * 32)?;
+            Ok(end)
+        };
+        let before = if piece == 0 { start() } else { stated(piece - 1)? };
+        let end = if piece + 1 == self.pieces { self.key } else { stated(piece)? };
+        Ok((before, end))
     }
 
     /// Whether `bytes` are piece `piece`, exactly.
     pub fn verifies(&self, piece: u32, bytes: &[u8]) -> io::Result<bool> {
-        let Some((_, len)) = piece_span(self.size, self.piece_len, piece) else { return Ok(false) };
-        if bytes.len() != len {
+        if piece >= self.pieces {
             return Ok(false);
         }
-        let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-        Ok(digest.as_ref() == self.expected(piece)?)
+        let (before, end) = self.piece_ends(piece)?;
+        let spec = PieceEnds { size: self.size, piece_len: self.piece_len, pieces: self.pieces };
+        Ok(spec.verifies(piece, &before, bytes, &end))
     }
 
     /// Writes a verified piece at its offset.
@@ -249,22 +169,9 @@ impl PieceStore {
         Ok(held)
     }
 
-    /// The SHA-256 of the whole file, read from disk in order: the final check before the
-    /// file takes its name.
-    pub fn whole_file_sha256(&self) -> io::Result<[u8; 32]> {
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buffer = Vec::new();
-        for piece in 0..self.pieces {
-            buffer = self.read(piece, buffer)?;
-            context.update(&buffer);
-        }
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(context.finish().as_ref());
-        Ok(digest)
-    }
-
-    /// Makes every written piece durable.
+    /// Makes every written piece durable; the flusher, its work done, ends.
     pub fn sync(&self) -> io::Result<()> {
+        self.flusher.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         self.data.sync_all()
     }
 
@@ -289,6 +196,50 @@ impl PieceStore {
     }
 }
 
+/// Makes steps of written pieces durable and drops them from the page cache, on a thread of
+/// its own; it ends when its store is dropped.
+struct Flusher {
+    data: File,
+    piece_len: u32,
+    /// The step before the latest: dropped once the latest is durable too.
+    previous: Vec<u32>,
+}
+
+impl Flusher {
+    /// `None` if the file cannot be opened again or no thread started: pages then stay cached
+    /// until the kernel needs them, which costs speed, not correctness.
+    fn start(data: &File, piece_len: u32) -> Option<mpsc::Sender<Vec<u32>>> {
+        let flusher = Self { data: data.try_clone().ok()?, piece_len, previous: Vec::new() };
+        let (steps, receiver) = mpsc::channel();
+        std::thread::Builder::new().name("gshare-flusher".into()).spawn(move || flusher.run(receiver)).ok()?;
+        Some(steps)
+    }
+
+    fn run(mut self, steps: mpsc::Receiver<Vec<u32>>) {
+        while let Ok(step) = steps.recv() {
+            // Dirty pages cannot be dropped; once written back they can. A failed sync is
+            // met again, and reported, by the sync before the file takes its name.
+            if self.data.sync_data().is_ok() {
+                let previous = std::mem::replace(&mut self.previous, step);
+                self.advise_dont_need(previous);
+            }
+        }
+    }
+
+    /// `POSIX_FADV_DONTNEED` for `pieces`, a run of neighbours at a time. Advice only: a file
+    /// system that cannot drop pages (tmpfs) keeps them.
+    fn advise_dont_need(&self, mut pieces: Vec<u32>) {
+        pieces.sort_unstable();
+        let piece_len = u64::from(self.piece_len);
+        for run in pieces.chunk_by(|a, b| a + 1 == *b) {
+            let offset = u64::from(run[0]) * piece_len;
+            let len = run.len() as u64 * piece_len;
+            let _ =
+                rustix::fs::fadvise(&self.data, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::DontNeed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,48 +250,72 @@ mod tests {
         out
     }
 
+    /// A store for `content` in pieces of `piece_len`, with the piece ends the server would
+    /// state, and nothing written yet.
+    fn store_for(dir: &std::path::Path, content: &[u8], piece_len: u32) -> PieceStore {
+        let pieces = gshare_proto::swarm::piece_count(content.len() as u64, piece_len) as u32;
+        let mut ends = Vec::new();
+        let mut state = start();
+        for piece in content.chunks(piece_len as usize).take(pieces.saturating_sub(1) as usize) {
+            state = gshare_proto::chain::run(&state, piece).unwrap();
+            ends.extend_from_slice(&state);
+        }
+        ends.extend_from_slice(&sha(content));
+        std::fs::write(dir.join("ends"), &ends).unwrap();
+        let data = File::options().create(true).truncate(true).read(true).write(true).open(dir.join("part")).unwrap();
+        data.set_len(content.len() as u64).unwrap();
+        PieceStore::new(
+            sha(content),
+            content.len() as u64,
+            piece_len,
+            pieces,
+            data,
+            File::open(dir.join("ends")).unwrap(),
+        )
+    }
+
     #[test]
     fn pieces_verify_before_they_are_kept_and_a_scan_finds_only_good_ones() {
         let dir = tempfile::tempdir().unwrap();
         let content: Vec<u8> = (0..2500u32).map(|i| (i * 7 % 251) as u8).collect();
-        let hashes: Vec<u8> = content.chunks(1000).flat_map(sha).collect();
-        std::fs::write(dir.path().join("hashes"), &hashes).unwrap();
-        let data =
-            File::options().create(true).truncate(true).read(true).write(true).open(dir.path().join("part")).unwrap();
-        data.set_len(2500).unwrap();
-        let store = PieceStore::new(sha(&content), 2500, 1000, 3, data, File::open(dir.path().join("hashes")).unwrap());
-        assert!(store.verifies(2, &content[2000..]).unwrap());
-        assert!(!store.verifies(2, &content[1999..2499]).unwrap(), "right length, wrong bytes");
-        assert!(!store.verifies(1, &content[1000..1999]).unwrap(), "too short");
-        store.write(2, &content[2000..]).unwrap();
-        store.write(0, &content[..1000]).unwrap();
+        let store = store_for(dir.path(), &content, 1024);
+        assert!(store.verifies(2, &content[2048..]).unwrap(), "the last piece, against the file's SHA-256");
+        assert!(store.verifies(1, &content[1024..2048]).unwrap());
+        assert!(!store.verifies(2, &content[2047..2499]).unwrap(), "right length, wrong bytes");
+        assert!(!store.verifies(1, &content[1024..2047]).unwrap(), "too short");
+        assert!(!store.verifies(0, &content[1024..2048]).unwrap(), "another piece");
+        assert!(!store.verifies(3, &content[2048..]).unwrap(), "no such piece");
+        store.write(2, &content[2048..]).unwrap();
+        store.write(0, &content[..1024]).unwrap();
         let held = store.scan().unwrap();
         assert_eq!(held.ones().collect::<Vec<_>>(), [0, 2]);
-        store.write(1, &content[1000..2000]).unwrap();
-        assert_eq!(store.whole_file_sha256().unwrap(), sha(&content));
-        // The hash taken as pieces come, in any order, is the same.
-        for piece in [2, 0, 1] {
-            let span = piece as usize * 1000..(piece as usize * 1000 + 1000).min(2500);
-            store.piece_written(piece, &content[span]).unwrap();
-        }
-        assert_eq!(store.whole_file_digest().unwrap(), sha(&content));
+        store.mark_held(&held);
+        assert!(!store.whole_file_verified());
+        store.write(1, &content[1024..2048]).unwrap();
+        store.piece_written(1);
+        assert!(store.whole_file_verified());
+        assert_eq!(std::fs::read(dir.path().join("part")).unwrap(), content);
     }
 
     #[test]
-    fn pieces_written_from_many_threads_in_any_order_hash_to_the_whole_file() {
+    fn an_empty_file_is_whole_only_if_its_stated_sha256_is_the_empty_files() {
         let dir = tempfile::tempdir().unwrap();
-        let (piece_len, pieces) = (1000usize, 200u32);
+        assert!(store_for(dir.path(), &[], 1024).whole_file_verified());
+        let data =
+            File::options().create(true).truncate(true).read(true).write(true).open(dir.path().join("p")).unwrap();
+        let forged = PieceStore::new([9; 32], 0, 1024, 0, data, File::open(dir.path().join("ends")).unwrap());
+        assert!(!forged.whole_file_verified());
+    }
+
+    #[test]
+    fn pieces_written_from_many_threads_in_any_order_make_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (piece_len, pieces) = (1024usize, 300u32);
         let size = piece_len * pieces as usize - 123;
         let content: Vec<u8> = (0..size).map(|i| (i * 31 % 253) as u8).collect();
-        let hashes: Vec<u8> = content.chunks(piece_len).flat_map(sha).collect();
-        std::fs::write(dir.path().join("hashes"), &hashes).unwrap();
-        let data =
-            File::options().create(true).truncate(true).read(true).write(true).open(dir.path().join("part")).unwrap();
-        data.set_len(size as u64).unwrap();
-        let hashes = File::open(dir.path().join("hashes")).unwrap();
-        let store = PieceStore::new(sha(&content), size as u64, piece_len as u32, pieces, data, hashes);
-        // Eight writers, each taking every eighth piece from the end backwards: the next piece
-        // in order keeps arriving while another thread is hashing.
+        let store = store_for(dir.path(), &content, piece_len as u32);
+        // Eight writers, each taking every eighth piece from the end backwards, through
+        // several steps of write-behind.
         std::thread::scope(|scope| {
             for writer in 0..8u32 {
                 let (store, content) = (&store, &content);
@@ -348,25 +323,26 @@ mod tests {
                     for piece in (0..pieces).rev().filter(|p| p % 8 == writer) {
                         let start = piece as usize * piece_len;
                         let bytes = &content[start..(start + piece_len).min(size)];
+                        assert!(store.verifies(piece, bytes).unwrap());
                         store.write(piece, bytes).unwrap();
-                        store.piece_written(piece, bytes).unwrap();
+                        store.piece_written(piece);
                     }
                 });
             }
         });
-        assert_eq!(store.tail().cursor, pieces, "some piece was never hashed in order");
-        assert_eq!(store.whole_file_digest().unwrap(), sha(&content));
+        assert!(store.whole_file_verified());
+        store.sync().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("part")).unwrap(), content);
     }
 
     #[test]
     fn a_sealed_file_counts_as_changed_once_anything_writes_to_it() {
         let dir = tempfile::tempdir().unwrap();
         let content = vec![7u8; 3000];
-        let hashes: Vec<u8> = content.chunks(1000).flat_map(sha).collect();
-        std::fs::write(dir.path().join("hashes"), &hashes).unwrap();
-        std::fs::write(dir.path().join("part"), &content).unwrap();
-        let data = File::options().read(true).write(true).open(dir.path().join("part")).unwrap();
-        let store = PieceStore::new(sha(&content), 3000, 1000, 3, data, File::open(dir.path().join("hashes")).unwrap());
+        let store = store_for(dir.path(), &content, 1024);
+        for (piece, bytes) in content.chunks(1024).enumerate() {
+            store.write(piece as u32, bytes).unwrap();
+        }
         assert!(store.changed_since_sealed().unwrap(), "never sealed: checked before serving");
         store.seal().unwrap();
         assert!(!store.changed_since_sealed().unwrap());
