@@ -900,14 +900,16 @@ where
             frame = read(connection) => match frame? {
                 Some(Frame::Piece { file: piece_file, piece, bytes }) if piece_file == file => {
                     let len = bytes.len() as u64;
-                    let (verified, bytes) = match verify_and_write(&share, piece, bytes).await {
+                    let (verified, spare) = match verify_and_write(&share, piece, bytes).await {
                         Ok(written) => written,
                         Err(error) => {
                             swarm.remove_share(&file);
                             return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
                         }
                     };
-                    connection.recycle(bytes);
+                    if let Some(spare) = spare {
+                        connection.recycle(spare);
+                    }
                     if verified {
                         swarm.piece_verified(&share, piece, Source::Server, len);
                     } else {
@@ -996,6 +998,7 @@ where
         tracing::info!(%error, file = %stored, "cannot note the received file's change time; its pieces are checked again before they are served");
     }
     share.state().complete = true;
+    share.forget_recent();
     let _ = std::fs::remove_file(&hashes_path);
     connection.write_frame(&Frame::Ack { delivery: id }).await?;
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, from_server, from_peers, "received and verified");

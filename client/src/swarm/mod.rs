@@ -26,7 +26,7 @@
 
 pub mod store;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -85,11 +85,18 @@ const UNNAMED_LIMIT: Duration = Duration::from_secs(30);
 /// Most early bitfields kept per connection.
 const MAX_PENDING_BITFIELDS: usize = 16;
 
+/// Pieces of a file being received that are kept in memory after they verified (8 MiB at 512
+/// KiB pieces): other members ask for a piece soon after it arrives, and serving it from here
+/// costs no read from the file.
+const RECENT_PIECES: usize = 16;
+
 /// How one file is shared: its pieces, the scheduler, and who may take part.
 #[derive(Debug)]
 pub struct FileShare {
     pub store: PieceStore,
     state: Mutex<ShareState>,
+    /// The latest pieces that verified, newest last; emptied once the file is whole.
+    recent: Mutex<VecDeque<(u32, Arc<Vec<u8>>)>>,
     /// Woken when a piece arrives or requests for the server are waiting.
     pub wake: Notify,
 }
@@ -137,6 +144,7 @@ impl FileShare {
                 complete: false,
                 disk_error: None,
             }),
+            recent: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
         })
     }
@@ -144,6 +152,27 @@ impl FileShare {
     pub fn state(&self) -> MutexGuard<'_, ShareState> {
         // Every update is a few steps on plain data; a poisoned lock still holds usable counts.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps a verified piece in memory; returns the buffer of the oldest it drops, if nothing
+    /// else holds it (for the connection to read the next piece into).
+    fn keep_recent(&self, piece: u32, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        let mut recent = lock(&self.recent);
+        recent.push_back((piece, Arc::new(bytes)));
+        if recent.len() <= RECENT_PIECES {
+            return None;
+        }
+        recent.pop_front().and_then(|(_, oldest)| Arc::try_unwrap(oldest).ok())
+    }
+
+    /// Piece `piece`, if it is among the latest kept in memory.
+    fn recent(&self, piece: u32) -> Option<Arc<Vec<u8>>> {
+        lock(&self.recent).iter().rev().find(|(kept, _)| *kept == piece).map(|(_, bytes)| Arc::clone(bytes))
+    }
+
+    /// The file is whole: its pieces are served from the file from now on.
+    pub fn forget_recent(&self) {
+        lock(&self.recent).clear();
     }
 }
 
@@ -514,9 +543,9 @@ impl Swarm {
                 }
                 let len = bytes.len() as u64;
                 match verify_and_write(&share, piece, bytes).await {
-                    Ok((true, bytes)) => {
+                    Ok((true, spare)) => {
                         self.piece_verified(&share, piece, Source::Peer(id), len);
-                        return Ok(Some(bytes));
+                        return Ok(spare);
                     }
                     Ok((false, _)) => {
                         {
@@ -646,21 +675,30 @@ impl Swarm {
     }
 }
 
-/// Checks a piece against the server's piece ends and, if it matches, writes it; on a
-/// blocking thread. `Ok((false, _))`: it did not verify and nothing was written. The buffer
-/// comes back, for the connection to read the next piece into.
-pub async fn verify_and_write(share: &Arc<FileShare>, piece: u32, bytes: Vec<u8>) -> std::io::Result<(bool, Vec<u8>)> {
-    let share = Arc::clone(share);
-    tokio::task::spawn_blocking(move || {
-        if !share.store.verifies(piece, &bytes)? {
+/// Checks a piece against the server's piece ends and, if it matches, writes it (on a blocking
+/// thread) and keeps it in memory for a while, to serve. `Ok((false, _))`: it did not verify
+/// and nothing was written. Also returns a spare buffer, if there is one, for the connection to
+/// read the next piece into.
+pub async fn verify_and_write(
+    share: &Arc<FileShare>,
+    piece: u32,
+    bytes: Vec<u8>,
+) -> std::io::Result<(bool, Option<Vec<u8>>)> {
+    let writing = Arc::clone(share);
+    let (verified, bytes) = tokio::task::spawn_blocking(move || {
+        if !writing.store.verifies(piece, &bytes)? {
             return Ok((false, bytes));
         }
-        share.store.write(piece, &bytes)?;
-        share.store.piece_written(piece);
-        Ok((true, bytes))
+        writing.store.write(piece, &bytes)?;
+        writing.store.piece_written(piece);
+        Ok::<_, std::io::Error>((true, bytes))
     })
     .await
-    .map_err(std::io::Error::other)?
+    .map_err(std::io::Error::other)??;
+    if !verified {
+        return Ok((false, Some(bytes)));
+    }
+    Ok((true, share.keep_recent(piece, bytes)))
 }
 
 /// Writes what a peer connection has to send, in order, until it is closed.
@@ -681,6 +719,13 @@ async fn write_peer<W: AsyncWrite + Unpin>(
                 other => other,
             },
             PeerOut::Piece(share, piece) => {
+                if let Some(bytes) = share.recent(piece) {
+                    let written = connection.write_piece(&share.store.key, piece, &bytes).await;
+                    if written.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let reading = Arc::clone(&share);
                 let complete = share.state().complete;
                 let taken = std::mem::take(&mut buffer);
@@ -714,4 +759,35 @@ async fn write_peer<W: AsyncWrite + Unpin>(
         }
     }
     let _ = close.send(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+
+    #[test]
+    fn the_latest_pieces_are_kept_in_memory_and_the_oldest_buffer_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            File::options().create(true).truncate(true).read(true).write(true).open(dir.path().join(name)).unwrap()
+        };
+        let pieces = RECENT_PIECES as u32 + 4;
+        let store = PieceStore::new([0; 32], u64::from(pieces) * 64, 64, pieces, file("part"), file("ends"));
+        let share = FileShare::new(store, Bits::new(pieces), true);
+        for piece in 0..RECENT_PIECES as u32 {
+            assert_eq!(share.keep_recent(piece, vec![piece as u8; 64]), None, "room for {RECENT_PIECES}");
+        }
+        let held_elsewhere = share.recent(1).unwrap();
+        // The oldest goes, and its buffer comes back for reuse.
+        assert_eq!(share.keep_recent(RECENT_PIECES as u32, vec![0xFF; 64]), Some(vec![0; 64]));
+        assert!(share.recent(0).is_none());
+        // One a writer still holds is not handed back, but is no longer served from memory.
+        assert_eq!(share.keep_recent(RECENT_PIECES as u32 + 1, vec![0xFE; 64]), None);
+        assert!(share.recent(1).is_none());
+        assert_eq!(*held_elsewhere, vec![1; 64]);
+        assert_eq!(*share.recent(RECENT_PIECES as u32).unwrap(), vec![0xFF; 64]);
+        share.forget_recent();
+        assert!(share.recent(RECENT_PIECES as u32).is_none(), "a whole file is served from disk");
+    }
 }
