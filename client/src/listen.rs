@@ -997,8 +997,7 @@ where
     if let Err(error) = share.store.seal() {
         tracing::info!(%error, file = %stored, "cannot note the received file's change time; its pieces are checked again before they are served");
     }
-    share.state().complete = true;
-    share.forget_recent();
+    swarm.share_completed(&share);
     let _ = std::fs::remove_file(&hashes_path);
     connection.write_frame(&Frame::Ack { delivery: id }).await?;
     tracing::info!(delivery = id.0, file = %stored, size = offer.size, from_server, from_peers, "received and verified");

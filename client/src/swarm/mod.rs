@@ -141,6 +141,10 @@ struct PeerHandle {
 /// waiting for a peer list that names it.
 const UNNAMED_LIMIT: Duration = Duration::from_secs(30);
 
+/// Files received whole that this member goes on serving, at most (the most recent): each
+/// holds its file open, so a file the person deletes keeps its disk space while it is served.
+const MAX_COMPLETE_SHARES: usize = 8;
+
 /// Most early bitfields kept per connection.
 const MAX_PENDING_BITFIELDS: usize = 16;
 
@@ -230,7 +234,7 @@ impl FileShare {
     }
 
     /// The file is whole: its pieces are served from the file from now on.
-    pub fn forget_recent(&self) {
+    fn forget_recent(&self) {
         lock(&self.recent).clear();
     }
 }
@@ -243,6 +247,8 @@ pub struct Swarm {
     /// Whether this member passes pieces on at all (`[peer] serve`).
     serve: bool,
     shares: Mutex<HashMap<FileKey, Arc<FileShare>>>,
+    /// Files received whole and still served, oldest first.
+    completed: Mutex<VecDeque<FileKey>>,
     peers: Mutex<HashMap<u64, PeerHandle>>,
     dialing: Mutex<HashSet<Fingerprint>>,
     next_peer: AtomicU64,
@@ -280,6 +286,7 @@ impl Swarm {
             identity: Mutex::new(PeerIdentity::new(ca_der, certificate_der, key_pem)?),
             serve,
             shares: Mutex::new(HashMap::new()),
+            completed: Mutex::new(VecDeque::new()),
             peers: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashSet::new()),
             next_peer: AtomicU64::new(1),
@@ -348,10 +355,20 @@ impl Swarm {
         lock(&self.shares).remove(key);
     }
 
+    /// A file was received whole: it is served from the stored file, while it is among the
+    /// [`MAX_COMPLETE_SHARES`] most recent; the oldest beyond them is no longer served (other
+    /// members asking for it are refused, and take it from elsewhere), and its file is closed.
+    pub fn share_completed(&self, share: &Arc<FileShare>) {
+        share.state().complete = true;
+        share.forget_recent();
+        keep_completed(&mut lock(&self.completed), &mut lock(&self.shares), share.store.key);
+    }
+
     /// Forgets every share and closes every peer connection: the session they belonged to
     /// ended, and the next one starts afresh.
     pub fn clear(&self) {
         lock(&self.shares).clear();
+        lock(&self.completed).clear();
         for handle in lock(&self.peers).values() {
             let _ = handle.close.send(true);
         }
@@ -734,6 +751,20 @@ impl Swarm {
     }
 }
 
+/// Notes `key` as the latest file received whole, and stops sharing the oldest beyond
+/// [`MAX_COMPLETE_SHARES`].
+fn keep_completed(completed: &mut VecDeque<FileKey>, shares: &mut HashMap<FileKey, Arc<FileShare>>, key: FileKey) {
+    completed.retain(|done| *done != key);
+    completed.push_back(key);
+    while completed.len() > MAX_COMPLETE_SHARES {
+        let Some(oldest) = completed.pop_front() else { break };
+        // A new delivery of the same bytes may be under way under the same key: kept.
+        if shares.get(&oldest).is_some_and(|share| share.state().complete) {
+            shares.remove(&oldest);
+        }
+    }
+}
+
 /// Checks a piece against the server's piece ends and, if it matches, writes it (on a blocking
 /// thread) and keeps it in memory for a while, to serve. `Ok((false, _))`: it did not verify
 /// and nothing was written. Also returns a spare buffer, if there is one, for the connection to
@@ -821,15 +852,39 @@ mod tests {
     use super::*;
     use std::fs::File;
 
+    fn share(dir: &std::path::Path, key: FileKey, pieces: u32) -> Arc<FileShare> {
+        let file = |name: &str| {
+            let path = dir.join(format!("{}-{name}", key[0]));
+            File::options().create(true).truncate(true).read(true).write(true).open(path).unwrap()
+        };
+        let store = PieceStore::new(key, u64::from(pieces) * 64, 64, pieces, file("part"), file("ends"));
+        FileShare::new(store, Bits::new(pieces), true)
+    }
+
+    #[test]
+    fn only_the_latest_files_received_whole_stay_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut completed, mut shares) = (VecDeque::new(), HashMap::new());
+        for n in 0..=MAX_COMPLETE_SHARES as u8 {
+            let done = share(dir.path(), [n; 32], 1);
+            done.state().complete = true;
+            shares.insert([n; 32], done);
+            keep_completed(&mut completed, &mut shares, [n; 32]);
+        }
+        assert_eq!(shares.len(), MAX_COMPLETE_SHARES);
+        assert!(!shares.contains_key(&[0; 32]), "the oldest is no longer served");
+        // The same bytes arriving again: the delivery under way is kept when its older copy
+        // goes.
+        shares.insert([1; 32], share(dir.path(), [1; 32], 1));
+        keep_completed(&mut completed, &mut shares, [42; 32]);
+        assert!(shares.contains_key(&[1; 32]));
+    }
+
     #[test]
     fn the_latest_pieces_are_kept_in_memory_and_the_oldest_buffer_comes_back() {
         let dir = tempfile::tempdir().unwrap();
-        let file = |name: &str| {
-            File::options().create(true).truncate(true).read(true).write(true).open(dir.path().join(name)).unwrap()
-        };
         let pieces = RECENT_PIECES as u32 + 4;
-        let store = PieceStore::new([0; 32], u64::from(pieces) * 64, 64, pieces, file("part"), file("ends"));
-        let share = FileShare::new(store, Bits::new(pieces), true);
+        let share = share(dir.path(), [0; 32], pieces);
         for piece in 0..RECENT_PIECES as u32 {
             assert_eq!(share.keep_recent(piece, vec![piece as u8; 64]), None, "room for {RECENT_PIECES}");
         }
