@@ -22,7 +22,7 @@
 //! server handed out every piece) is a piece that no connected member holds, or that only a
 //! slow one does, asked of the server by number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The piece size the server cuts files into: large enough that per-piece overhead (a request,
@@ -137,8 +137,20 @@ pub const UPLOAD_SLOTS: usize = 1000;
 const RAREST_OF: usize = 32;
 /// How long a member that said it is busy is left alone.
 pub const BUSY_BACKOFF: Duration = Duration::from_millis(100);
-/// "New piece" requests to the server at once.
+/// "New piece" requests to the server at once, at least: enough to keep a member's share of
+/// the server's link busy while the next request is on its way.
 pub const SERVER_NEW_DEPTH: u32 = 4;
+/// ... and at most (16 MiB).
+pub const SERVER_NEW_MAX_DEPTH: u32 = 32;
+/// A member with no other member to take pieces from asks, beyond [`SERVER_NEW_DEPTH`], for
+/// about this much of its rate from the server (measured over the last second): the server is
+/// its only source, and a fixed depth would leave a lone member on a fast link waiting for
+/// each round trip. A member with others to take from keeps to [`SERVER_NEW_DEPTH`]: a piece
+/// handed out to it would wait behind the others queued for it, while every other member
+/// wants it next.
+pub const SERVER_NEW_AHEAD: Duration = Duration::from_millis(50);
+/// How far back the rate from the server is measured.
+const SERVER_RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Pieces asked of the server by number at once.
 pub const SERVER_PIECE_DEPTH: u32 = 8;
 /// A request unanswered this long is given up, and the piece asked again elsewhere.
@@ -179,6 +191,8 @@ pub struct Schedule {
     /// How many connected members hold each piece.
     availability: Vec<u16>,
     server_new_in_flight: u32,
+    /// When the pieces that came from the server within the last [`SERVER_RATE_WINDOW`] came.
+    server_arrivals: VecDeque<Instant>,
     server_exhausted_at: Option<Instant>,
     /// Whether this member asks for new pieces (it passes pieces on).
     takes_new_pieces: bool,
@@ -206,6 +220,7 @@ impl Schedule {
             peers: HashMap::new(),
             availability: vec![0; pieces],
             server_new_in_flight: 0,
+            server_arrivals: VecDeque::new(),
             server_exhausted_at: None,
             takes_new_pieces: serves,
             last_progress: None,
@@ -288,8 +303,12 @@ impl Schedule {
     /// A piece arrived from `source` and verified. Returns whether it was new to us.
     pub fn piece_arrived(&mut self, piece: u32, source: Source, now: Instant) -> bool {
         self.forget_request(piece, source);
-        if matches!(source, Source::Peer(_)) {
-            self.last_progress = Some(now);
+        match source {
+            Source::Peer(_) => self.last_progress = Some(now),
+            Source::Server => {
+                self.server_arrivals.push_back(now);
+                self.forget_old_arrivals(now);
+            }
         }
         if piece >= self.have.len() || self.have.get(piece) {
             return false;
@@ -310,6 +329,17 @@ impl Schedule {
         self.forget_request(piece, Source::Peer(peer));
         if let Some(view) = self.peers.get_mut(&peer) {
             view.busy_until = Some(now + BUSY_BACKOFF);
+        }
+    }
+
+    fn forget_old_arrivals(&mut self, now: Instant) {
+        while self.server_arrivals.front().is_some_and(|&at| now.saturating_duration_since(at) > SERVER_RATE_WINDOW) {
+            self.server_arrivals.pop_front();
+        }
+        // Never more than the deepest depth needs.
+        let per_window = (SERVER_RATE_WINDOW.as_millis() / SERVER_NEW_AHEAD.as_millis()) as usize;
+        while self.server_arrivals.len() > SERVER_NEW_MAX_DEPTH as usize * per_window {
+            self.server_arrivals.pop_front();
         }
     }
 
@@ -437,7 +467,12 @@ impl Schedule {
         let mut asks = ServerAsks::default();
         let last_progress = *self.last_progress.get_or_insert(now);
         if self.takes_new_pieces && self.server_exhausted_at.is_none() {
-            asks.new_pieces = SERVER_NEW_DEPTH.saturating_sub(self.server_new_in_flight);
+            self.forget_old_arrivals(now);
+            let per_window = SERVER_RATE_WINDOW.as_millis() / SERVER_NEW_AHEAD.as_millis();
+            let alone = self.peers.is_empty();
+            let ahead = if alone { self.server_arrivals.len() as u32 / per_window as u32 } else { 0 };
+            let depth = (SERVER_NEW_DEPTH + ahead).min(SERVER_NEW_MAX_DEPTH);
+            asks.new_pieces = depth.saturating_sub(self.server_new_in_flight);
             self.server_new_in_flight += asks.new_pieces;
             return asks;
         }
@@ -529,6 +564,30 @@ mod tests {
         assert!(asked[1..].iter().all(|&piece| piece >= 10), "then the rarest: {asked:?}");
         // The next member asked takes the next missing piece.
         assert_eq!(schedule.asks_for_peer(2, now)[0], 4);
+    }
+
+    #[test]
+    fn a_member_alone_asks_the_server_further_ahead_the_faster_pieces_come() {
+        let start = Instant::now();
+        let mut alone = Schedule::new(Bits::new(1000));
+        assert_eq!(alone.asks_for_server(start).new_pieces, SERVER_NEW_DEPTH);
+        // 200 pieces in the last second (100 MB/s): 10 more kept asked for.
+        for piece in 0..200 {
+            alone.piece_arrived(piece, Source::Server, start + Duration::from_millis(u64::from(piece) * 5));
+        }
+        let now = start + Duration::from_millis(1000);
+        assert_eq!(alone.asks_for_server(now).new_pieces, SERVER_NEW_DEPTH + 10);
+        // A second later with nothing more: back to the least depth, which is already asked.
+        assert_eq!(alone.asks_for_server(now + Duration::from_secs(2)).new_pieces, 0);
+
+        // With another member to take from, the server is asked no further ahead.
+        let mut with_peer = Schedule::new(Bits::new(1000));
+        with_peer.peer_joined(1, Bits::new(1000));
+        with_peer.asks_for_server(start);
+        for piece in 0..200 {
+            with_peer.piece_arrived(piece, Source::Server, start + Duration::from_millis(u64::from(piece) * 5));
+        }
+        assert_eq!(with_peer.asks_for_server(now).new_pieces, SERVER_NEW_DEPTH);
     }
 
     #[test]
