@@ -751,10 +751,17 @@ impl Swarm {
     }
 }
 
-/// Notes `key` as the latest file received whole, and stops sharing the oldest beyond
+/// Notes `key` as the latest file received whole, and stops sharing files received whole that
+/// the person has deleted since (their disk space comes back) and the oldest beyond
 /// [`MAX_COMPLETE_SHARES`].
 fn keep_completed(completed: &mut VecDeque<FileKey>, shares: &mut HashMap<FileKey, Arc<FileShare>>, key: FileKey) {
-    completed.retain(|done| *done != key);
+    completed.retain(|done| {
+        let deleted = shares.get(done).is_some_and(|share| share.state().complete && share.store.is_deleted());
+        if deleted {
+            shares.remove(done);
+        }
+        *done != key && !deleted
+    });
     completed.push_back(key);
     while completed.len() > MAX_COMPLETE_SHARES {
         let Some(oldest) = completed.pop_front() else { break };
@@ -878,6 +885,10 @@ mod tests {
         shares.insert([1; 32], share(dir.path(), [1; 32], 1));
         keep_completed(&mut completed, &mut shares, [42; 32]);
         assert!(shares.contains_key(&[1; 32]));
+        // A received file the person deleted is let go at the next file received whole.
+        std::fs::remove_file(dir.path().join("5-part")).unwrap();
+        keep_completed(&mut completed, &mut shares, [43; 32]);
+        assert!(!shares.contains_key(&[5; 32]) && shares.contains_key(&[6; 32]));
     }
 
     #[test]

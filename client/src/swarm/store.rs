@@ -190,6 +190,11 @@ impl PieceStore {
         Ok(self.sealed.get() != Some(&self.fingerprint()?))
     }
 
+    /// Whether the file has been deleted (this store holds the last reference to its bytes).
+    pub fn is_deleted(&self) -> bool {
+        rustix::fs::fstat(&self.data).is_ok_and(|stat| stat.st_nlink == 0)
+    }
+
     fn fingerprint(&self) -> io::Result<(u64, i64, i64)> {
         let stat = rustix::fs::fstat(&self.data)?;
         Ok((stat.st_size as u64, stat.st_ctime as i64, stat.st_ctime_nsec as i64))
