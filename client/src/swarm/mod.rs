@@ -344,9 +344,14 @@ impl Swarm {
         }
     }
 
-    /// Starts sharing a file; replaces an earlier share of the same bytes.
+    /// Starts sharing a file; replaces an earlier share of the same bytes. Files received
+    /// whole that the person has deleted since are let go now (their space comes back).
     pub fn add_share(&self, share: &Arc<FileShare>) {
-        lock(&self.shares).insert(share.store.key, Arc::clone(share));
+        // Locked in the order share_completed locks them.
+        let mut completed = lock(&self.completed);
+        let mut shares = lock(&self.shares);
+        let_go_of_deleted(&mut completed, &mut shares);
+        shares.insert(share.store.key, Arc::clone(share));
     }
 
     /// Stops sharing a file (its delivery was cancelled or failed): peers asking for it are
@@ -755,13 +760,8 @@ impl Swarm {
 /// the person has deleted since (their disk space comes back) and the oldest beyond
 /// [`MAX_COMPLETE_SHARES`].
 fn keep_completed(completed: &mut VecDeque<FileKey>, shares: &mut HashMap<FileKey, Arc<FileShare>>, key: FileKey) {
-    completed.retain(|done| {
-        let deleted = shares.get(done).is_some_and(|share| share.state().complete && share.store.is_deleted());
-        if deleted {
-            shares.remove(done);
-        }
-        *done != key && !deleted
-    });
+    let_go_of_deleted(completed, shares);
+    completed.retain(|done| *done != key);
     completed.push_back(key);
     while completed.len() > MAX_COMPLETE_SHARES {
         let Some(oldest) = completed.pop_front() else { break };
@@ -770,6 +770,17 @@ fn keep_completed(completed: &mut VecDeque<FileKey>, shares: &mut HashMap<FileKe
             shares.remove(&oldest);
         }
     }
+}
+
+/// Stops sharing files received whole whose stored copy has been deleted.
+fn let_go_of_deleted(completed: &mut VecDeque<FileKey>, shares: &mut HashMap<FileKey, Arc<FileShare>>) {
+    completed.retain(|done| {
+        let deleted = shares.get(done).is_some_and(|share| share.state().complete && share.store.is_deleted());
+        if deleted {
+            shares.remove(done);
+        }
+        !deleted
+    });
 }
 
 /// Checks a piece against the server's piece ends and, if it matches, writes it (on a blocking
