@@ -169,6 +169,19 @@ impl OutputLines {
         }
     }
 
+    /// Waits (up to `timeout`) until every stream has ended and its last line is kept: a child
+    /// that has exited may still have output in its pipes, not yet read.
+    pub fn wait_closed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Everything written so far.
     pub fn text(&self) -> String {
         self.all.lock().unwrap().join("\n")
@@ -465,6 +478,7 @@ impl Listener {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.output.wait_closed(deadline.saturating_duration_since(Instant::now()));
                 return status;
             }
             assert!(Instant::now() < deadline, "listener still running after {timeout:?}:\n{}", self.output());
