@@ -107,7 +107,8 @@ impl PieceEnds {
 }
 
 /// Takes a file's SHA-256 as its bytes stream past, noting the state at the end of every
-/// piece: what the server states to members.
+/// piece: what the server states to members, the last piece's end being the file's SHA-256
+/// ([`Chain::finish`]).
 #[derive(Debug, Clone)]
 pub struct Chain {
     words: [u32; 8],
@@ -116,26 +117,33 @@ pub struct Chain {
     pending_len: usize,
     len: u64,
     piece_len: u64,
+    /// The end of the latest whole piece, passed on once another piece begins: if none does,
+    /// the last piece's end is the file's SHA-256 instead.
+    unsent_end: Option<State>,
 }
 
 impl Chain {
     /// `piece_len` must be a whole number of blocks.
     pub fn new(piece_len: u32) -> Self {
         debug_assert!((piece_len as usize).is_multiple_of(BLOCK) && piece_len > 0);
-        Self { words: INITIAL, pending: [0; BLOCK], pending_len: 0, len: 0, piece_len: u64::from(piece_len) }
+        let piece_len = u64::from(piece_len);
+        Self { words: INITIAL, pending: [0; BLOCK], pending_len: 0, len: 0, piece_len, unsent_end: None }
     }
 
-    /// Hashes `bytes` on, calling `piece_end` with the state at the end of every whole piece
-    /// they complete.
+    /// Hashes `bytes` on, calling `piece_end` with the end of every piece but the last, in
+    /// order, once the piece after it begins.
     pub fn update<E>(&mut self, mut bytes: &[u8], mut piece_end: impl FnMut(State) -> Result<(), E>) -> Result<(), E> {
         while !bytes.is_empty() {
+            if let Some(end) = self.unsent_end.take() {
+                piece_end(end)?;
+            }
             // Never across a piece's end, so the state there can be noted.
             let to_piece_end = (self.piece_len - self.len % self.piece_len) as usize;
             let (now, later) = bytes.split_at(to_piece_end.min(bytes.len()));
             self.absorb(now);
             bytes = later;
             if self.len.is_multiple_of(self.piece_len) {
-                piece_end(to_bytes(&self.words))?;
+                self.unsent_end = Some(to_bytes(&self.words));
             }
         }
         Ok(())
@@ -160,8 +168,7 @@ impl Chain {
         self.pending_len = rest.len();
     }
 
-    /// The file's SHA-256. Its last piece's "end", if that piece was not whole (a whole last
-    /// piece was passed to `update`'s callback, and is replaced by this).
+    /// The file's SHA-256: its last piece's end.
     pub fn finish(self) -> [u8; 32] {
         finish(&to_bytes(&self.words), &self.pending[..self.pending_len], self.len)
     }
@@ -186,21 +193,21 @@ mod tests {
         sha2::Sha256::digest(bytes).into()
     }
 
-    /// Every piece's end as the server states it: the streaming chain's states, the last
-    /// replaced by the file's SHA-256.
+    /// Every piece's end as the server states it, from the streaming chain fed `feed` bytes
+    /// at a time.
     fn stated(content: &[u8], piece_len: u32, feed: usize) -> Vec<State> {
         let mut chain = Chain::new(piece_len);
         let mut ends = Vec::new();
         for part in content.chunks(feed.max(1)) {
             chain
                 .update(part, |end| {
-                    let _: () = ends.push(end);
+                    ends.push(end);
                     Ok::<(), ()>(())
                 })
                 .unwrap();
         }
         let pieces = crate::swarm::piece_count(content.len() as u64, piece_len) as usize;
-        ends.truncate(pieces.saturating_sub(1));
+        assert_eq!(ends.len(), pieces.saturating_sub(1), "every end but the last, once");
         ends.push(chain.finish());
         ends
     }

@@ -151,6 +151,8 @@ pub const SERVER_NEW_MAX_DEPTH: u32 = 32;
 pub const SERVER_NEW_AHEAD: Duration = Duration::from_millis(50);
 /// How far back the rate from the server is measured.
 const SERVER_RATE_WINDOW: Duration = Duration::from_secs(1);
+/// How many [`SERVER_NEW_AHEAD`]s the rate is measured over.
+const AHEADS_PER_WINDOW: u32 = (SERVER_RATE_WINDOW.as_millis() / SERVER_NEW_AHEAD.as_millis()) as u32;
 /// Pieces asked of the server by number at once.
 pub const SERVER_PIECE_DEPTH: u32 = 8;
 /// A request unanswered this long is given up, and the piece asked again elsewhere.
@@ -337,8 +339,7 @@ impl Schedule {
             self.server_arrivals.pop_front();
         }
         // Never more than the deepest depth needs.
-        let per_window = (SERVER_RATE_WINDOW.as_millis() / SERVER_NEW_AHEAD.as_millis()) as usize;
-        while self.server_arrivals.len() > SERVER_NEW_MAX_DEPTH as usize * per_window {
+        while self.server_arrivals.len() > (SERVER_NEW_MAX_DEPTH * AHEADS_PER_WINDOW) as usize {
             self.server_arrivals.pop_front();
         }
     }
@@ -468,9 +469,8 @@ impl Schedule {
         let last_progress = *self.last_progress.get_or_insert(now);
         if self.takes_new_pieces && self.server_exhausted_at.is_none() {
             self.forget_old_arrivals(now);
-            let per_window = SERVER_RATE_WINDOW.as_millis() / SERVER_NEW_AHEAD.as_millis();
             let alone = self.peers.is_empty();
-            let ahead = if alone { self.server_arrivals.len() as u32 / per_window as u32 } else { 0 };
+            let ahead = if alone { self.server_arrivals.len() as u32 / AHEADS_PER_WINDOW } else { 0 };
             let depth = (SERVER_NEW_DEPTH + ahead).min(SERVER_NEW_MAX_DEPTH);
             asks.new_pieces = depth.saturating_sub(self.server_new_in_flight);
             self.server_new_in_flight += asks.new_pieces;

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use gshare_common::files::WriteBehind;
-use gshare_proto::chain::{Chain, State};
+use gshare_proto::chain::Chain;
 use gshare_proto::swarm::PIECE_LEN;
 
 /// What an entry's piece ends are named by: `<sha256 hex>.ends`.
@@ -204,7 +204,7 @@ impl Spool {
         let result = (|| {
             let mut input = File::open(self.path(sha256_hex))?;
             let mut ends =
-                PieceEnds::new(OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?);
+                PieceEndsWriter::new(OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?);
             let mut buffer = vec![0u8; COPY_BUFFER];
             loop {
                 let read = match input.read(&mut buffer) {
@@ -323,7 +323,7 @@ fn copy_hashing(
             behind.finish()
         });
         // The whole-file hash, which notes the piece ends as it goes.
-        let mut ends = PieceEnds::new(pieces);
+        let mut ends = PieceEndsWriter::new(pieces);
         let mut size = 0u64;
         let read_result = loop {
             let mut buffer = recycled.try_recv().unwrap_or_default();
@@ -360,39 +360,29 @@ fn copy_hashing(
 
 /// Takes a file's SHA-256 as its bytes stream past and writes the state at the end of each
 /// piece to a file ([`gshare_proto::chain`]), the file's SHA-256 last.
-struct PieceEnds {
+struct PieceEndsWriter {
     out: io::BufWriter<File>,
     chain: Chain,
-    /// The latest piece end, written once another piece follows it: the last piece's end is
-    /// the file's SHA-256 instead.
-    held: Option<State>,
 }
 
-impl PieceEnds {
+impl PieceEndsWriter {
     fn new(out: File) -> Self {
-        Self { out: io::BufWriter::new(out), chain: Chain::new(PIECE_LEN), held: None }
+        Self { out: io::BufWriter::new(out), chain: Chain::new(PIECE_LEN) }
     }
 
     fn update(&mut self, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
-        let (out, held) = (&mut self.out, &mut self.held);
-        self.chain.update(bytes, |end| match held.replace(end) {
-            Some(earlier) => out.write_all(&earlier),
-            None => Ok(()),
-        })
+        let out = &mut self.out;
+        self.chain.update(bytes, |end| out.write_all(&end))
     }
 
-    /// Writes the last piece's end (the file's SHA-256), makes the file durable, and returns
-    /// the file's SHA-256.
+    /// Writes the last piece's end (the file's SHA-256; an empty file has no pieces), makes
+    /// the file durable, and returns the file's SHA-256.
     fn finish(mut self) -> io::Result<[u8; 32]> {
         use std::io::Write;
-        let len = self.chain.len();
-        let last_piece_whole = len > 0 && len.is_multiple_of(u64::from(PIECE_LEN));
-        if let (false, Some(earlier)) = (last_piece_whole, self.held) {
-            self.out.write_all(&earlier)?;
-        }
+        let has_pieces = !self.chain.is_empty();
         let sha256 = self.chain.finish();
-        if len > 0 {
+        if has_pieces {
             self.out.write_all(&sha256)?;
         }
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
