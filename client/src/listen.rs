@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
 use gshare_common::{Connection, ConnectionError};
@@ -745,6 +746,9 @@ const SCHEDULE_TICK: Duration = Duration::from_millis(250);
 /// Least time between two looks at the schedule: events come by the thousand, and one look
 /// answers all those that came since the last.
 const PUMP_INTERVAL: Duration = Duration::from_millis(5);
+/// Pieces from the server checked and written at once while the next is read: the session
+/// reads one piece while others are hashed, on other cores.
+const SERVER_PIECES_VERIFYING: usize = 4;
 
 /// Answers one swarm offer: checks the name and group, takes the piece hashes, resumes with
 /// the pieces already held, then takes the rest from the server and other members until the
@@ -875,6 +879,11 @@ where
     let file = offer.sha256;
     let mut tick = tokio::time::interval(SCHEDULE_TICK);
     let mut last_pump = Instant::now();
+    // When woken within PUMP_INTERVAL of the last look, the next look waits for this moment,
+    // while frames go on being read.
+    let mut pump_at: Option<Instant> = None;
+    // Pieces from the server being checked and written while the next one is read.
+    let mut verifying = JoinSet::new();
     let bar = FileBar::start(&offer.group, &name, offer.size, held_at_start);
     let mut last_progress = Instant::now();
     loop {
@@ -897,30 +906,13 @@ where
             break;
         }
         tokio::select! {
-            frame = read(connection) => match frame? {
+            frame = read(connection), if verifying.len() < SERVER_PIECES_VERIFYING => match frame? {
                 Some(Frame::Piece { file: piece_file, piece, bytes }) if piece_file == file => {
-                    let len = bytes.len() as u64;
-                    let (verified, spare) = match verify_and_write(&share, piece, bytes).await {
-                        Ok(written) => written,
-                        Err(error) => {
-                            swarm.remove_share(&file);
-                            return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
-                        }
-                    };
-                    if let Some(spare) = spare {
-                        connection.recycle(spare);
-                    }
-                    if verified {
-                        swarm.piece_verified(&share, piece, Source::Server, len);
-                    } else {
-                        // The server's own copy is damaged: asking again would get the same.
-                        swarm.remove_share(&file);
-                        drop(share);
-                        inbox.discard(key);
-                        eprintln!("{}/{name}: SHA-256 mismatch in piece {piece} from the server; thrown away, the server will check its copy and offer it again", offer.group);
-                        let reason = Text::new(&format!("SHA-256 mismatch: piece {piece} from the server does not match its hash"));
-                        return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
-                    }
+                    let writing = Arc::clone(&share);
+                    verifying.spawn(async move {
+                        let len = bytes.len() as u64;
+                        (piece, len, verify_and_write(&writing, piece, bytes).await)
+                    });
                 }
                 Some(Frame::NoNewPiece { file: piece_file }) if piece_file == file => {
                     share.state().schedule.server_exhausted(Instant::now());
@@ -944,10 +936,41 @@ where
                 None => return Err(SessionError::Protocol("closed in the middle of a file".into())),
                 Some(_) => return Err(SessionError::Protocol("an unexpected frame in the middle of a file".into())),
             },
-            () = share.wake.notified() => {
-                if let Some(wait) = PUMP_INTERVAL.checked_sub(last_pump.elapsed()) {
-                    tokio::time::sleep(wait).await;
+            Some(checked) = verifying.join_next(), if !verifying.is_empty() => {
+                let (piece, len, written) = checked.unwrap_or_else(|error| (0, 0, Err(std::io::Error::other(error))));
+                let (verified, spare) = match written {
+                    Ok(written) => written,
+                    Err(error) => {
+                        swarm.remove_share(&file);
+                        return cannot_store(connection, &offer, &name, inbox.path(), &error).await;
+                    }
+                };
+                if let Some(spare) = spare {
+                    connection.recycle(spare);
                 }
+                if verified {
+                    swarm.piece_verified(&share, piece, Source::Server, len);
+                } else {
+                    // The server's own copy is damaged: asking again would get the same.
+                    swarm.remove_share(&file);
+                    verifying.shutdown().await;
+                    drop(share);
+                    inbox.discard(key);
+                    eprintln!("{}/{name}: SHA-256 mismatch in piece {piece} from the server; thrown away, the server will check its copy and offer it again", offer.group);
+                    let reason = Text::new(&format!("SHA-256 mismatch: piece {piece} from the server does not match its hash"));
+                    return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
+                }
+            }
+            () = share.wake.notified(), if pump_at.is_none() => {
+                if last_pump.elapsed() >= PUMP_INTERVAL {
+                    swarm.pump(&share);
+                    last_pump = Instant::now();
+                } else {
+                    pump_at = Some(last_pump + PUMP_INTERVAL);
+                }
+            }
+            () = gshare_common::sleep_until(pump_at.map(tokio::time::Instant::from_std)) => {
+                pump_at = None;
                 swarm.pump(&share);
                 last_pump = Instant::now();
             }
@@ -963,6 +986,9 @@ where
             }
         }
     }
+    // A piece the server sent may also have come from a member meanwhile: its write (the
+    // same bytes) ends before the file is made durable.
+    while verifying.join_next().await.is_some() {}
 
     // Whole: every piece passed, so the file's own SHA-256 has been computed and matched
     // (each piece was checked from the state at the end of the one before, the last against

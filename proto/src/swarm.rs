@@ -140,17 +140,18 @@ pub const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 /// "New piece" requests to the server at once, at least: enough to keep a member's share of
 /// the server's link busy while the next request is on its way.
 pub const SERVER_NEW_DEPTH: u32 = 4;
-/// ... and at most (16 MiB).
-pub const SERVER_NEW_MAX_DEPTH: u32 = 32;
+/// ... and at most (24 MiB; with [`SERVER_PIECE_DEPTH`], within the 64 requests a server
+/// queues for a member).
+pub const SERVER_NEW_MAX_DEPTH: u32 = 48;
 /// A member with no other member to take pieces from asks, beyond [`SERVER_NEW_DEPTH`], for
-/// about this much of its rate from the server (measured over the last second): the server is
+/// about this much of its rate from the server (measured over the last half second): the server is
 /// its only source, and a fixed depth would leave a lone member on a fast link waiting for
 /// each round trip. A member with others to take from keeps to [`SERVER_NEW_DEPTH`]: a piece
 /// handed out to it would wait behind the others queued for it, while every other member
 /// wants it next.
-pub const SERVER_NEW_AHEAD: Duration = Duration::from_millis(50);
+pub const SERVER_NEW_AHEAD: Duration = Duration::from_millis(100);
 /// How far back the rate from the server is measured.
-const SERVER_RATE_WINDOW: Duration = Duration::from_secs(1);
+const SERVER_RATE_WINDOW: Duration = Duration::from_millis(500);
 /// How many [`SERVER_NEW_AHEAD`]s the rate is measured over.
 const AHEADS_PER_WINDOW: u32 = (SERVER_RATE_WINDOW.as_millis() / SERVER_NEW_AHEAD.as_millis()) as u32;
 /// Pieces asked of the server by number at once.
@@ -571,12 +572,12 @@ mod tests {
         let start = Instant::now();
         let mut alone = Schedule::new(Bits::new(1000));
         assert_eq!(alone.asks_for_server(start).new_pieces, SERVER_NEW_DEPTH);
-        // 200 pieces in the last second (100 MB/s): 10 more kept asked for.
+        // 200 pieces a second (100 MB/s): 100 ms of them, 20 more, kept asked for.
         for piece in 0..200 {
             alone.piece_arrived(piece, Source::Server, start + Duration::from_millis(u64::from(piece) * 5));
         }
         let now = start + Duration::from_millis(1000);
-        assert_eq!(alone.asks_for_server(now).new_pieces, SERVER_NEW_DEPTH + 10);
+        assert_eq!(alone.asks_for_server(now).new_pieces, SERVER_NEW_DEPTH + 20);
         // A second later with nothing more: back to the least depth, which is already asked.
         assert_eq!(alone.asks_for_server(now + Duration::from_secs(2)).new_pieces, 0);
 
