@@ -29,6 +29,10 @@ Usage (root, from the repository root, after `cargo build --release`):
     python3 bench/run.py --link-mbit 100 --members 1,8,16 --sizes 256M --json bench/out/link.json
 
 Every load is bounded: a fixed list of transfers, each with a time limit.
+
+GSHARE_BENCH_KEEP=1 keeps the work directory (logs, received files) for a look afterwards;
+GSHARE_BENCH_RUST_LOG sets the programs' log filter (default `info`; for instance
+`info,gshare_client=debug` logs each member connection).
 """
 
 import argparse
@@ -82,6 +86,10 @@ class Lan:
         for name in ["br"] + [h for h, _ in hosts]:
             sh("ip", "netns", "add", ns(name))
             self.names.append(name)
+        # A LAN switch forwards frames without running this machine's firewall rules; where
+        # br_netfilter is loaded, the bridge would (per packet, charged to whoever runs).
+        sh("ip", "netns", "exec", ns("br"), "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0",
+           "net.bridge.bridge-nf-call-ip6tables=0", "net.bridge.bridge-nf-call-arptables=0", check=False)
         sh("ip", "-n", ns("br"), "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
         sh("ip", "-n", ns("br"), "link", "set", "br0", "up")
         for index, (host, address) in enumerate(hosts):
@@ -245,7 +253,7 @@ class Gshare:
         self.server_log = self.dir / "server.log"
         self.server = subprocess.Popen(
             in_ns("server", BIN / "gshare-server", "--config", config),
-            stdout=subprocess.DEVNULL, stderr=open(self.server_log, "w"), env={**os.environ, "RUST_LOG": "info"},
+            stdout=subprocess.DEVNULL, stderr=open(self.server_log, "w"), env={**os.environ, "RUST_LOG": os.environ.get("GSHARE_BENCH_RUST_LOG", "info")},
         )
         wait_for_line(self.server_log, "gshare-server ready", 30, self.server)
         fingerprint = sh(BIN / "gshare-server", "--config", config, "fingerprint").stdout.strip()
@@ -269,7 +277,7 @@ class Gshare:
             args = ["listen", "--out", out] + [a for n, g in groups.items() if i <= n for a in ("--group", g)]
             process = subprocess.Popen(
                 in_ns(f"m{i}", BIN / "gshare-client", "--home", home, *args),
-                stdout=subprocess.DEVNULL, stderr=open(log, "w"), env={**os.environ, "RUST_LOG": "info"},
+                stdout=subprocess.DEVNULL, stderr=open(log, "w"), env={**os.environ, "RUST_LOG": os.environ.get("GSHARE_BENCH_RUST_LOG", "info")},
             )
             wait_for_line(log, "waiting for files", 30, process)
             self.listeners[i] = (process, out)
