@@ -54,8 +54,8 @@ impl Hook {
             let program = hook.program.display();
             match status {
                 Ok(status) if status.success() => tracing::info!(%program, file = %file.display(), "hook ran"),
-                Ok(status) => eprintln!("the hook {program} failed for {} ({status})", file.display()),
-                Err(error) => eprintln!("cannot run the hook {program} for {}: {error}", file.display()),
+                Ok(status) => gshare_common::say!("the hook {program} failed for {} ({status})", file.display()),
+                Err(error) => gshare_common::say!("cannot run the hook {program} for {}: {error}", file.display()),
             }
         });
     }

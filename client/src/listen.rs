@@ -160,7 +160,7 @@ pub async fn listen(
                         peer_port = start_serving(settings, &renewed, &swarm).await?;
                     }
                     if let Ok((_, expires)) = renewed.validity() {
-                        eprintln!("certificate renewed; the new one is valid until {}", format_time(expires));
+                        gshare_common::say!("certificate renewed; the new one is valid until {}", format_time(expires));
                     }
                     enrollment = renewed;
                 }
@@ -272,7 +272,7 @@ async fn start_serving(
         return Ok(None);
     }
     if !gshare_certs::authority::can_serve(&enrollment.certificate_der) {
-        eprintln!(
+        gshare_common::say!(
             "this member's certificate predates swarm delivery: it receives, but does not pass files on to other members; run `gshare-client enroll` again to serve"
         );
         return Ok(None);
@@ -286,7 +286,7 @@ async fn start_serving(
             let listener =
                 TcpListener::bind(any).await.map_err(|source| ListenError::PeerListen { address: wanted, source })?;
             if let Ok(bound) = listener.local_addr() {
-                eprintln!(
+                gshare_common::say!(
                     "{wanted} is in use; accepting other members on {bound} instead ([peer] listen in client.toml)"
                 );
             }
@@ -341,7 +341,7 @@ impl Renewal {
     /// Says once why renewal failed, and puts the next attempt off.
     fn failed(&mut self, error: &RenewError) {
         if !self.told {
-            eprintln!(
+            gshare_common::say!(
                 "cannot renew this member's certificate yet ({error}); trying again later, the current one stays in use"
             );
             self.told = true;
@@ -363,7 +363,7 @@ struct Waiting {
 impl Waiting {
     fn note(&mut self, sentence: &str) {
         if !self.told {
-            eprintln!("{sentence}");
+            gshare_common::say!("{sentence}");
             self.told = true;
         }
         tracing::debug!("{sentence}");
@@ -371,7 +371,7 @@ impl Waiting {
 
     fn reached(&mut self, server: &ServerAddress) {
         if std::mem::take(&mut self.told) || !std::mem::replace(&mut self.connected_before, true) {
-            eprintln!("connected to the server at {server}; waiting for files");
+            gshare_common::say!("connected to the server at {server}; waiting for files");
         }
     }
 }
@@ -471,12 +471,12 @@ fn accepted<'a>(offer: &Offer, inboxes: &'a HashMap<GroupName, Inbox>) -> Result
     let name = RelativePath::from_bytes(&offer.name).map_err(|error| {
         let shown = String::from_utf8_lossy(&offer.name).escape_debug().to_string();
         tracing::info!(delivery = id.0, name = %shown, "refused a file: {error}");
-        eprintln!("refused a file named \"{shown}\": {error}");
+        gshare_common::say!("refused a file named \"{shown}\": {error}");
         error.to_string()
     })?;
     let inbox = inboxes.get(&offer.group).ok_or_else(|| {
         tracing::info!(delivery = id.0, group = %offer.group, "refused a file for a group not subscribed");
-        eprintln!("refused a file for {}, a group this listener does not receive", offer.group);
+        gshare_common::say!("refused a file for {}, a group this listener does not receive", offer.group);
         format!("not subscribed to {}", offer.group)
     })?;
     Ok((name, inbox))
@@ -555,7 +555,7 @@ where
                 drop(partial);
                 inbox.discard(key);
                 tracing::info!(delivery = id.0, file = %name, "the server withdrew the file: {reason}");
-                eprintln!("{}/{name}: withdrawn by the server ({reason}); nothing kept", offer.group);
+                gshare_common::say!("{}/{name}: withdrawn by the server ({reason}); nothing kept", offer.group);
                 return Ok(());
             }
             None => return Err(SessionError::Protocol("closed in the middle of a file".into())),
@@ -593,12 +593,21 @@ where
 {
     inbox.discard(key);
     tracing::info!(delivery = offer.delivery.0, file = %name, "SHA-256 mismatch: the file was thrown away");
-    eprintln!(
+    gshare_common::say!(
         "{}/{name}: SHA-256 mismatch; thrown away, the server will check its copy and offer it again",
         offer.group
     );
     let reason = Text::new("SHA-256 mismatch: the data does not match the offer");
     Ok(connection.write_frame(&Frame::Failed { delivery: offer.delivery, reason }).await?)
+}
+
+/// Writes a line to standard output for the person (or a script) watching. The file it tells
+/// of is stored already; if the line cannot be written (the output is a file on a full disk,
+/// or a pipe nobody reads any more), the listener goes on receiving without it.
+fn print_line(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
 }
 
 /// Tells the person where an acknowledged file went (and why it took another name, if it
@@ -612,18 +621,23 @@ fn say_stored(
     hook: Option<&Hook>,
 ) {
     if told_cannot_store().remove(&offer.delivery.0) {
-        println!("{}/{name}: there is room again", offer.group);
+        print_line(format_args!("{}/{name}: there is room again", offer.group));
     }
     if identical {
-        println!("{}/{name}: the same bytes are already here as {stored}; no second copy", offer.group);
+        print_line(format_args!("{}/{name}: the same bytes are already here as {stored}; no second copy", offer.group));
     } else if stored != name {
         tracing::info!(file = %name, stored_as = %stored, "a different file already had the name; kept it");
-        eprintln!(
+        gshare_common::say!(
             "{}/{name}: a different file already has that name; kept it, and saved this one as {stored}",
             offer.group
         );
     }
-    println!("received {} ({} bytes, SHA-256 verified) in {}", stored, offer.size, inbox.path().display());
+    print_line(format_args!(
+        "received {} ({} bytes, SHA-256 verified) in {}",
+        stored,
+        offer.size,
+        inbox.path().display()
+    ));
     if let Some(hook) = hook {
         hook.run(inbox.path(), stored, &offer.group, offer.size, &offer.sha256);
     }
@@ -657,7 +671,7 @@ where
     // Said once per delivery, not at every retry while the disk stays full.
     let first = told_cannot_store().insert(offer.delivery.0);
     if first {
-        eprintln!(
+        gshare_common::say!(
             "{}/{name}: {reason}; what arrived is kept, and the server offers the file again shortly (free some space, or fix the directory)",
             offer.group
         );
@@ -927,7 +941,7 @@ where
                     drop(share);
                     inbox.discard(key);
                     tracing::info!(delivery = id.0, file = %name, "the server withdrew the file: {reason}");
-                    eprintln!("{}/{name}: withdrawn by the server ({reason}); nothing kept", offer.group);
+                    gshare_common::say!("{}/{name}: withdrawn by the server ({reason}); nothing kept", offer.group);
                     return Ok(());
                 }
                 Some(Frame::Ping) => connection.write_frame(&Frame::Pong).await?,
@@ -956,7 +970,7 @@ where
                     verifying.shutdown().await;
                     drop(share);
                     inbox.discard(key);
-                    eprintln!("{}/{name}: SHA-256 mismatch in piece {piece} from the server; thrown away, the server will check its copy and offer it again", offer.group);
+                    gshare_common::say!("{}/{name}: SHA-256 mismatch in piece {piece} from the server; thrown away, the server will check its copy and offer it again", offer.group);
                     let reason = Text::new(&format!("SHA-256 mismatch: piece {piece} from the server does not match its hash"));
                     return Ok(connection.write_frame(&Frame::Failed { delivery: id, reason }).await?);
                 }

@@ -193,7 +193,7 @@ fn groups(settings: &ClientSettings, wait: Duration) -> anyhow::Result<()> {
         Until::Complete,
     ))?;
     if found.drops.total() > 0 {
-        eprintln!("warning: ignored datagrams that failed verification: {}", found.drops.summary());
+        gshare_common::say!("warning: ignored datagrams that failed verification: {}", found.drops.summary());
     }
     if found.servers.is_empty() {
         let wait = humantime::format_duration(wait);

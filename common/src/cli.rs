@@ -14,6 +14,9 @@ pub fn init_logging(default_filter: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        // A record that cannot be written (stderr is a file on a full disk) is dropped; the
+        // builder's default would say so with `eprintln!`, which panics when stderr fails.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -37,7 +40,7 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            crate::say!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -53,9 +56,23 @@ pub fn write_stdout(text: std::fmt::Arguments<'_>) {
         if error.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("error: cannot write to standard output: {error}");
+        crate::say!("error: cannot write to standard output: {error}");
         std::process::exit(1);
     }
+}
+
+/// Writes a line for the person to standard error. If it cannot be written (standard error is
+/// a file on a full disk, or a pipe nobody reads), the process goes on without it: a listener
+/// must not stop receiving files for want of somewhere to say so. (`eprintln!` would panic.)
+pub fn write_stderr_line(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// `eprintln!` through [`write_stderr_line`].
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::cli::write_stderr_line(format_args!($($arg)*)) };
 }
 
 /// `print!` through [`write_stdout`].

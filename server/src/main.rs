@@ -256,7 +256,7 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
 /// others may read gets a warning, with the command that fixes it.
 fn warn_if_users_file_is_readable(path: &std::path::Path) {
     if let Ok(Some(mode)) = users::readable_by_others(path) {
-        eprintln!(
+        gshare_common::say!(
             "warning: {} can be read by other users (mode {mode:04o}); its password hashes are secrets too: chmod o-rwx {}",
             path.display(),
             path.display()
@@ -535,7 +535,7 @@ fn send(
 ) -> anyhow::Result<()> {
     let listed = gshare_server::sendlist::list(&files)?;
     for skipped in &listed.skipped {
-        eprintln!("{skipped}");
+        gshare_common::say!("{skipped}");
     }
     let mut names: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
     let mut progress = SendProgress::new(wait);

@@ -1,6 +1,7 @@
 //! Full disks, on filesystems made for the test (size-limited tmpfs mounts; root only, skipped
 //! with a SKIPPED line elsewhere): a member's disk filling in the middle of a file, and a
-//! server whose spool cannot hold what it is asked to send.
+//! server whose spool cannot hold what it is asked to send. And a listener whose own output
+//! goes to a full disk (`/dev/full`, anywhere).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
 
@@ -120,6 +121,36 @@ fn a_member_whose_disk_fills_mid_file_says_no_space_and_gets_the_file_once_there
     assert!(std::fs::read(disk.path().join("dataset.bin")).unwrap() == std::fs::read(&file).unwrap(), "bytes differ");
     assert_eq!(names_in(disk.path()), ["dataset.bin"], "a temporary file was left behind");
     assert!(wait_until(LONG, || first_delivery(&server).0 == "delivered"), "{}", status(&server));
+}
+
+#[test]
+fn a_listener_whose_output_goes_to_a_full_disk_goes_on_receiving() {
+    let net = TestNet::loopback();
+    let mut server = ServerProcess::start(&net);
+    server.add_user("alice", "Developers", PASSWORD);
+    let home = ClientHome::enrolled(&net, &server, "alice", PASSWORD);
+    let out = tempfile::tempdir().unwrap();
+    // Every write to /dev/full fails with "no space left on device".
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let mut listener = home
+        .command()
+        .args(["listen", "--group", "Developers", "--out"])
+        .arg(out.path())
+        .env("RUST_LOG", "info")
+        .stdout(full())
+        .stderr(full())
+        .spawn()
+        .unwrap();
+    let source = tempfile::tempdir().unwrap();
+    for (seed, name) in [(31, "first.bin"), (32, "second.bin")] {
+        let file = random_file(source.path(), name, 300_000, seed);
+        let sent = server.send("Developers", &[&file], true);
+        assert!(sent.status.success(), "{}", text(&sent.stderr));
+        assert_eq!(std::fs::read(out.path().join(name)).unwrap(), std::fs::read(&file).unwrap(), "bytes differ");
+        assert!(listener.try_wait().unwrap().is_none(), "the listener stopped: {:?}", listener.try_wait());
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
 }
 
 /// A server whose state directory (database and spool) is on `disk`.

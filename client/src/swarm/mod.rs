@@ -641,7 +641,7 @@ impl Swarm {
                                 state.bad.push(certificate);
                             }
                         }
-                        eprintln!(
+                        gshare_common::say!(
                             "a member sent a piece that did not verify; thrown away, taken from elsewhere ({certificate})"
                         );
                         return Err(format!("piece {piece} did not verify; not kept, not passed on"));
