@@ -141,11 +141,6 @@ struct PeerHandle {
 /// waiting for a peer list that names it.
 const UNNAMED_LIMIT: Duration = Duration::from_secs(30);
 
-/// Longest a "have" waits to go out with other frames to the same member: each one sent alone
-/// is a packet and a wakeup for every member exchanging the file, for every piece. Short
-/// beside the time a piece takes to cross a link (40 ms at 100 Mbit/s).
-const HAVE_DELAY: Duration = Duration::from_millis(10);
-
 /// Files received whole that this member goes on serving, at most (the most recent): each
 /// holds its file open, so a file the person deletes keeps its disk space while it is served.
 const MAX_COMPLETE_SHARES: usize = 8;
@@ -818,46 +813,17 @@ pub async fn verify_and_write(
 /// Writes what a peer connection has to send, small frames first, until it is closed.
 async fn write_peer<W: AsyncWrite + Unpin>(writer: W, mut outgoing: PeerQueue, close: watch::Sender<bool>) {
     // Small frames (haves, requests) gather in a buffer and go out together, in one TLS
-    // record, when there is nothing more to send right now; haves alone wait up to
-    // HAVE_DELAY for company (a piece or another frame takes them along).
+    // record, when there is nothing more to send right now.
     let mut connection = Connection::new(tokio::io::BufWriter::with_capacity(16 * 1024, writer));
     connection.set_write_timeout(PEER_WRITE_TIMEOUT);
     let mut buffer = Vec::new();
-    let mut haves_due: Option<tokio::time::Instant> = None;
-    // Whether a frame other than a have waits in the buffer: it goes now.
-    let mut urgent = false;
-    loop {
-        let item = tokio::select! {
-            biased;
-            item = outgoing.next() => item,
-            () = gshare_common::sleep_until(haves_due) => {
-                haves_due = None;
-                if connection.flush().await.is_err() {
-                    break;
-                }
-                continue;
-            }
-        };
-        let Some(item) = item else { break };
+    while let Some(item) = outgoing.next().await {
         let written = match item {
-            PeerOut::Frame(frame) => {
-                urgent |= !matches!(frame, Frame::Have { .. });
-                match connection.write_frame_unflushed(&frame).await {
-                    Ok(()) if !outgoing.no_frames_waiting() => Ok(()),
-                    Ok(()) if urgent => {
-                        (haves_due, urgent) = (None, false);
-                        connection.flush().await
-                    }
-                    Ok(()) => {
-                        haves_due.get_or_insert_with(|| tokio::time::Instant::now() + HAVE_DELAY);
-                        Ok(())
-                    }
-                    other => other,
-                }
-            }
+            PeerOut::Frame(frame) => match connection.write_frame_unflushed(&frame).await {
+                Ok(()) if outgoing.no_frames_waiting() => connection.flush().await,
+                other => other,
+            },
             PeerOut::Piece(share, piece) => {
-                // A piece is flushed as it is written, and the small frames before it with it.
-                (haves_due, urgent) = (None, false);
                 if let Some(bytes) = share.recent(piece) {
                     let written = connection.write_piece(&share.store.key, piece, &bytes).await;
                     if written.is_err() {
@@ -935,30 +901,6 @@ mod tests {
         std::fs::remove_file(dir.path().join("5-part")).unwrap();
         keep_completed(&mut completed, &mut shares, [43; 32]);
         assert!(!shares.contains_key(&[5; 32]) && shares.contains_key(&[6; 32]));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_have_waits_a_little_for_company_and_a_request_takes_it_along_at_once() {
-        let (ours, theirs) = tokio::io::duplex(1 << 16);
-        let (out, queue) = peer_queue();
-        let (close, _closed) = watch::channel(false);
-        tokio::spawn(write_peer(ours, queue, close));
-        let mut other = Connection::new(theirs);
-        let file = [7u8; 32];
-
-        out.send(PeerOut::Frame(Frame::Have { file, piece: 1 }));
-        assert!(tokio::time::timeout(HAVE_DELAY / 2, other.read_frame()).await.is_err(), "a have went out alone");
-        let late = tokio::time::timeout(HAVE_DELAY, other.read_frame()).await;
-        assert!(matches!(late, Ok(Ok(Some(Frame::Have { piece: 1, .. })))), "{late:?}");
-
-        // A request goes at once, and the have waiting before it with it.
-        out.send(PeerOut::Frame(Frame::Have { file, piece: 2 }));
-        tokio::task::yield_now().await;
-        out.send(PeerOut::Frame(Frame::PieceRequest { file, piece: 3 }));
-        let first = tokio::time::timeout(Duration::from_micros(10), other.read_frame()).await;
-        assert!(matches!(first, Ok(Ok(Some(Frame::Have { piece: 2, .. })))), "{first:?}");
-        let second = tokio::time::timeout(Duration::from_micros(10), other.read_frame()).await;
-        assert!(matches!(second, Ok(Ok(Some(Frame::PieceRequest { piece: 3, .. })))), "{second:?}");
     }
 
     #[test]
