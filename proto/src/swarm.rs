@@ -177,8 +177,7 @@ pub const PEER_PATIENCE: Duration = Duration::from_secs(3);
 struct PeerView {
     has: Bits,
     in_flight: u32,
-    /// Let go as the slowest of those taken from: asked nothing until `resting_until`.
-    retired: bool,
+    /// Let go as the slowest of those taken from: asked nothing until then.
     resting_until: Option<Instant>,
     /// Pieces that came from it since the last rotation.
     arrived: u32,
@@ -186,7 +185,7 @@ struct PeerView {
 
 impl PeerView {
     fn is_active(&self) -> bool {
-        self.in_flight > 0 && !self.retired
+        self.in_flight > 0 && self.resting_until.is_none()
     }
 }
 
@@ -284,7 +283,7 @@ impl Schedule {
         for piece in has.ones() {
             self.availability[piece as usize] = self.availability[piece as usize].saturating_add(1);
         }
-        self.peers.insert(peer, PeerView { has, in_flight: 0, retired: false, resting_until: None, arrived: 0 });
+        self.peers.insert(peer, PeerView { has, in_flight: 0, resting_until: None, arrived: 0 });
     }
 
     /// A member now holds `piece` too.
@@ -422,7 +421,7 @@ impl Schedule {
             return;
         }
         self.last_rotation = Some(now);
-        let others = self.peers.values().filter(|view| !view.is_active() && !view.retired).count();
+        let others = self.peers.values().filter(|view| !view.is_active() && view.resting_until.is_none()).count();
         let active = self.peers.iter().filter(|(_, view)| view.is_active());
         let slowest = active.clone().min_by_key(|(_, view)| view.arrived).map(|(&peer, _)| peer);
         if let Some(slowest) = slowest
@@ -430,7 +429,6 @@ impl Schedule {
             && others > 0
             && let Some(view) = self.peers.get_mut(&slowest)
         {
-            view.retired = true;
             view.resting_until = Some(now + REST);
         }
         for view in self.peers.values_mut() {
@@ -441,13 +439,12 @@ impl Schedule {
     /// Pieces to ask of `peer` now (and counted as asked), rarest first.
     pub fn asks_for_peer(&mut self, peer: u64, now: Instant) -> Vec<u32> {
         if let Some(view) = self.peers.get_mut(&peer)
-            && view.retired
-            && view.resting_until.is_none_or(|until| now >= until)
+            && view.resting_until.is_some_and(|until| now >= until)
         {
-            view.retired = false;
+            view.resting_until = None;
         }
         let Some(view) = self.peers.get(&peer) else { return Vec::new() };
-        if view.retired {
+        if view.resting_until.is_some() {
             return Vec::new();
         }
         // A member not taken from now is asked only while fewer than ACTIVE_SOURCES are.
@@ -680,9 +677,9 @@ mod tests {
         assert_eq!(new.len(), 1, "asked {new:?}");
         assert!(!asked.contains(&new[0]), "{new:?} was taken from already: {asked:?}");
         // Once it has rested, it may be taken from again.
-        assert!(schedule.peers.get(&silent).is_some_and(|view| view.retired));
+        assert!(schedule.peers.get(&silent).is_some_and(|view| view.resting_until.is_some()));
         schedule.asks_for_peer(silent, later + ROTATE_EVERY);
-        assert!(schedule.peers.get(&silent).is_some_and(|view| !view.retired));
+        assert!(schedule.peers.get(&silent).is_some_and(|view| view.resting_until.is_none()));
     }
 
     #[test]
