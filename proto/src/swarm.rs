@@ -179,13 +179,18 @@ struct PeerView {
     in_flight: u32,
     /// Let go as the slowest of those taken from: asked nothing until then.
     resting_until: Option<Instant>,
+    /// How often it was let go: a member let go more often is taken from after the others.
+    let_go: u32,
+    /// Asked, beyond the members taken from, only for the first piece we miss, which nobody
+    /// else has: it does not count as taken from.
+    for_first_missing: bool,
     /// Pieces that came from it since the last rotation.
     arrived: u32,
 }
 
 impl PeerView {
     fn is_active(&self) -> bool {
-        self.in_flight > 0 && self.resting_until.is_none()
+        self.in_flight > 0 && self.resting_until.is_none() && !self.for_first_missing
     }
 }
 
@@ -283,7 +288,10 @@ impl Schedule {
         for piece in has.ones() {
             self.availability[piece as usize] = self.availability[piece as usize].saturating_add(1);
         }
-        self.peers.insert(peer, PeerView { has, in_flight: 0, resting_until: None, arrived: 0 });
+        self.peers.insert(
+            peer,
+            PeerView { has, in_flight: 0, resting_until: None, let_go: 0, for_first_missing: false, arrived: 0 },
+        );
     }
 
     /// A member now holds `piece` too.
@@ -430,6 +438,7 @@ impl Schedule {
             && let Some(view) = self.peers.get_mut(&slowest)
         {
             view.resting_until = Some(now + REST);
+            view.let_go += 1;
         }
         for view in self.peers.values_mut() {
             view.arrived = 0;
@@ -438,18 +447,34 @@ impl Schedule {
 
     /// Pieces to ask of `peer` now (and counted as asked), rarest first.
     pub fn asks_for_peer(&mut self, peer: u64, now: Instant) -> Vec<u32> {
-        if let Some(view) = self.peers.get_mut(&peer)
-            && view.resting_until.is_some_and(|until| now >= until)
-        {
-            view.resting_until = None;
+        if let Some(view) = self.peers.get_mut(&peer) {
+            if view.resting_until.is_some_and(|until| now >= until) {
+                view.resting_until = None;
+            }
+            if view.in_flight == 0 {
+                view.for_first_missing = false;
+            }
         }
         let Some(view) = self.peers.get(&peer) else { return Vec::new() };
-        if view.resting_until.is_some() {
-            return Vec::new();
-        }
-        // A member not taken from now is asked only while fewer than ACTIVE_SOURCES are.
-        if !view.is_active() && self.peers.values().filter(|view| view.is_active()).count() >= ACTIVE_SOURCES {
-            return Vec::new();
+        // A member not taken from now is asked only while fewer than ACTIVE_SOURCES are, or
+        // (resting or not) for the first piece we miss when only it has that piece: a slow
+        // member's pieces must not wait for it to be taken from again.
+        let busy = self.peers.values().filter(|view| view.is_active()).count() >= ACTIVE_SOURCES;
+        if !view.is_active() && (busy || view.resting_until.is_some()) {
+            let first = self.first_missing;
+            let only_it = first < self.have.len()
+                && view.has.get(first)
+                && self.availability[first as usize] == 1
+                && !self.in_flight.contains_key(&first);
+            if !only_it || view.in_flight > 0 {
+                return Vec::new();
+            }
+            self.in_flight.entry(first).or_default().push((Source::Peer(peer), now));
+            if let Some(view) = self.peers.get_mut(&peer) {
+                view.in_flight += 1;
+                view.for_first_missing = true;
+            }
+            return vec![first];
         }
         let room =
             PEER_DEPTH.saturating_sub(view.in_flight).min(MAX_IN_FLIGHT.saturating_sub(self.asked_of_peers())) as usize;
@@ -513,19 +538,20 @@ impl Schedule {
 
     /// The members to look at for pieces, in the order to ask them: those taken from now
     /// first (so a free place among [`ACTIVE_SOURCES`] goes to another only when one of them
-    /// has nothing more for us), then the others in an order of this member's own, so that
-    /// different members take from different members.
+    /// has nothing more for us), then the others, those let go for slowness less often first
+    /// (a slow member is not taken back again and again), and among equals in an order of
+    /// this member's own, so that different members take from different members.
     pub fn peers_in_order(&self) -> Vec<u64> {
-        let mut order: Vec<(bool, u64, u64)> = self
+        let mut order: Vec<(bool, u32, u64, u64)> = self
             .peers
             .iter()
             .map(|(&peer, view)| {
                 let rank = (peer ^ u64::from(self.seed)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                (!view.is_active(), rank, peer)
+                (!view.is_active(), view.let_go, rank, peer)
             })
             .collect();
         order.sort_unstable();
-        order.into_iter().map(|(_, _, peer)| peer).collect()
+        order.into_iter().map(|(_, _, _, peer)| peer).collect()
     }
 
     /// What to ask of the server now (and counted as asked).
@@ -680,6 +706,24 @@ mod tests {
         assert!(schedule.peers.get(&silent).is_some_and(|view| view.resting_until.is_some()));
         schedule.asks_for_peer(silent, later + ROTATE_EVERY);
         assert!(schedule.peers.get(&silent).is_some_and(|view| view.resting_until.is_none()));
+    }
+
+    #[test]
+    fn the_first_missing_piece_only_one_member_has_is_asked_of_it_beyond_the_four() {
+        let now = Instant::now();
+        let mut schedule = Schedule::new(Bits::new(100));
+        for peer in 1..=4 {
+            schedule.peer_joined(peer, holding(100, 1..100));
+        }
+        schedule.peer_joined(9, holding(100, [0]));
+        for peer in 1..=4 {
+            assert!(!schedule.asks_for_peer(peer, now).is_empty());
+        }
+        assert_eq!(schedule.asks_for_peer(9, now), [0], "piece 0 waits for a member nobody takes from");
+        assert!(schedule.asks_for_peer(9, now).is_empty(), "one such piece at a time");
+        // It is not one of the members taken from: a fifth with pieces to give is still not asked.
+        schedule.peer_joined(10, holding(100, 50..100));
+        assert!(schedule.asks_for_peer(10, now).is_empty());
     }
 
     #[test]
