@@ -135,6 +135,9 @@ struct PeerHandle {
     /// member that connects before our own peer list names it is kept waiting for the list
     /// (for at most [`UNNAMED_LIMIT`]), not closed by the first list that does not name it yet.
     named: bool,
+    /// Told to close: it no longer counts as a connection to its member, which is dialled
+    /// anew if the server names it again before the old connection is gone.
+    closing: bool,
 }
 
 /// How long a connection from a member the server has not named for any file is kept open,
@@ -374,13 +377,14 @@ impl Swarm {
     pub fn clear(&self) {
         lock(&self.shares).clear();
         lock(&self.completed).clear();
-        for handle in lock(&self.peers).values() {
+        for handle in lock(&self.peers).values_mut() {
             let _ = handle.close.send(true);
+            handle.closing = true;
         }
     }
 
     fn is_connected(&self, certificate: &Fingerprint) -> bool {
-        lock(&self.peers).values().any(|handle| handle.certificate == *certificate)
+        lock(&self.peers).values().any(|handle| handle.certificate == *certificate && !handle.closing)
     }
 
     /// A file with these bytes already received whole in this session, if there is one: a new
@@ -411,10 +415,14 @@ impl Swarm {
         let mut joined = false;
         let me = self.me();
         for (&id, handle) in lock(&self.peers).iter_mut() {
+            if handle.closing {
+                continue;
+            }
             if !allowed_anywhere.contains(&handle.certificate) {
                 if handle.named {
                     tracing::info!(peer = %handle.certificate, "closing the connection to a member the server no longer names");
                     let _ = handle.close.send(true);
+                    handle.closing = true;
                 }
                 continue;
             }
@@ -515,6 +523,7 @@ impl Swarm {
             announced,
             pending: HashMap::new(),
             named,
+            closing: false,
         };
         lock(&self.peers).insert(id, handle);
         tracing::debug!(%address, peer = %certificate, "member connected");
