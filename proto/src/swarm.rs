@@ -469,9 +469,8 @@ impl Schedule {
             if !only_it || view.in_flight > 0 {
                 return Vec::new();
             }
-            self.in_flight.entry(first).or_default().push((Source::Peer(peer), now));
+            self.note_asked(peer, &[first], now);
             if let Some(view) = self.peers.get_mut(&peer) {
-                view.in_flight += 1;
                 view.for_first_missing = true;
             }
             return vec![first];
@@ -525,15 +524,18 @@ impl Schedule {
             slow.sort_unstable();
             chosen.extend(slow.into_iter().take(room - chosen.len()));
         }
-        for &piece in &chosen {
+        self.note_asked(peer, &chosen, now);
+        chosen
+    }
+
+    /// Counts `pieces` as asked of `peer` since `now`.
+    fn note_asked(&mut self, peer: u64, pieces: &[u32], now: Instant) {
+        for &piece in pieces {
             self.in_flight.entry(piece).or_default().push((Source::Peer(peer), now));
         }
-        if let Some(view) = self.peers.get_mut(&peer)
-            && !chosen.is_empty()
-        {
-            view.in_flight += chosen.len() as u32;
+        if let Some(view) = self.peers.get_mut(&peer) {
+            view.in_flight += pieces.len() as u32;
         }
-        chosen
     }
 
     /// The members to look at for pieces, in the order to ask them: those taken from now
