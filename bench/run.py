@@ -58,6 +58,8 @@ PASSWORD = "benchmark password 1"
 TRANSFER_TIMEOUT = 900  # seconds, per transfer
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
+# The gshare programs' environment: their log filter from GSHARE_BENCH_RUST_LOG.
+PROGRAM_ENV = {**os.environ, "RUST_LOG": os.environ.get("GSHARE_BENCH_RUST_LOG", "info")}
 
 
 def settle():
@@ -259,7 +261,7 @@ class Gshare:
         self.server_log = self.dir / "server.log"
         self.server = subprocess.Popen(
             in_ns("server", BIN / "gshare-server", "--config", config),
-            stdout=subprocess.DEVNULL, stderr=open(self.server_log, "w"), env={**os.environ, "RUST_LOG": os.environ.get("GSHARE_BENCH_RUST_LOG", "info")},
+            stdout=subprocess.DEVNULL, stderr=open(self.server_log, "w"), env=PROGRAM_ENV,
         )
         wait_for_line(self.server_log, "gshare-server ready", 30, self.server)
         fingerprint = sh(BIN / "gshare-server", "--config", config, "fingerprint").stdout.strip()
@@ -283,7 +285,7 @@ class Gshare:
             args = ["listen", "--out", out] + [a for n, g in groups.items() if i <= n for a in ("--group", g)]
             process = subprocess.Popen(
                 in_ns(f"m{i}", BIN / "gshare-client", "--home", home, *args),
-                stdout=subprocess.DEVNULL, stderr=open(log, "w"), env={**os.environ, "RUST_LOG": os.environ.get("GSHARE_BENCH_RUST_LOG", "info")},
+                stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=PROGRAM_ENV,
             )
             wait_for_line(log, "waiting for files", 30, process)
             self.listeners[i] = (process, out)
