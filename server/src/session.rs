@@ -532,9 +532,13 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
     };
     tracing::info!(%user, delivery = id.0, file = %delivery.name, size = delivery.size, pieces, held = held.count(), "sending in pieces");
     server.swarms.join(key, pieces, me.clone());
-    session.peers_sent.insert(key, Vec::new());
-    connection.write_frame(&Frame::Peers { file: key, peers: Vec::new() }).await?;
-    sync_peers(server, connection, session).await?;
+    // The first list names everyone already in the swarm: an empty one first would have the
+    // member close its connections to members it shares no other file with, only to dial
+    // them again a moment later.
+    let mut peers = server.swarms.peers(&key, me.session);
+    peers.truncate(MAX_PEERS);
+    connection.write_frame(&Frame::Peers { file: key, peers: peers.clone() }).await?;
+    session.peers_sent.insert(key, peers);
 
     let spool_file = Arc::new(std::fs::File::open(server.spool.path(&delivery.sha256)).map_err(SessionError::Spool)?);
     let mut swarm_changes = server.swarms.watch();

@@ -444,12 +444,17 @@ impl Listener {
 
     /// Starts `gshare-client --home HOME listen --group G... --out OUT`.
     pub fn start(home: &ClientHome, groups: &[&str], out: &Path) -> Self {
+        Self::start_logging(home, groups, out, "info")
+    }
+
+    /// Starts a listener as [`Listener::start`] does, its log filtered by `log_filter`.
+    pub fn start_logging(home: &ClientHome, groups: &[&str], out: &Path, log_filter: &str) -> Self {
         let mut command = home.command();
         command.arg("listen");
         for group in groups {
             command.args(["--group", group]);
         }
-        command.arg("--out").arg(out).env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.arg("--out").arg(out).env("RUST_LOG", log_filter).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
         let output =
             OutputLines::collect(vec![Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())]);

@@ -489,6 +489,52 @@ fn a_member_not_named_for_a_file_is_refused_and_a_removed_member_is_cut_off() {
     assert!(closed, "alice kept her connection to bob open after bob was removed");
 }
 
+/// Whether, in a listener's log, the latest news of its connection to another member is that
+/// it opened: connections are logged as they open and end, after the close `since`.
+fn connected_again(log: &str, since: &str) -> bool {
+    let Some(closed) = log.find(since) else { return false };
+    let after = &log[closed..];
+    let opened = after.rfind("member connected");
+    opened.is_some_and(|opened| after.rfind("member disconnected").is_none_or(|ended| ended < opened))
+}
+
+#[test]
+fn a_member_dropped_from_every_list_and_named_again_is_connected_again() {
+    let net = TestNet::loopback();
+    let mut server = loopback_server(&net);
+    let alice = loopback_member(&net, &mut server, "alice", "Developers,Designers", free_tcp_port());
+    let bob = loopback_member(&net, &mut server, "bob", "Developers", free_tcp_port());
+    let files = tempfile::tempdir().unwrap();
+    let first = random_file(files.path(), "first.bin", 2 << 20, 61);
+    let alone = random_file(files.path(), "alone.bin", 1 << 20, 62);
+    let third = random_file(files.path(), "third.bin", 2 << 20, 63);
+    let (alice_out, bob_out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log = "info,gshare_client::swarm=debug";
+    let mut alice_listens = Listener::start_logging(&alice, &["Developers", "Designers"], alice_out.path(), log);
+    let mut bob_listens = Listener::start_logging(&bob, &["Developers"], bob_out.path(), log);
+    alice_listens.wait_for("waiting for files", LONG);
+    bob_listens.wait_for("waiting for files", LONG);
+    assert!(server.send("Developers", &[&first], true).status.success());
+    alice_listens.wait_for("received first.bin", LONG);
+    assert!(wait_until(LONG, || alice_listens.output().contains("member connected")), "{}", alice_listens.output());
+
+    // Alice moves the first file away: the next file, for her alone, leaves her no file she
+    // shares with bob, so she closes their connection; the one after names him again.
+    std::fs::remove_file(alice_out.path().join("first.bin")).unwrap();
+    assert!(server.send("Designers", &[&alone], false).status.success());
+    assert!(server.send("Developers", &[&third], false).status.success());
+    alice_listens.wait_for("closing the connection to a member the server no longer names", LONG);
+    alice_listens.wait_for("received third.bin", LONG);
+    bob_listens.wait_for("received third.bin", LONG);
+    let since = "closing the connection to a member the server no longer names";
+    assert!(
+        wait_until(LONG, || connected_again(&alice_listens.output(), since)),
+        "alice did not connect to bob again:\n{}\nbob:\n{}",
+        alice_listens.output(),
+        bob_listens.output()
+    );
+}
+
 #[test]
 fn with_swarm_delivery_off_every_member_gets_its_own_copy_from_the_server() {
     let net = TestNet::loopback();

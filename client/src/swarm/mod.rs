@@ -120,6 +120,13 @@ fn tune_peer_socket(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(PEER_UNSENT_LIMIT);
 }
 
+/// Whether this member opened a peer connection (dialled) or accepted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialled {
+    Yes,
+    No,
+}
+
 /// A live connection to another member.
 #[derive(Debug)]
 struct PeerHandle {
@@ -342,7 +349,7 @@ impl Swarm {
                     return;
                 };
                 let certificate = gshare_certs::fingerprint(certificate);
-                swarm.run_peer(certificate, tls, from).await;
+                swarm.run_peer(certificate, tls, from, Dialled::No).await;
             });
         }
     }
@@ -452,26 +459,49 @@ impl Swarm {
             if connected.contains(&peer.certificate) || peer.certificate == me {
                 continue;
             }
-            if !lock(&self.dialing).insert(peer.certificate) {
-                continue;
-            }
-            // One connection per pair of members: when both accept connections, the one whose
-            // fingerprint sorts first dials, and the other only if no connection came by
-            // itself (its dial may have failed: a firewall in the way).
-            let wait_first = self.listening.load(Ordering::Relaxed) && peer.certificate.0 < me.0;
-            let swarm = Arc::clone(self);
-            tokio::spawn(async move {
-                if wait_first {
-                    tokio::time::sleep(DIAL_BACK_AFTER).await;
-                }
-                if !swarm.is_connected(&peer.certificate) {
-                    swarm.dial(peer.certificate, address).await;
-                }
-                lock(&swarm.dialing).remove(&peer.certificate);
-            });
+            self.connect_to(peer.certificate, address, Duration::ZERO);
         }
     }
 
+    /// Dials a member the server named, unless it is being dialled already, after `at_least`.
+    /// One connection per pair of members: when both accept connections, the one whose
+    /// fingerprint sorts first dials at once, and the other only if no connection came by
+    /// itself within [`DIAL_BACK_AFTER`] (its dial may have failed: a firewall in the way).
+    fn connect_to(self: &Arc<Self>, certificate: Fingerprint, address: SocketAddr, at_least: Duration) {
+        if !lock(&self.dialing).insert(certificate) {
+            return;
+        }
+        let wait_first = self.listening.load(Ordering::Relaxed) && certificate.0 < self.me().0;
+        let wait = if wait_first { at_least.max(DIAL_BACK_AFTER) } else { at_least };
+        let swarm = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if swarm.is_connected(&certificate) {
+                lock(&swarm.dialing).remove(&certificate);
+            } else {
+                swarm.dial(certificate, address).await;
+            }
+        });
+    }
+
+    /// A connection to `certificate` ended without fault: if the server names that member for
+    /// a file still, it is dialled again (the other side may have closed it on a peer list
+    /// that no longer named us, and been named again a moment later). One that lasted less
+    /// than [`DIAL_BACK_AFTER`] is dialled no sooner than that, so a member that keeps closing
+    /// connections at once is not dialled in a loop.
+    fn dial_again_if_named(self: &Arc<Self>, certificate: Fingerprint, lasted: Duration) {
+        let address =
+            lock(&self.shares).values().find_map(|share| share.state().allowed.get(&certificate).copied().flatten());
+        if let Some(address) = address
+            && !self.is_connected(&certificate)
+        {
+            self.connect_to(certificate, address, DIAL_BACK_AFTER.saturating_sub(lasted));
+        }
+    }
+
+    /// Dials a member and runs the connection. The member counts as being dialled (no second
+    /// dial starts) until the connection is registered or the attempt failed: a connection
+    /// closed later is dialled anew at once if the server names the member again.
     async fn dial(self: &Arc<Self>, certificate: Fingerprint, address: SocketAddr) {
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&lock(&self.identity).client_config));
         let attempt = async {
@@ -479,19 +509,32 @@ impl Swarm {
             tune_peer_socket(&tcp);
             connector.connect(member_name(), tcp).await
         };
-        let tls = match tokio::time::timeout(PEER_CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                return tracing::info!(%address, %error, "cannot reach a member; its pieces come from elsewhere");
+        let attempt = tokio::time::timeout(PEER_CONNECT_TIMEOUT, attempt).await;
+        let tls = match attempt {
+            Ok(Ok(tls)) => {
+                let presented = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+                if presented.map(|c| gshare_certs::fingerprint(c)) == Some(certificate) {
+                    Some(tls)
+                } else {
+                    tracing::info!(%address, expected = %certificate, "a member at that address presented another certificate; not used");
+                    None
+                }
             }
-            Err(_) => return tracing::info!(%address, "cannot reach a member in time; its pieces come from elsewhere"),
+            Ok(Err(error)) => {
+                tracing::info!(%address, %error, "cannot reach a member; its pieces come from elsewhere");
+                None
+            }
+            Err(_) => {
+                tracing::info!(%address, "cannot reach a member in time; its pieces come from elsewhere");
+                None
+            }
         };
-        let presented =
-            tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| gshare_certs::fingerprint(c));
-        if presented != Some(certificate) {
-            return tracing::info!(%address, expected = %certificate, "a member at that address presented another certificate; not used");
+        match tls {
+            Some(tls) => self.run_peer(certificate, tls, address, Dialled::Yes).await,
+            None => {
+                lock(&self.dialing).remove(&certificate);
+            }
         }
-        self.run_peer(certificate, tls, address).await;
     }
 
     /// Runs one connection to another member until either side ends it.
@@ -500,6 +543,7 @@ impl Swarm {
         certificate: Fingerprint,
         stream: S,
         address: SocketAddr,
+        dialled: Dialled,
     ) {
         let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
         let (reader, writer) = tokio::io::split(stream);
@@ -526,12 +570,19 @@ impl Swarm {
             closing: false,
         };
         lock(&self.peers).insert(id, handle);
+        if dialled == Dialled::Yes {
+            lock(&self.dialing).remove(&certificate);
+        }
         tracing::debug!(%address, peer = %certificate, "member connected");
         let writing = tokio::spawn(write_peer(writer, outgoing, close.clone()));
         let mut connection = Connection::new(reader);
         let unnamed_limit = tokio::time::sleep(UNNAMED_LIMIT);
         tokio::pin!(unnamed_limit);
         let mut named_checked = named;
+        let opened = Instant::now();
+        // Whether the connection ended for something the other member did (a bad frame or
+        // piece, or never named): such a member is not dialled again.
+        let mut at_fault = false;
         loop {
             let frame = tokio::select! {
                 frame = connection.read_frame() => frame,
@@ -540,6 +591,7 @@ impl Swarm {
                     named_checked = true;
                     if lock(&self.peers).get(&id).is_some_and(|handle| !handle.named) {
                         tracing::info!(%address, peer = %certificate, "closing the connection of a member the server has not named for any file");
+                        at_fault = true;
                         break;
                     }
                     continue;
@@ -558,6 +610,7 @@ impl Swarm {
                 Ok(None) => {}
                 Err(reason) => {
                     tracing::info!(%address, peer = %certificate, "member connection closed: {reason}");
+                    at_fault = true;
                     break;
                 }
             }
@@ -573,6 +626,10 @@ impl Swarm {
                 state.interested.remove(&id);
             }
             share.wake.notify_one();
+        }
+        tracing::debug!(%address, peer = %certificate, "member disconnected");
+        if !at_fault {
+            self.dial_again_if_named(certificate, opened.elapsed());
         }
     }
 
@@ -910,6 +967,77 @@ mod tests {
         std::fs::remove_file(dir.path().join("5-part")).unwrap();
         keep_completed(&mut completed, &mut shares, [43; 32]);
         assert!(!shares.contains_key(&[5; 32]) && shares.contains_key(&[6; 32]));
+    }
+
+    /// A member's swarm, with a certificate from `ca`, accepting other members on loopback.
+    async fn listening_member(ca: &gshare_certs::CertificateAuthority, user: &str) -> (Arc<Swarm>, SocketAddr) {
+        let (key_pem, request) = gshare_certs::authority::member_key_and_request(user).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let certificate = ca.issue_member_certificate(user, &request, Duration::from_secs(3600), now).unwrap();
+        let swarm = Swarm::new(ca.certificate_der(), &certificate.der, &key_pem, true).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(Arc::clone(&swarm).accept(listener));
+        (swarm, address)
+    }
+
+    /// The ids of `swarm`'s open connections to `certificate` (not told to close).
+    fn connections_to(swarm: &Swarm, certificate: Fingerprint) -> HashSet<u64> {
+        let peers = lock(&swarm.peers);
+        peers
+            .iter()
+            .filter(|(_, handle)| handle.certificate == certificate && !handle.closing)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !condition() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The benchmark's case: a member lets go of the only file it shared with another (moved
+    /// away), and the first peer list of its next file does not name the other yet; the next
+    /// list, a moment later, does. Whichever member dials, the two connect again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_dropped_from_every_list_and_named_again_at_once_is_connected_again() {
+        let ca = gshare_certs::CertificateAuthority::generate("test", time::OffsetDateTime::now_utc()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for dropping_dials in [true, false] {
+            let (one, one_address) = listening_member(&ca, "one").await;
+            let (other, other_address) = listening_member(&ca, "other").await;
+            // The member whose fingerprint sorts first dials the other at once.
+            let ((a, a_address), (b, b_address)) = if (one.me().0 < other.me().0) == dropping_dials {
+                ((one, one_address), (other, other_address))
+            } else {
+                ((other, other_address), (one, one_address))
+            };
+            let key = [u8::from(dropping_dials); 32];
+            for swarm in [&a, &b] {
+                swarm.add_share(&share(dir.path(), key, 4));
+            }
+            let name = |swarm: &Arc<Swarm>, address| vec![PeerInfo { certificate: swarm.me(), address: Some(address) }];
+            a.set_peers(key, name(&b, b_address));
+            b.set_peers(key, name(&a, a_address));
+            wait_for("the two never connected", || {
+                connections_to(&a, b.me()).len() == 1 && connections_to(&b, a.me()).len() == 1
+            })
+            .await;
+            let (first_a, first_b) = (connections_to(&a, b.me()), connections_to(&b, a.me()));
+
+            // No await in between: the connection told to close is still in the map when the
+            // list that names the other member again arrives.
+            a.set_peers(key, Vec::new());
+            a.set_peers(key, name(&b, b_address));
+            wait_for("the two did not connect again", || {
+                let (now_a, now_b) = (connections_to(&a, b.me()), connections_to(&b, a.me()));
+                now_a.len() == 1 && now_b.len() == 1 && now_a != first_a && now_b != first_b
+            })
+            .await;
+        }
     }
 
     #[test]
