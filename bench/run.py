@@ -229,6 +229,36 @@ def tcp_floor_seconds(size, members):
                 sink.wait()
 
 
+def tcp_chain_seconds(size, members):
+    """Seconds for plain TCP to carry `size` bytes from the server through every member in a
+    chain (server -> m1 -> m2 -> ...): each member receives the bytes once and sends them on
+    once, one connection each way, with no encryption, hashing or disk. On a shaped LAN this
+    is the floor of passing pieces on: no member-to-member design moves less."""
+    script = ROOT / "bench" / "tcp_floor.py"
+    relays = []
+    try:
+        for i in range(members, 0, -1):
+            args = ["relay", f"{MEMBER_IP.format(10 + i)}:7500", size]
+            if i < members:
+                args.append(f"{MEMBER_IP.format(11 + i)}:7500")
+            relay = subprocess.Popen(in_ns(f"m{i}", sys.executable, script, *args), stdout=subprocess.PIPE, text=True)
+            relays.append(relay)
+            if relay.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"tcp chain: the relay on m{i} did not start")
+        started = time.monotonic()
+        sh(*in_ns("server", sys.executable, script, "source", size, f"{MEMBER_IP.format(11)}:7500"),
+           timeout=TRANSFER_TIMEOUT)
+        for relay in relays:
+            if relay.wait(timeout=TRANSFER_TIMEOUT) != 0:
+                raise RuntimeError("tcp chain: a relay failed")
+        return time.monotonic() - started
+    finally:
+        for relay in relays:
+            if relay.poll() is None:
+                relay.kill()
+                relay.wait()
+
+
 # ---------------------------------------------------------------------------------------------
 # gshare
 
@@ -490,6 +520,7 @@ def main():
                         if args.link_mbit:
                             row["link_mbit"] = args.link_mbit
                             row["link_limit_seconds"] = size * 8 / (args.link_mbit * 1e6)
+                            row["tcp_chain_seconds"] = statistics.median(tcp_chain_seconds(size, members) for _ in range(args.runs))
                         else:
                             row["tcp_floor_seconds"] = statistics.median(tcp_floor_seconds(size, members) for _ in range(args.runs))
                         if uftp is not None:
@@ -527,7 +558,8 @@ def report_row(row):
         limit = row["link_limit_seconds"]
         line = (f"{human(row['size']):>8} x {row['members']} members at {row['link_mbit']} Mbit/s: "
                 f"limit {limit:.2f} s, gshare {g['seconds']:.2f} s ({g['seconds'] / limit:.2f}x), "
-                f"server sent {g['server_sent_bytes'] / row['size']:.2f}x the file")
+                f"server sent {g['server_sent_bytes'] / row['size']:.2f}x the file; "
+                f"plain TCP chain {row['tcp_chain_seconds'] / limit:.2f}x")
         if "uftp" in row:
             u = row["uftp"]
             line += f"; uftp {u['seconds']:.2f} s ({u['seconds'] / limit:.2f}x, sent {u['server_sent_bytes'] / row['size']:.2f}x)"
@@ -543,7 +575,7 @@ def report_row(row):
 
 def print_link_table(results):
     columns = ["size", "members", "link Mbit/s", "S / link s", "gshare s", "gshare / limit", "server sent / size",
-               "UFTP s", "UFTP / limit", "UFTP sent / size", "server CPU s", "members CPU s", "server peak RSS MiB",
+               "TCP chain / limit", "UFTP s", "UFTP / limit", "UFTP sent / size", "server CPU s", "members CPU s", "server peak RSS MiB",
                "member peak RSS MiB"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("---" for _ in columns) + "|")
@@ -553,6 +585,7 @@ def print_link_table(results):
         cells = [
             human(size), str(row["members"]), str(row["link_mbit"]), f"{limit:.2f}", f"{g['seconds']:.2f}",
             f"{g['seconds'] / limit:.2f}", f"{g['server_sent_bytes'] / size:.2f}",
+            f"{row['tcp_chain_seconds'] / limit:.2f}" if "tcp_chain_seconds" in row else "-",
             f"{uftp['seconds']:.2f}" if uftp else "-", f"{uftp['seconds'] / limit:.2f}" if uftp else "-",
             f"{uftp['server_sent_bytes'] / size:.2f}" if uftp else "-",
             f"{g['server_cpu_seconds']:.2f}", f"{g['member_cpu_seconds']:.2f}",

@@ -9,6 +9,17 @@ networking alone costs on this machine. bench/run.py runs it; by hand:
 `sink` prints "ready" once listening, takes one connection, reads the given number of bytes
 into a reused buffer and exits 0. `source` sends that many bytes to every sink at once, one
 thread each (the GIL is released while a thread waits in sendall).
+
+For the link-bound benchmark, the floor of passing pieces on: members in a chain, each
+receiving the bytes once and sending them on once (the least any member-to-member design can
+move), the server sending them once, to the first:
+
+    tcp_floor.py relay 192.0.2.12:7500 268435456             # the last member
+    tcp_floor.py relay 192.0.2.11:7500 268435456 192.0.2.12:7500
+    tcp_floor.py source 268435456 192.0.2.11:7500
+
+`relay` prints "ready" once listening, takes one connection, passes every byte it reads on to
+the next member (if any) and exits 0 once the given number of bytes went through.
 """
 
 import socket
@@ -35,6 +46,26 @@ def sink(listen, size):
                 if read == 0:
                     sys.exit(f"sink: the source closed with {left} bytes to go")
                 left -= read
+
+
+def relay(listen, size, onward):
+    with socket.create_server(address(listen)) as server:
+        print("ready", flush=True)
+        connection, _ = server.accept()
+        nxt = socket.create_connection(address(onward)) if onward else None
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        left = size
+        with connection:
+            while left:
+                read = connection.recv_into(buffer, min(left, CHUNK))
+                if read == 0:
+                    sys.exit(f"relay: the member before closed with {left} bytes to go")
+                if nxt:
+                    nxt.sendall(view[:read])
+                left -= read
+        if nxt:
+            nxt.close()
 
 
 def source(size, targets):
@@ -64,6 +95,8 @@ def source(size, targets):
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "sink":
         sink(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) in (4, 5) and sys.argv[1] == "relay":
+        relay(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) == 5 else None)
     elif len(sys.argv) >= 4 and sys.argv[1] == "source":
         source(int(sys.argv[2]), sys.argv[3:])
     else:
