@@ -515,6 +515,7 @@ def main():
                             "size": size,
                             "runs": args.runs,
                             "gshare": {key: statistics.median(r[key] for r in runs) for key in runs[0]},
+                            "gshare_seconds_each": [r["seconds"] for r in runs],
                             "ceiling_seconds": ceiling_seconds(size, members, speeds, cores),
                         }
                         if args.link_mbit:
@@ -565,7 +566,8 @@ def report_row(row):
             line += f"; uftp {u['seconds']:.2f} s ({u['seconds'] / limit:.2f}x, sent {u['server_sent_bytes'] / row['size']:.2f}x)"
         print(line, flush=True)
         return
-    line = (f"{human(row['size']):>8} x {row['members']} members: gshare {g['seconds']:.2f} s "
+    each = ", ".join(f"{seconds:.2f}" for seconds in row["gshare_seconds_each"])
+    line = (f"{human(row['size']):>8} x {row['members']} members: gshare {g['seconds']:.2f} s (runs: {each}) "
             f"({row['size'] * row['members'] / g['seconds'] / MIB:.0f} MiB/s aggregate), "
             f"ceiling {row['ceiling_seconds']:.2f} s, plain TCP {row['tcp_floor_seconds']:.2f} s")
     if "uftp" in row:

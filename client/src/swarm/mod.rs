@@ -809,6 +809,15 @@ impl Swarm {
                 }
             }
             let server = state.schedule.asks_for_server(now);
+            if let Some(first) = server.pieces.first() {
+                let held = state.schedule.have().count();
+                tracing::debug!(
+                    count = server.pieces.len(),
+                    first,
+                    held,
+                    "asking the server for pieces no member at hand sends"
+                );
+            }
             state.server_new += server.new_pieces;
             state.server_pieces.extend(server.pieces);
         }
