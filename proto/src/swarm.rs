@@ -787,7 +787,8 @@ mod tests {
     // -----------------------------------------------------------------------------------------
     // A simulated LAN: every host has a link of its own rate each way (as the benchmark's token
     // buckets make them); transfers crossing a link share it equally, and each member runs this
-    // schedule. Time is simulated in steps of 5 ms; the test runs in well under a second.
+    // schedule. Time is simulated in steps of 5 ms; the test runs in well under a second. It
+    // costs no CPU, which on the benchmark's one machine is part of the limit.
 
     const RATE: f64 = 12.5e6; // bytes per second: 100 Mbit/s
     const SIZE: u64 = 256 << 20;
@@ -808,9 +809,22 @@ mod tests {
         left: f64,
     }
 
+    /// How the pieces asked over one connection move.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Pieces {
+        /// All at once, each a flow of its own.
+        AllAtOnce,
+        /// One after another, as on a TCP stream (closer to the benchmark).
+        OneAfterAnother,
+    }
+
     /// Runs `members` members fetching one file; `rates[i]` is member i's link rate, `dies` a
     /// member killed at a time. Returns when each finished and how many pieces the server sent.
     fn simulate(members: usize, rates: &[f64], dies: Option<(usize, f64)>) -> Outcome {
+        simulate_with(members, rates, dies, Pieces::AllAtOnce)
+    }
+
+    fn simulate_with(members: usize, rates: &[f64], dies: Option<(usize, f64)>, pieces_move: Pieces) -> Outcome {
         let pieces = piece_count(SIZE, PIECE_LEN) as u32;
         let start = Instant::now();
         let at = |t: f64| start + Duration::from_secs_f64(t);
@@ -877,6 +891,15 @@ mod tests {
                 })
                 .collect();
             let mut rate = vec![None::<f64>; transfers.len()];
+            if pieces_move == Pieces::OneAfterAnother {
+                // Only the first piece asked over each connection moves.
+                let mut moving = HashSet::new();
+                for (t, transfer) in transfers.iter().enumerate() {
+                    if !moving.insert((transfer.from, transfer.to)) {
+                        rate[t] = Some(0.0);
+                    }
+                }
+            }
             loop {
                 let mut count = vec![0u32; links];
                 for (t, transfer) in transfers.iter().enumerate() {
@@ -945,6 +968,17 @@ mod tests {
             "the server sent {} pieces of {pieces}",
             outcome.server_uploads
         );
+    }
+
+    /// With pieces on one connection moving one after another, as on the benchmark's TCP
+    /// streams, the simulation comes close to the benchmark (16 members: 1.25x to 1.42x over
+    /// ten runs, against 1.27x to 1.36x measured; the benchmark's target is 1.2x).
+    #[test]
+    fn sixteen_members_with_pieces_one_after_another_on_each_connection() {
+        let outcome = simulate_with(16, &[RATE; 16], None, Pieces::OneAfterAnother);
+        let slowest = outcome.finish.iter().map(|f| f.expect("every member finishes")).fold(0.0, f64::max);
+        eprintln!("16 members, pieces one after another: slowest {:.2}x the limit", slowest / limit());
+        assert!(slowest < 1.6 * limit(), "slowest member took {slowest:.1} s, the limit is {:.1} s", limit());
     }
 
     #[test]
