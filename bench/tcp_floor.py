@@ -34,56 +34,54 @@ def address(text):
     return host, int(port)
 
 
-def sink(listen, size):
-    with socket.create_server(address(listen)) as server:
-        print("ready", flush=True)
-        connection, _ = server.accept()
-        buffer = bytearray(CHUNK)
+def receive(connection, size, onward=None):
+    """Reads `size` bytes from `connection` into a reused buffer, passing them on to the
+    connection `onward` if there is one."""
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    left = size
+    with connection:
+        while left:
+            read = connection.recv_into(buffer, min(left, CHUNK))
+            if read == 0:
+                sys.exit(f"the sender closed with {left} bytes to go")
+            if onward:
+                onward.sendall(view[:read])
+            left -= read
+
+
+def send(target, size):
+    """Sends `size` zero bytes to `target` (host, port)."""
+    payload = bytes(CHUNK)
+    with socket.create_connection(target) as connection:
         left = size
-        with connection:
-            while left:
-                read = connection.recv_into(buffer, min(left, CHUNK))
-                if read == 0:
-                    sys.exit(f"sink: the source closed with {left} bytes to go")
-                left -= read
+        while left:
+            step = min(left, CHUNK)
+            connection.sendall(payload[:step])
+            left -= step
 
 
 def relay(listen, size, onward):
     with socket.create_server(address(listen)) as server:
         print("ready", flush=True)
         connection, _ = server.accept()
-        nxt = socket.create_connection(address(onward)) if onward else None
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        left = size
-        with connection:
-            while left:
-                read = connection.recv_into(buffer, min(left, CHUNK))
-                if read == 0:
-                    sys.exit(f"relay: the member before closed with {left} bytes to go")
-                if nxt:
-                    nxt.sendall(view[:read])
-                left -= read
-        if nxt:
-            nxt.close()
+        if onward is None:
+            receive(connection, size)
+            return
+        with socket.create_connection(address(onward)) as nxt:
+            receive(connection, size, nxt)
 
 
 def source(size, targets):
-    payload = bytes(CHUNK)
     errors = []
 
-    def send(target):
+    def send_to(target):
         try:
-            with socket.create_connection(address(target)) as connection:
-                left = size
-                while left:
-                    step = min(left, CHUNK)
-                    connection.sendall(payload[:step])
-                    left -= step
+            send(address(target), size)
         except OSError as error:
             errors.append(f"{target}: {error}")
 
-    threads = [threading.Thread(target=send, args=(t,)) for t in targets]
+    threads = [threading.Thread(target=send_to, args=(t,)) for t in targets]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -94,7 +92,7 @@ def source(size, targets):
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "sink":
-        sink(sys.argv[2], int(sys.argv[3]))
+        relay(sys.argv[2], int(sys.argv[3]), None)
     elif len(sys.argv) in (4, 5) and sys.argv[1] == "relay":
         relay(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) == 5 else None)
     elif len(sys.argv) >= 4 and sys.argv[1] == "source":

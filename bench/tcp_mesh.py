@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import Lan, MEMBER_IP, in_ns, parse_size  # noqa: E402
+from tcp_floor import receive, send  # noqa: E402
 
 PORT = 7600
-CHUNK = 256 * 1024
 
 
 def member(me, share, flows, targets):
@@ -34,33 +34,16 @@ def member(me, share, flows, targets):
     print("ready", flush=True)
     sys.stdin.readline()
 
-    def receive(connection):
-        buffer, left = bytearray(CHUNK), share
-        with connection:
-            while left:
-                read = connection.recv_into(buffer, min(left, CHUNK))
-                if read == 0:
-                    sys.exit(f"mesh: a sender to {me} closed with {left} bytes to go")
-                left -= read
-
-    def send(target):
-        payload, left = bytes(CHUNK), share
-        with socket.create_connection((target, PORT)) as connection:
-            while left:
-                step = min(left, CHUNK)
-                connection.sendall(payload[:step])
-                left -= step
-
     def accept_all():
         readers = []
         for _ in range(flows):
             connection, _ = server.accept()
-            readers.append(threading.Thread(target=receive, args=(connection,)))
+            readers.append(threading.Thread(target=receive, args=(connection, share)))
             readers[-1].start()
         for reader in readers:
             reader.join()
 
-    threads = [threading.Thread(target=accept_all)] + [threading.Thread(target=send, args=(t,)) for t in targets]
+    threads = [threading.Thread(target=accept_all)] + [threading.Thread(target=send, args=((t, PORT), share)) for t in targets]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -531,6 +531,9 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
         other => return handle_non_resume(server, session, &delivery, other).await,
     };
     tracing::info!(%user, delivery = id.0, file = %delivery.name, size = delivery.size, pieces, held = held.count(), "sending in pieces");
+    // Watched from before joining: a member joining while this one's first list is on its way
+    // is in the next list (a watcher made after that would never see it join).
+    let mut swarm_changes = server.swarms.watch();
     server.swarms.join(key, pieces, me.clone());
     // The first list names everyone already in the swarm: an empty one first would have the
     // member close its connections to members it shares no other file with, only to dial
@@ -541,7 +544,6 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
     session.peers_sent.insert(key, peers);
 
     let spool_file = Arc::new(std::fs::File::open(server.spool.path(&delivery.sha256)).map_err(SessionError::Spool)?);
-    let mut swarm_changes = server.swarms.watch();
     let mut queue: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
     let mut buffer = Vec::new();
     let mut last_heard = Instant::now();

@@ -138,18 +138,18 @@ struct PeerHandle {
     /// Bitfields it sent for files the server has not (yet) named it for: the two members'
     /// peer lists arrive at slightly different moments. Applied if the server names it.
     pending: HashMap<FileKey, Vec<u8>>,
-    /// Whether the server has named this member for any file since the connection opened. A
-    /// member that connects before our own peer list names it is kept waiting for the list
-    /// (for at most [`UNNAMED_LIMIT`]), not closed by the first list that does not name it yet.
-    named: bool,
     /// Told to close: it no longer counts as a connection to its member, which is dialled
     /// anew if the server names it again before the old connection is gone.
     closing: bool,
 }
 
-/// How long a connection from a member the server has not named for any file is kept open,
-/// waiting for a peer list that names it.
+/// How long a connection to a member the server names for no file this member shares is kept
+/// open, waiting for a peer list that names it: one that connects before our own list has
+/// caught up, or whose only file in common we stopped sharing (the next file names it again a
+/// moment later). One the server drops from a list is closed at once ([`Swarm::set_peers`]).
 const UNNAMED_LIMIT: Duration = Duration::from_secs(30);
+/// How often a connection checks that its member is still named for some file.
+const UNNAMED_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Files received whole that this member goes on serving, at most (the most recent): each
 /// holds its file open, so a file the person deletes keeps its disk space while it is served.
@@ -261,6 +261,9 @@ pub struct Swarm {
     completed: Mutex<VecDeque<FileKey>>,
     peers: Mutex<HashMap<u64, PeerHandle>>,
     dialing: Mutex<HashSet<Fingerprint>>,
+    /// When members whose connections ended were (to be) dialled again, within the last
+    /// [`DIAL_BACK_AFTER`].
+    dialled_again: Mutex<HashMap<Fingerprint, Instant>>,
     next_peer: AtomicU64,
     /// Whether other members can connect to this one (it told the server a port).
     listening: std::sync::atomic::AtomicBool,
@@ -299,6 +302,7 @@ impl Swarm {
             completed: Mutex::new(VecDeque::new()),
             peers: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashSet::new()),
+            dialled_again: Mutex::new(HashMap::new()),
             next_peer: AtomicU64::new(1),
             listening: std::sync::atomic::AtomicBool::new(false),
         }))
@@ -390,6 +394,11 @@ impl Swarm {
         }
     }
 
+    /// Whether the server names `certificate` for any file this member shares.
+    fn is_named(&self, certificate: &Fingerprint) -> bool {
+        lock(&self.shares).values().any(|share| share.state().allowed.contains_key(certificate))
+    }
+
     fn is_connected(&self, certificate: &Fingerprint) -> bool {
         lock(&self.peers).values().any(|handle| handle.certificate == *certificate && !handle.closing)
     }
@@ -409,10 +418,13 @@ impl Swarm {
     /// are dialled (if they listen) and told what this member holds.
     pub fn set_peers(self: &Arc<Self>, key: FileKey, peers: Vec<PeerInfo>) {
         let Some(share) = self.share(&key) else { return };
-        {
+        // Members this list drops: the server's decision (removed, revoked, left the group).
+        let dropped: HashSet<Fingerprint> = {
             let mut state = share.state();
-            state.allowed = peers.iter().map(|peer| (peer.certificate, peer.address)).collect();
-        }
+            let allowed = peers.iter().map(|peer| (peer.certificate, peer.address)).collect();
+            let before = std::mem::replace(&mut state.allowed, allowed);
+            before.into_keys().filter(|member| !state.allowed.contains_key(member)).collect()
+        };
         // Who may still be talked to at all.
         let allowed_anywhere: HashSet<Fingerprint> = lock(&self.shares)
             .values()
@@ -426,14 +438,13 @@ impl Swarm {
                 continue;
             }
             if !allowed_anywhere.contains(&handle.certificate) {
-                if handle.named {
+                if dropped.contains(&handle.certificate) {
                     tracing::info!(peer = %handle.certificate, "closing the connection to a member the server no longer names");
                     let _ = handle.close.send(true);
                     handle.closing = true;
                 }
                 continue;
             }
-            handle.named = true;
             connected.insert(handle.certificate);
             if !share.state().allowed.contains_key(&handle.certificate) {
                 continue;
@@ -486,17 +497,25 @@ impl Swarm {
 
     /// A connection to `certificate` ended without fault: if the server names that member for
     /// a file still, it is dialled again (the other side may have closed it on a peer list
-    /// that no longer named us, and been named again a moment later). One that lasted less
-    /// than [`DIAL_BACK_AFTER`] is dialled no sooner than that, so a member that keeps closing
-    /// connections at once is not dialled in a loop.
-    fn dial_again_if_named(self: &Arc<Self>, certificate: Fingerprint, lasted: Duration) {
+    /// that no longer named us, and been named again a moment later). At once the first time;
+    /// a member dialled again this way less than [`DIAL_BACK_AFTER`] ago is dialled no sooner
+    /// than that after, so one that keeps closing connections is not dialled in a loop.
+    fn dial_again_if_named(self: &Arc<Self>, certificate: Fingerprint) {
         let address =
             lock(&self.shares).values().find_map(|share| share.state().allowed.get(&certificate).copied().flatten());
-        if let Some(address) = address
-            && !self.is_connected(&certificate)
-        {
-            self.connect_to(certificate, address, DIAL_BACK_AFTER.saturating_sub(lasted));
+        let Some(address) = address else { return };
+        if self.is_connected(&certificate) {
+            return;
         }
+        let now = Instant::now();
+        let wait = {
+            let mut dialled_again = lock(&self.dialled_again);
+            dialled_again.retain(|_, at| now.saturating_duration_since(*at) < DIAL_BACK_AFTER);
+            let wait = dialled_again.get(&certificate).map_or(Duration::ZERO, |at| DIAL_BACK_AFTER - (now - *at));
+            dialled_again.insert(certificate, now + wait);
+            wait
+        };
+        self.connect_to(certificate, address, wait);
     }
 
     /// Dials a member and runs the connection. The member counts as being dialled (no second
@@ -549,37 +568,38 @@ impl Swarm {
         let (reader, writer) = tokio::io::split(stream);
         let (out, outgoing) = peer_queue();
         let (close, mut closed) = watch::channel(false);
-        // Tell it what we hold of every file it is named for.
-        let mut announced = HashSet::new();
-        for share in lock(&self.shares).values() {
-            let state = share.state();
-            if state.allowed.contains_key(&certificate) {
-                announced.insert(share.store.key);
-                let have = state.schedule.have().as_bytes().to_vec();
-                out.send(PeerOut::Frame(Frame::Bitfield { file: share.store.key, have }));
-            }
-        }
-        let named = !announced.is_empty();
         let handle = PeerHandle {
             certificate,
             out: out.clone(),
             close: close.clone(),
-            announced,
+            announced: HashSet::new(),
             pending: HashMap::new(),
-            named,
             closing: false,
         };
-        lock(&self.peers).insert(id, handle);
+        // Tell it what we hold of every file it is named for. The connection is in the map
+        // first, and the bitfields are taken while it is locked: a piece that arrives meanwhile
+        // is either in a bitfield or told in a "have" after it (`piece_verified`), never lost.
+        let shares: Vec<Arc<FileShare>> = lock(&self.shares).values().cloned().collect();
+        {
+            let mut peers = lock(&self.peers);
+            let handle = peers.entry(id).or_insert(handle);
+            for share in &shares {
+                let state = share.state();
+                if state.allowed.contains_key(&certificate) {
+                    handle.announced.insert(share.store.key);
+                    let have = state.schedule.have().as_bytes().to_vec();
+                    out.send(PeerOut::Frame(Frame::Bitfield { file: share.store.key, have }));
+                }
+            }
+        }
         if dialled == Dialled::Yes {
             lock(&self.dialing).remove(&certificate);
         }
         tracing::debug!(%address, peer = %certificate, "member connected");
         let writing = tokio::spawn(write_peer(writer, outgoing, close.clone()));
         let mut connection = Connection::new(reader);
-        let unnamed_limit = tokio::time::sleep(UNNAMED_LIMIT);
-        tokio::pin!(unnamed_limit);
-        let mut named_checked = named;
-        let opened = Instant::now();
+        let mut unnamed_check = tokio::time::interval(UNNAMED_CHECK_EVERY);
+        let mut unnamed_since: Option<Instant> = None;
         // Whether the connection ended for something the other member did (a bad frame or
         // piece, or never named): such a member is not dialled again.
         let mut at_fault = false;
@@ -587,9 +607,10 @@ impl Swarm {
             let frame = tokio::select! {
                 frame = connection.read_frame() => frame,
                 _ = closed.changed() => break,
-                () = &mut unnamed_limit, if !named_checked => {
-                    named_checked = true;
-                    if lock(&self.peers).get(&id).is_some_and(|handle| !handle.named) {
+                _ = unnamed_check.tick() => {
+                    if self.is_named(&certificate) {
+                        unnamed_since = None;
+                    } else if unnamed_since.get_or_insert_with(Instant::now).elapsed() >= UNNAMED_LIMIT {
                         tracing::info!(%address, peer = %certificate, "closing the connection of a member the server has not named for any file");
                         at_fault = true;
                         break;
@@ -629,7 +650,7 @@ impl Swarm {
         }
         tracing::debug!(%address, peer = %certificate, "member disconnected");
         if !at_fault {
-            self.dial_again_if_named(certificate, opened.elapsed());
+            self.dial_again_if_named(certificate);
         }
     }
 
@@ -672,9 +693,15 @@ impl Swarm {
                 share.wake.notify_one();
             }
             Frame::Have { file, piece } => {
-                if let Some(share) = self.share(&file) {
+                let joined = self.share(&file).filter(|share| share.state().interested.contains(&id));
+                if let Some(share) = joined {
                     share.state().schedule.peer_has(id, piece, Instant::now());
                     share.wake.notify_one();
+                } else if let Some(early) = lock(&self.peers).get_mut(&id).and_then(|h| h.pending.get_mut(&file)) {
+                    // Its bitfield is kept for when the server names it: kept up to date.
+                    if let Some(byte) = early.get_mut((piece / 8) as usize) {
+                        *byte |= 0x80 >> (piece % 8);
+                    }
                 }
             }
             Frame::PieceRequest { file, piece } => match self.servable(&file, piece, certificate) {
@@ -764,7 +791,7 @@ impl Swarm {
     /// A piece verified and was written: count it, tell the members exchanging the file, and
     /// ask for more.
     pub fn piece_verified(&self, share: &Arc<FileShare>, piece: u32, source: Source, len: u64) {
-        let interested: Vec<u64> = {
+        let holders: HashSet<u64> = {
             let mut state = share.state();
             if !state.schedule.piece_arrived(piece, source, Instant::now()) {
                 return;
@@ -773,15 +800,14 @@ impl Swarm {
                 Source::Server => state.from_server += len,
                 Source::Peer(_) => state.from_peers += len,
             }
-            // Members that hold it already need not hear of it.
-            state.interested.iter().copied().filter(|&id| !state.schedule.peer_holds(id, piece)).collect()
+            state.interested.iter().copied().filter(|&id| state.schedule.peer_holds(id, piece)).collect()
         };
-        {
-            let peers = lock(&self.peers);
-            for id in interested {
-                if let Some(handle) = peers.get(&id) {
-                    handle.out.send(PeerOut::Frame(Frame::Have { file: share.store.key, piece }));
-                }
+        // Every member told our bitfield hears of it (whether or not its own bitfield has come
+        // yet), but those that hold it already.
+        let key = share.store.key;
+        for (id, handle) in lock(&self.peers).iter() {
+            if handle.announced.contains(&key) && !holders.contains(id) {
+                handle.out.send(PeerOut::Frame(Frame::Have { file: key, piece }));
             }
         }
         share.wake.notify_one();
@@ -1047,6 +1073,41 @@ mod tests {
             })
             .await;
         }
+    }
+
+    /// A piece that arrives after this member told another its bitfield, but before the other's
+    /// own bitfield came (or before the other has even been offered the file), is still told.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_piece_that_arrives_before_the_other_members_bitfield_is_still_told() {
+        let ca = gshare_certs::CertificateAuthority::generate("test", time::OffsetDateTime::now_utc()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (one, one_address) = listening_member(&ca, "one").await;
+        let (other, other_address) = listening_member(&ca, "other").await;
+        // `a` sorts first, so it dials at once.
+        let ((a, _), (b, b_address)) = if one.me().0 < other.me().0 {
+            ((one, one_address), (other, other_address))
+        } else {
+            ((other, other_address), (one, one_address))
+        };
+        let key = [7; 32];
+        let a_share = share(dir.path(), key, 4);
+        a.add_share(&a_share);
+        a.set_peers(key, vec![PeerInfo { certificate: b.me(), address: Some(b_address) }]);
+        // `b` has not been offered the file: the bitfield `a` sends waits with it.
+        wait_for("the two never connected", || connections_to(&b, a.me()).len() == 1).await;
+        wait_for("a's bitfield never came", || lock(&b.peers).values().any(|handle| handle.pending.contains_key(&key)))
+            .await;
+        a.piece_verified(&a_share, 2, Source::Server, 64);
+
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        let b_share = share(&dir.path().join("b"), key, 4);
+        b.add_share(&b_share);
+        b.set_peers(key, vec![PeerInfo { certificate: a.me(), address: None }]);
+        wait_for("b never learnt that a holds piece 2", || {
+            let state = b_share.state();
+            state.interested.iter().any(|&id| state.schedule.peer_holds(id, 2))
+        })
+        .await;
     }
 
     #[test]
