@@ -322,9 +322,15 @@ impl Swarm {
         lock(&self.identity).me
     }
 
-    /// Accepts other members' connections on `listener` until the task is dropped.
-    pub async fn accept(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts other members' connections on `listener` until the returned task is dropped.
+    /// This member counts as accepting connections from the call on (not from the task's
+    /// first run): a peer list that arrives meanwhile must not have both ends dial.
+    pub fn accept(self: Arc<Self>, listener: TcpListener) -> impl Future<Output = ()> + Send + 'static {
         self.listening.store(true, Ordering::Relaxed);
+        self.accept_loop(listener)
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
         loop {
             let (tcp, from) = match listener.accept().await {
                 Ok(accepted) => accepted,
