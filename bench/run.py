@@ -203,30 +203,40 @@ def ceiling_seconds(size, members, speeds, cores):
     return work / cores
 
 
+def member_address(i):
+    return f"{MEMBER_IP.format(10 + i)}:7500"
+
+
+def plain_tcp_seconds(what, receivers, size, targets):
+    """Seconds for bench/tcp_floor.py's `source` on the server to send `size` bytes to each of
+    `targets` until every receiver is done. `receivers` are (host, tcp_floor.py arguments),
+    started in that order, each listening before the next starts."""
+    script = ROOT / "bench" / "tcp_floor.py"
+    started_receivers = []
+    try:
+        for host, args in receivers:
+            receiver = subprocess.Popen(in_ns(host, sys.executable, script, *args), stdout=subprocess.PIPE, text=True)
+            started_receivers.append(receiver)
+            if receiver.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{what}: the {args[0]} on {host} did not start")
+        started = time.monotonic()
+        sh(*in_ns("server", sys.executable, script, "source", size, *targets), timeout=TRANSFER_TIMEOUT)
+        for receiver in started_receivers:
+            if receiver.wait(timeout=TRANSFER_TIMEOUT) != 0:
+                raise RuntimeError(f"{what}: a receiver failed")
+        return time.monotonic() - started
+    finally:
+        for receiver in started_receivers:
+            if receiver.poll() is None:
+                receiver.kill()
+                receiver.wait()
+
+
 def tcp_floor_seconds(size, members):
     """Seconds for plain TCP to carry `size` bytes to each of `members` hosts through the same
     namespaces: no encryption, hashing or disk (bench/tcp_floor.py)."""
-    script = ROOT / "bench" / "tcp_floor.py"
-    sinks = []
-    try:
-        for i in range(1, members + 1):
-            sink = subprocess.Popen(in_ns(f"m{i}", sys.executable, script, "sink", f"{MEMBER_IP.format(10 + i)}:7500", size),
-                                    stdout=subprocess.PIPE, text=True)
-            sinks.append(sink)
-            if sink.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"tcp floor: the sink on m{i} did not start")
-        started = time.monotonic()
-        targets = [f"{MEMBER_IP.format(10 + i)}:7500" for i in range(1, members + 1)]
-        sh(*in_ns("server", sys.executable, script, "source", size, *targets), timeout=TRANSFER_TIMEOUT)
-        for sink in sinks:
-            if sink.wait(timeout=TRANSFER_TIMEOUT) != 0:
-                raise RuntimeError("tcp floor: a sink failed")
-        return time.monotonic() - started
-    finally:
-        for sink in sinks:
-            if sink.poll() is None:
-                sink.kill()
-                sink.wait()
+    sinks = [(f"m{i}", ["sink", member_address(i), size]) for i in range(1, members + 1)]
+    return plain_tcp_seconds("tcp floor", sinks, size, [member_address(i) for i in range(1, members + 1)])
 
 
 def tcp_chain_seconds(size, members):
@@ -234,29 +244,10 @@ def tcp_chain_seconds(size, members):
     chain (server -> m1 -> m2 -> ...): each member receives the bytes once and sends them on
     once, one connection each way, with no encryption, hashing or disk. On a shaped LAN this
     is the floor of passing pieces on: no member-to-member design moves less."""
-    script = ROOT / "bench" / "tcp_floor.py"
-    relays = []
-    try:
-        for i in range(members, 0, -1):
-            args = ["relay", f"{MEMBER_IP.format(10 + i)}:7500", size]
-            if i < members:
-                args.append(f"{MEMBER_IP.format(11 + i)}:7500")
-            relay = subprocess.Popen(in_ns(f"m{i}", sys.executable, script, *args), stdout=subprocess.PIPE, text=True)
-            relays.append(relay)
-            if relay.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"tcp chain: the relay on m{i} did not start")
-        started = time.monotonic()
-        sh(*in_ns("server", sys.executable, script, "source", size, f"{MEMBER_IP.format(11)}:7500"),
-           timeout=TRANSFER_TIMEOUT)
-        for relay in relays:
-            if relay.wait(timeout=TRANSFER_TIMEOUT) != 0:
-                raise RuntimeError("tcp chain: a relay failed")
-        return time.monotonic() - started
-    finally:
-        for relay in relays:
-            if relay.poll() is None:
-                relay.kill()
-                relay.wait()
+    # The last first, so each member's next is listening when it starts.
+    relays = [(f"m{i}", ["relay", member_address(i), size] + ([member_address(i + 1)] if i < members else []))
+              for i in range(members, 0, -1)]
+    return plain_tcp_seconds("tcp chain", relays, size, [member_address(1)])
 
 
 # ---------------------------------------------------------------------------------------------

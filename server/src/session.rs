@@ -180,6 +180,14 @@ impl Deferrals {
     }
 }
 
+/// The members session `session` may exchange pieces of `file` with, as sent to it: at most
+/// [`MAX_PEERS`].
+fn peer_list(server: &Server, file: &FileKey, session: u64) -> Vec<PeerInfo> {
+    let mut peers = server.swarms.peers(file, session);
+    peers.truncate(MAX_PEERS);
+    peers
+}
+
 /// Sends a fresh peer list for every swarm the session is in whose members changed.
 async fn sync_peers<S: AsyncRead + AsyncWrite + Unpin>(
     server: &Arc<Server>,
@@ -188,8 +196,7 @@ async fn sync_peers<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), SessionError> {
     let Some(me) = &session.swarm else { return Ok(()) };
     for (file, sent) in &mut session.peers_sent {
-        let mut peers = server.swarms.peers(file, me.session);
-        peers.truncate(MAX_PEERS);
+        let peers = peer_list(server, file, me.session);
         if peers != *sent {
             connection.write_frame(&Frame::Peers { file: *file, peers: peers.clone() }).await?;
             *sent = peers;
@@ -538,8 +545,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
     // The first list names everyone already in the swarm: an empty one first would have the
     // member close its connections to members it shares no other file with, only to dial
     // them again a moment later.
-    let mut peers = server.swarms.peers(&key, me.session);
-    peers.truncate(MAX_PEERS);
+    let peers = peer_list(server, &key, me.session);
     connection.write_frame(&Frame::Peers { file: key, peers: peers.clone() }).await?;
     session.peers_sent.insert(key, peers);
 

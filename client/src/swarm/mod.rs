@@ -1032,6 +1032,17 @@ mod tests {
             .collect()
     }
 
+    /// Two listening members, the first returned being the one whose fingerprint sorts first
+    /// (it dials the other at once) if `first_dials`, else the other.
+    async fn two_members(
+        ca: &gshare_certs::CertificateAuthority,
+        first_dials: bool,
+    ) -> ((Arc<Swarm>, SocketAddr), (Arc<Swarm>, SocketAddr)) {
+        let one = listening_member(ca, "one").await;
+        let other = listening_member(ca, "other").await;
+        if (one.0.me().0 < other.0.me().0) == first_dials { (one, other) } else { (other, one) }
+    }
+
     async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !condition() {
@@ -1048,14 +1059,7 @@ mod tests {
         let ca = gshare_certs::CertificateAuthority::generate("test", time::OffsetDateTime::now_utc()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         for dropping_dials in [true, false] {
-            let (one, one_address) = listening_member(&ca, "one").await;
-            let (other, other_address) = listening_member(&ca, "other").await;
-            // The member whose fingerprint sorts first dials the other at once.
-            let ((a, a_address), (b, b_address)) = if (one.me().0 < other.me().0) == dropping_dials {
-                ((one, one_address), (other, other_address))
-            } else {
-                ((other, other_address), (one, one_address))
-            };
+            let ((a, a_address), (b, b_address)) = two_members(&ca, dropping_dials).await;
             let key = [u8::from(dropping_dials); 32];
             for swarm in [&a, &b] {
                 swarm.add_share(&share(dir.path(), key, 4));
@@ -1087,14 +1091,8 @@ mod tests {
     async fn a_piece_that_arrives_before_the_other_members_bitfield_is_still_told() {
         let ca = gshare_certs::CertificateAuthority::generate("test", time::OffsetDateTime::now_utc()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (one, one_address) = listening_member(&ca, "one").await;
-        let (other, other_address) = listening_member(&ca, "other").await;
-        // `a` sorts first, so it dials at once.
-        let ((a, _), (b, b_address)) = if one.me().0 < other.me().0 {
-            ((one, one_address), (other, other_address))
-        } else {
-            ((other, other_address), (one, one_address))
-        };
+        // `a` dials at once.
+        let ((a, _), (b, b_address)) = two_members(&ca, true).await;
         let key = [7; 32];
         let a_share = share(dir.path(), key, 4);
         a.add_share(&a_share);
