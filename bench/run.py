@@ -32,7 +32,12 @@ Every load is bounded: a fixed list of transfers, each with a time limit.
 
 GSHARE_BENCH_KEEP=1 keeps the work directory (logs, received files) for a look afterwards;
 GSHARE_BENCH_RUST_LOG sets the programs' log filter (default `info`; for instance
-`info,gshare_client=debug` logs each member connection).
+`info,gshare_client=debug` logs each member connection). GSHARE_BENCH_TIMELINE=1 (with
+GSHARE_BENCH_KEEP) writes, for each gshare transfer, `timeline-<n>.tsv` in the work directory:
+every 100 ms, the bytes each host has received and sent on its link so far (from the bridge
+ports' counters), to see where a transfer leaves links idle. GSHARE_BENCH_SYSCTL="key=value ..."
+sets kernel settings in every host's namespace, to see what the emulated LAN's own costs do
+(for instance net.ipv4.tcp_min_tso_segs=8); the README's figures use none.
 """
 
 import argparse
@@ -90,6 +95,13 @@ class Lan:
         self.link_mbit = link_mbit
 
     def __enter__(self):
+        try:
+            return self.build()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def build(self):
         hosts = [("server", SERVER_IP)] + [(f"m{i}", MEMBER_IP.format(10 + i)) for i in range(1, self.members + 1)]
         for name in ["br"] + [h for h, _ in hosts]:
             sh("ip", "netns", "add", ns(name))
@@ -107,6 +119,8 @@ class Lan:
             sh("ip", "-n", ns(host), "addr", "add", f"{address}/24", "dev", "eth0")
             sh("ip", "-n", ns(host), "link", "set", "eth0", "up")
             sh("ip", "-n", ns(host), "link", "set", "lo", "up")
+            for setting in os.environ.get("GSHARE_BENCH_SYSCTL", "").split():
+                sh("ip", "netns", "exec", ns(host), "sysctl", "-qw", setting)
             if self.link_mbit:
                 # Out of the host (its eth0) and into it (its bridge port), each its own bucket.
                 shape = ["root", "tbf", "rate", f"{self.link_mbit}mbit", "burst", "64kb", "latency", "50ms"]
@@ -117,6 +131,23 @@ class Lan:
     def __exit__(self, *exc):
         for name in self.names:
             sh("ip", "netns", "del", ns(name), check=False)
+
+
+class Timeline:
+    """Samples every host's link counters while a transfer runs (GSHARE_BENCH_TIMELINE)."""
+
+    def __init__(self, path, hosts):
+        # Bridge port i faces host i (0: the server): what it sends, the host receives.
+        reads = " ".join(f"/sys/class/net/port{i}/statistics/tx_bytes /sys/class/net/port{i}/statistics/rx_bytes"
+                         for i in range(hosts + 1))
+        script = f'while :; do echo $(date +%s.%N) $(cat {reads}); sleep 0.1; done'
+        self.out = open(path, "w")
+        self.process = subprocess.Popen(in_ns("br", "sh", "-c", script), stdout=self.out)
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+        self.out.close()
 
 
 def tx_bytes(host):
@@ -261,6 +292,7 @@ class Gshare:
         members = max(member_counts)
         self.members = members
         self.listeners = {}
+        self.sends = 0
         groups = {n: f"B{n}" for n in member_counts}
         self.group_of = groups
         config = self.dir / "server.toml"
@@ -322,9 +354,15 @@ class Gshare:
         sent_before = tx_bytes("server")
         wall_started = time.time()
         started = time.monotonic()
+        timeline = None
+        if os.environ.get("GSHARE_BENCH_TIMELINE"):
+            self.sends += 1
+            timeline = Timeline(self.dir / f"timeline-{self.sends}.tsv", self.members)
         result = sh(BIN / "gshare-server", "--config", self.config, "send", "--group", group, path, "--wait",
                     timeout=TRANSFER_TIMEOUT)
         elapsed = time.monotonic() - started
+        if timeline is not None:
+            timeline.stop()
         server_sent = tx_bytes("server") - sent_before
         delivered = result.stdout.count(": delivered ")
         if delivered != members:

@@ -843,6 +843,7 @@ mod tests {
         let mut dead = vec![false; members];
         let mut server_uploads = 0u64;
         let mut now = 0.0f64;
+        let mut trace = Trace::new(members);
         while now < 300.0 && (0..members).any(|m| finish[m].is_none() && !dead[m]) {
             if let Some((who, when)) = dies
                 && now >= when
@@ -924,8 +925,10 @@ mod tests {
             }
             for (t, transfer) in transfers.iter_mut().enumerate() {
                 transfer.left -= rate[t].unwrap_or(0.0) * STEP;
+                trace.carried(transfer.from, transfer.to, rate[t].unwrap_or(0.0) * STEP);
             }
             now += STEP;
+            trace.each_second(now, &schedules);
             let (done, going): (Vec<Transfer>, Vec<Transfer>) = transfers.into_iter().partition(|t| t.left <= 0.0);
             transfers = going;
             for t in done {
@@ -946,6 +949,48 @@ mod tests {
             }
         }
         Outcome { finish, server_uploads }
+    }
+
+    /// With GSHARE_SIM_TRACE set, a simulation prints each second how busy every link was
+    /// (in % of its rate) and how many members take from each member: the way to see where a
+    /// schedule leaves links idle (`GSHARE_SIM_TRACE=1 cargo test -p gshare-proto --release
+    /// sixteen -- --nocapture`).
+    struct Trace {
+        on: bool,
+        down: Vec<f64>,
+        up: Vec<f64>,
+        server: f64,
+    }
+
+    impl Trace {
+        fn new(members: usize) -> Self {
+            let on = std::env::var_os("GSHARE_SIM_TRACE").is_some();
+            Self { on, down: vec![0.0; members], up: vec![0.0; members], server: 0.0 }
+        }
+
+        fn carried(&mut self, from: Option<usize>, to: usize, bytes: f64) {
+            self.down[to] += bytes;
+            *from.map_or(&mut self.server, |from| &mut self.up[from]) += bytes;
+        }
+
+        fn each_second(&mut self, now: f64, schedules: &[Schedule]) {
+            if !self.on || now.floor() == (now - STEP).floor() {
+                return;
+            }
+            let percent =
+                |bytes: &[f64]| bytes.iter().map(|b| format!("{:3.0}", b / RATE * 100.0)).collect::<Vec<_>>().join(" ");
+            let mut takers = vec![0; schedules.len()];
+            for schedule in schedules {
+                for (&peer, _) in schedule.peers.iter().filter(|(_, view)| view.is_active()) {
+                    takers[peer as usize] += 1;
+                }
+            }
+            eprintln!("{now:5.1} s  down {}  server {}", percent(&self.down), percent(&[self.server]));
+            eprintln!("         up   {}  takers {takers:?}", percent(&self.up));
+            self.down.fill(0.0);
+            self.up.fill(0.0);
+            self.server = 0.0;
+        }
     }
 
     fn limit() -> f64 {
