@@ -1018,6 +1018,12 @@ where
     }
     let (from_server, from_peers, bad_peers) = {
         let state = share.state();
+        tracing::debug!(
+            from_server = state.from_server,
+            from_peers = state.from_peers,
+            twice = state.twice,
+            "received whole in pieces"
+        );
         (state.from_server, state.from_peers, state.bad.clone())
     };
     connection.write_frame(&Frame::SwarmDone { delivery: id, from_server, from_peers, bad_peers }).await?;

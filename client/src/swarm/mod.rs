@@ -184,6 +184,9 @@ pub struct ShareState {
     interested: HashSet<u64>,
     pub from_server: u64,
     pub from_peers: u64,
+    /// Bytes of pieces that came again after they were held (a piece asked of a second member
+    /// because the first was slow, both of which sent it): link time spent for nothing.
+    pub twice: u64,
     /// Members that sent pieces that did not verify.
     pub bad: Vec<Fingerprint>,
     /// Requests for the server the session has yet to send.
@@ -211,6 +214,7 @@ impl FileShare {
                 interested: HashSet::new(),
                 from_server: 0,
                 from_peers: 0,
+                twice: 0,
                 bad: Vec::new(),
                 server_new: 0,
                 server_pieces: Vec::new(),
@@ -699,9 +703,15 @@ impl Swarm {
                 share.wake.notify_one();
             }
             Frame::Have { file, piece } => {
-                let joined = self.share(&file).filter(|share| share.state().interested.contains(&id));
+                let joined = self.share(&file).filter(|share| {
+                    let mut state = share.state();
+                    let joined = state.interested.contains(&id);
+                    if joined {
+                        state.schedule.peer_has(id, piece, Instant::now());
+                    }
+                    joined
+                });
                 if let Some(share) = joined {
-                    share.state().schedule.peer_has(id, piece, Instant::now());
                     share.wake.notify_one();
                 } else if let Some(early) = lock(&self.peers).get_mut(&id).and_then(|h| h.pending.get_mut(&file)) {
                     // Its bitfield is kept for when the server names it: kept up to date.
@@ -800,6 +810,7 @@ impl Swarm {
         let holders: HashSet<u64> = {
             let mut state = share.state();
             if !state.schedule.piece_arrived(piece, source, Instant::now()) {
+                state.twice += len;
                 return;
             }
             match source {
