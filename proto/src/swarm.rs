@@ -188,6 +188,41 @@ const PACE_WINDOW: Duration = Duration::from_secs(2);
 /// Fewer pieces than this in the window say too little: the waits stay as they are.
 const PACE_MIN_PIECES: usize = 8;
 
+/// When pieces came within a window of time, as a rate is measured: at most `most` kept,
+/// which bounds memory whatever the rate (a count at the bound means "at least this fast").
+#[derive(Debug)]
+struct RecentArrivals {
+    times: VecDeque<Instant>,
+    window: Duration,
+    most: usize,
+}
+
+impl RecentArrivals {
+    fn new(window: Duration, most: usize) -> Self {
+        Self { times: VecDeque::new(), window, most }
+    }
+
+    fn record(&mut self, now: Instant) {
+        self.times.push_back(now);
+        self.forget_old(now);
+    }
+
+    /// How many came within the window before `now`.
+    fn count(&mut self, now: Instant) -> usize {
+        self.forget_old(now);
+        self.times.len()
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        while self.times.front().is_some_and(|&at| now.saturating_duration_since(at) > self.window) {
+            self.times.pop_front();
+        }
+        while self.times.len() > self.most {
+            self.times.pop_front();
+        }
+    }
+}
+
 /// What a member knows about another member.
 #[derive(Debug)]
 struct PeerView {
@@ -229,8 +264,8 @@ pub struct Schedule {
     /// How many connected members hold each piece.
     availability: Vec<u16>,
     server_new_in_flight: u32,
-    /// When the pieces that came from the server within the last [`SERVER_RATE_WINDOW`] came.
-    server_arrivals: VecDeque<Instant>,
+    /// The pieces that came from the server within the last [`SERVER_RATE_WINDOW`].
+    server_arrivals: RecentArrivals,
     server_exhausted_at: Option<Instant>,
     /// Whether this member asks for new pieces (it passes pieces on).
     takes_new_pieces: bool,
@@ -243,8 +278,8 @@ pub struct Schedule {
     seed: u32,
     /// When the slowest member taken from was last let go.
     last_rotation: Option<Instant>,
-    /// When the pieces that came within the last [`PACE_WINDOW`] came, from anyone.
-    arrivals: VecDeque<Instant>,
+    /// The pieces that came within the last [`PACE_WINDOW`], from anyone.
+    arrivals: RecentArrivals,
 }
 
 impl Schedule {
@@ -262,14 +297,19 @@ impl Schedule {
             peers: HashMap::new(),
             availability: vec![0; pieces],
             server_new_in_flight: 0,
-            server_arrivals: VecDeque::new(),
+            // Never more than the deepest depth needs.
+            server_arrivals: RecentArrivals::new(
+                SERVER_RATE_WINDOW,
+                (SERVER_NEW_MAX_DEPTH * AHEADS_PER_WINDOW) as usize,
+            ),
             server_exhausted_at: None,
             takes_new_pieces: serves,
             last_progress: None,
             first_missing: 0,
             seed: 0,
             last_rotation: None,
-            arrivals: VecDeque::new(),
+            // More than this is a fast link: the waits are unchanged.
+            arrivals: RecentArrivals::new(PACE_WINDOW, (PACE_PIECES_PER_SECOND * PACE_WINDOW.as_secs_f64()) as usize),
         }
         .with_first_missing_found()
     }
@@ -355,14 +395,10 @@ impl Schedule {
         {
             view.arrived += 1;
         }
-        self.arrivals.push_back(now);
-        self.forget_old_paces(now);
+        self.arrivals.record(now);
         match source {
             Source::Peer(_) => self.last_progress = Some(now),
-            Source::Server => {
-                self.server_arrivals.push_back(now);
-                self.forget_old_arrivals(now);
-            }
+            Source::Server => self.server_arrivals.record(now),
         }
         if piece >= self.have.len() || self.have.get(piece) {
             return false;
@@ -377,36 +413,15 @@ impl Schedule {
         self.forget_request(piece, source);
     }
 
-    fn forget_old_paces(&mut self, now: Instant) {
-        while self.arrivals.front().is_some_and(|&at| now.saturating_duration_since(at) > PACE_WINDOW) {
-            self.arrivals.pop_front();
-        }
-        // A bound on memory whatever the rate: more than this is a fast link, waits unchanged.
-        let enough = (PACE_PIECES_PER_SECOND * PACE_WINDOW.as_secs_f64()) as usize;
-        while self.arrivals.len() > enough {
-            self.arrivals.pop_front();
-        }
-    }
-
     /// How much longer than at [`PACE_PIECES_PER_SECOND`] this member waits, from 1 (as fast
     /// or faster, or too few pieces yet to tell) to [`MAX_PACE`].
     pub fn pace(&mut self, now: Instant) -> f64 {
-        self.forget_old_paces(now);
-        if self.arrivals.len() < PACE_MIN_PIECES {
+        let count = self.arrivals.count(now);
+        if count < PACE_MIN_PIECES {
             return 1.0;
         }
-        let per_second = self.arrivals.len() as f64 / PACE_WINDOW.as_secs_f64();
+        let per_second = count as f64 / PACE_WINDOW.as_secs_f64();
         (PACE_PIECES_PER_SECOND / per_second).clamp(1.0, MAX_PACE)
-    }
-
-    fn forget_old_arrivals(&mut self, now: Instant) {
-        while self.server_arrivals.front().is_some_and(|&at| now.saturating_duration_since(at) > SERVER_RATE_WINDOW) {
-            self.server_arrivals.pop_front();
-        }
-        // Never more than the deepest depth needs.
-        while self.server_arrivals.len() > (SERVER_NEW_MAX_DEPTH * AHEADS_PER_WINDOW) as usize {
-            self.server_arrivals.pop_front();
-        }
     }
 
     /// Pieces asked of other members now.
@@ -606,9 +621,8 @@ impl Schedule {
         let mut asks = ServerAsks::default();
         let last_progress = *self.last_progress.get_or_insert(now);
         if self.takes_new_pieces && self.server_exhausted_at.is_none() {
-            self.forget_old_arrivals(now);
             let alone = self.peers.is_empty();
-            let ahead = if alone { self.server_arrivals.len() as u32 / AHEADS_PER_WINDOW } else { 0 };
+            let ahead = if alone { self.server_arrivals.count(now) as u32 / AHEADS_PER_WINDOW } else { 0 };
             let depth = (SERVER_NEW_DEPTH + ahead).min(SERVER_NEW_MAX_DEPTH);
             asks.new_pieces = depth.saturating_sub(self.server_new_in_flight);
             self.server_new_in_flight += asks.new_pieces;
