@@ -352,17 +352,20 @@ class Gshare:
         cpu_before = [cpu_seconds(pid) for pid in pids]
         log_offset = self.server_log.stat().st_size
         sent_before = tx_bytes("server")
-        wall_started = time.time()
-        started = time.monotonic()
         timeline = None
         if os.environ.get("GSHARE_BENCH_TIMELINE"):
             self.sends += 1
             timeline = Timeline(self.dir / f"timeline-{self.sends}.tsv", self.members)
-        result = sh(BIN / "gshare-server", "--config", self.config, "send", "--group", group, path, "--wait",
-                    timeout=TRANSFER_TIMEOUT)
-        elapsed = time.monotonic() - started
-        if timeline is not None:
-            timeline.stop()
+        wall_started = time.time()
+        started = time.monotonic()
+        try:
+            result = sh(BIN / "gshare-server", "--config", self.config, "send", "--group", group, path, "--wait",
+                        timeout=TRANSFER_TIMEOUT)
+        finally:
+            # A transfer that fails or times out must not leave the sampler running.
+            elapsed = time.monotonic() - started
+            if timeline is not None:
+                timeline.stop()
         server_sent = tx_bytes("server") - sent_before
         delivered = result.stdout.count(": delivered ")
         if delivered != members:
