@@ -606,7 +606,7 @@ impl Swarm {
             lock(&self.dialing).remove(&certificate);
         }
         tracing::debug!(%address, peer = %certificate, "member connected");
-        let writing = tokio::spawn(write_peer(writer, outgoing, close.clone()));
+        let writing = tokio::spawn(write_peer(writer, id, outgoing, close.clone()));
         let mut connection = Connection::new(reader);
         let mut unnamed_check = tokio::time::interval(UNNAMED_CHECK_EVERY);
         let mut unnamed_since: Option<Instant> = None;
@@ -728,8 +728,18 @@ impl Swarm {
             },
             Frame::Piece { file, piece, bytes } => {
                 let Some(share) = self.share(&file) else { return Ok(None) };
-                if !share.state().schedule.is_asked(piece, Source::Peer(id)) {
-                    return Err(format!("sent piece {piece}, which was not asked of it"));
+                {
+                    let mut state = share.state();
+                    if !state.schedule.expects(piece, Source::Peer(id)) {
+                        return Err(format!("sent piece {piece}, which was not asked of it"));
+                    }
+                    // A copy of a piece that came from elsewhere first: not needed, and not
+                    // hashed again.
+                    if !state.schedule.is_asked(piece, Source::Peer(id)) {
+                        state.schedule.piece_arrived(piece, Source::Peer(id), Instant::now());
+                        state.twice += bytes.len() as u64;
+                        return Ok(Some(bytes));
+                    }
                 }
                 let len = bytes.len() as u64;
                 match verify_and_write(&share, piece, bytes).await {
@@ -807,7 +817,7 @@ impl Swarm {
     /// A piece verified and was written: count it, tell the members exchanging the file, and
     /// ask for more.
     pub fn piece_verified(&self, share: &Arc<FileShare>, piece: u32, source: Source, len: u64) {
-        let holders: HashSet<u64> = {
+        let (holders, withdrawn) = {
             let mut state = share.state();
             if !state.schedule.piece_arrived(piece, source, Instant::now()) {
                 state.twice += len;
@@ -817,13 +827,17 @@ impl Swarm {
                 Source::Server => state.from_server += len,
                 Source::Peer(_) => state.from_peers += len,
             }
-            state.interested.iter().copied().filter(|&id| state.schedule.peer_holds(id, piece)).collect()
+            let holders: HashSet<u64> =
+                state.interested.iter().copied().filter(|&id| state.schedule.peer_holds(id, piece)).collect();
+            (holders, state.schedule.take_withdrawn())
         };
         // Every member told our bitfield hears of it (whether or not its own bitfield has come
-        // yet), but those that hold it already.
+        // yet), but those that hold it already, unless it was asked of them too: told, they
+        // do not send it if they have not begun to ([`write_peer`]).
         let key = share.store.key;
         for (id, handle) in lock(&self.peers).iter() {
-            if handle.announced.contains(&key) && !holders.contains(id) {
+            let asked = withdrawn.iter().any(|&(asked, _)| asked == *id);
+            if handle.announced.contains(&key) && (!holders.contains(id) || asked) {
                 handle.out.send(PeerOut::Frame(Frame::Have { file: key, piece }));
             }
         }
@@ -928,8 +942,10 @@ pub async fn verify_and_write(
     Ok((true, share.keep_recent(piece, bytes)))
 }
 
-/// Writes what a peer connection has to send, small frames first, until it is closed.
-async fn write_peer<W: AsyncWrite + Unpin>(writer: W, mut outgoing: PeerQueue, close: watch::Sender<bool>) {
+/// Writes what a peer connection has to send, small frames first, until it is closed. A
+/// piece the other member has told us it holds since it asked for it is not sent: it came
+/// from elsewhere meanwhile ([`Schedule::take_withdrawn`]).
+async fn write_peer<W: AsyncWrite + Unpin>(writer: W, id: u64, mut outgoing: PeerQueue, close: watch::Sender<bool>) {
     // Small frames (haves, requests) gather in a buffer and go out together, in one TLS
     // record, when there is nothing more to send right now.
     let mut connection = Connection::new(tokio::io::BufWriter::with_capacity(16 * 1024, writer));
@@ -942,6 +958,10 @@ async fn write_peer<W: AsyncWrite + Unpin>(writer: W, mut outgoing: PeerQueue, c
                 other => other,
             },
             PeerOut::Piece(share, piece) => {
+                // It has the piece from elsewhere since it asked (it told us): not sent.
+                if share.state().schedule.peer_holds(id, piece) {
+                    continue;
+                }
                 if let Some(bytes) = share.recent(piece) {
                     let written = connection.write_piece(&share.store.key, piece, &bytes).await;
                     if written.is_err() {
@@ -996,6 +1016,31 @@ mod tests {
         };
         let store = PieceStore::new(key, u64::from(pieces) * 64, 64, pieces, file("part"), file("ends"));
         FileShare::new(store, Bits::new(pieces), true)
+    }
+
+    #[tokio::test]
+    async fn a_piece_the_asker_has_had_from_elsewhere_meanwhile_is_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = share(dir.path(), [1; 32], 4);
+        for piece in 0..2u8 {
+            share.keep_recent(u32::from(piece), vec![piece; 64]);
+        }
+        // Member 7 asked for pieces 0 and 1, and has told us since that it holds piece 0.
+        share.state().schedule.peer_joined(7, Bits::new(4));
+        share.state().schedule.peer_has(7, 0, Instant::now());
+        let (sender, queue) = peer_queue();
+        sender.send(PeerOut::Piece(Arc::clone(&share), 0));
+        sender.send(PeerOut::Piece(Arc::clone(&share), 1));
+        drop(sender);
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (close, _) = watch::channel(false);
+        write_peer(ours, 7, queue, close).await;
+        let mut reading = Connection::new(theirs);
+        match reading.read_frame().await.unwrap() {
+            Some(Frame::Piece { piece, bytes, .. }) => assert_eq!((piece, bytes), (1, vec![1; 64])),
+            other => panic!("expected piece 1, got {other:?}"),
+        }
+        assert!(reading.read_frame().await.unwrap().is_none(), "piece 0 was not sent");
     }
 
     #[test]
