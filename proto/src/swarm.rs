@@ -195,16 +195,29 @@ struct RecentArrivals {
     times: VecDeque<Instant>,
     window: Duration,
     most: usize,
+    /// When the first of all came.
+    first: Option<Instant>,
 }
 
 impl RecentArrivals {
     fn new(window: Duration, most: usize) -> Self {
-        Self { times: VecDeque::new(), window, most }
+        Self { times: VecDeque::new(), window, most, first: None }
     }
 
     fn record(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
         self.times.push_back(now);
         self.forget_old(now);
+    }
+
+    /// How many came a second over the window before `now`, or over the time since the first
+    /// came if that is shorter (right after the first pieces, a whole window would read as
+    /// slow). With `most` kept, a rate at `most` per window means "at least this".
+    fn per_second(&mut self, now: Instant) -> f64 {
+        let count = self.count(now);
+        let since_first = self.first.map_or(Duration::ZERO, |first| now.saturating_duration_since(first));
+        let span = since_first.min(self.window).max(Duration::from_millis(1));
+        count as f64 / span.as_secs_f64()
     }
 
     /// How many came within the window before `now`.
@@ -467,12 +480,10 @@ impl Schedule {
     /// How much longer than at [`PACE_PIECES_PER_SECOND`] this member waits, from 1 (as fast
     /// or faster, or too few pieces yet to tell) to [`MAX_PACE`].
     pub fn pace(&mut self, now: Instant) -> f64 {
-        let count = self.arrivals.count(now);
-        if count < PACE_MIN_PIECES {
+        if self.arrivals.count(now) < PACE_MIN_PIECES {
             return 1.0;
         }
-        let per_second = count as f64 / PACE_WINDOW.as_secs_f64();
-        (PACE_PIECES_PER_SECOND / per_second).clamp(1.0, MAX_PACE)
+        (PACE_PIECES_PER_SECOND / self.arrivals.per_second(now)).clamp(1.0, MAX_PACE)
     }
 
     /// Pieces asked of other members now.
@@ -887,6 +898,19 @@ mod tests {
         }
         assert_eq!(schedule.pace(start + PACE_WINDOW), 2.0);
         assert_eq!(schedule.pace(start + PACE_WINDOW * 2), 1.0);
+        // Right after the first pieces came, the rate is over the time since: ten pieces in
+        // 50 ms is a fast link, not ten in a whole window.
+        let mut schedule = Schedule::new(Bits::new(1000));
+        for piece in 0..10 {
+            schedule.piece_arrived(piece, Source::Server, start + Duration::from_millis(5 * u64::from(piece)));
+        }
+        assert_eq!(schedule.pace(start + Duration::from_millis(50)), 1.0);
+        // ... and a slow one is slow from its first pieces on.
+        let mut schedule = Schedule::new(Bits::new(1000));
+        for piece in 0..8 {
+            schedule.piece_arrived(piece, Source::Server, start + Duration::from_millis(250 * u64::from(piece)));
+        }
+        assert_eq!(schedule.pace(start + Duration::from_secs(2)), 4.0);
     }
 
     #[test]
