@@ -18,9 +18,10 @@
 //! comes from other members: a member's first missing piece first (so that no piece stays
 //! missing while later ones pile up, and members hold alike runs from the start), then the
 //! rarest of the next few; a piece a member has been slow to send is asked of another member
-//! that holds it too, and once it has come from one, it is withdrawn from the other. Only when the other members have made no progress for a grace period (after the
-//! server handed out every piece) is a piece that no connected member holds, or that only a
-//! slow one does, asked of the server by number.
+//! that holds it too, and once it has come from one, it is withdrawn from the other. Only
+//! when the other members have made no progress for a grace period (after the server handed
+//! out every piece) is a piece that no connected member holds, or that only a slow one does,
+//! asked of the server by number.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
