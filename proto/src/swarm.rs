@@ -1093,42 +1093,31 @@ mod tests {
                     }
                 }
             }
-            // Everyone asks.
+            // Everyone asks; what is asked begins to move once the request has had its way.
+            let asked = |from: Option<usize>, to: usize, piece: u32| Transfer {
+                from,
+                to,
+                piece,
+                left: f64::from(PIECE_LEN),
+                ready: now + waits.request,
+            };
             for me in (0..members).filter(|&m| !dead[m] && finish[m].is_none()) {
                 schedules[me].expire(at(now));
                 let asks = schedules[me].asks_for_server(at(now));
                 for _ in 0..asks.new_pieces {
                     if next_new < pieces {
-                        transfers.push(Transfer {
-                            from: None,
-                            to: me,
-                            piece: next_new,
-                            left: f64::from(PIECE_LEN),
-                            ready: now + waits.request,
-                        });
+                        transfers.push(asked(None, me, next_new));
                         next_new += 1;
                     } else {
                         schedules[me].server_exhausted(at(now));
                     }
                 }
                 for piece in asks.pieces {
-                    transfers.push(Transfer {
-                        from: None,
-                        to: me,
-                        piece,
-                        left: f64::from(PIECE_LEN),
-                        ready: now + waits.request,
-                    });
+                    transfers.push(asked(None, me, piece));
                 }
                 for other in schedules[me].peers_in_order().into_iter().map(|peer| peer as usize) {
                     for piece in schedules[me].asks_for_peer(other as u64, at(now)) {
-                        transfers.push(Transfer {
-                            from: Some(other),
-                            to: me,
-                            piece,
-                            left: f64::from(PIECE_LEN),
-                            ready: now + waits.request,
-                        });
+                        transfers.push(asked(Some(other), me, piece));
                     }
                 }
             }
