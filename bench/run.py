@@ -137,9 +137,11 @@ class Timeline:
     """Samples every host's link counters while a transfer runs (GSHARE_BENCH_TIMELINE)."""
 
     def __init__(self, path, hosts):
-        # Bridge port i faces host i (0: the server): what it sends, the host receives.
-        reads = " ".join(f"/sys/class/net/port{i}/statistics/tx_bytes /sys/class/net/port{i}/statistics/rx_bytes"
-                         for i in range(hosts + 1))
+        # Bridge port i faces host i (0: the server): what it sends, the host receives. Bytes,
+        # then packets as the veth pair counts them (a batch of segments the kernel sends as
+        # one counts once: the unit of its work per packet).
+        reads = " ".join(f"/sys/class/net/port{i}/statistics/{counter}" for i in range(hosts + 1)
+                         for counter in ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets"))
         script = f'while :; do echo $(date +%s.%N) $(cat {reads}); sleep 0.1; done'
         self.out = open(path, "w")
         self.process = subprocess.Popen(in_ns("br", "sh", "-c", script), stdout=self.out)
