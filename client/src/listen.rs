@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
-use gshare_common::{Connection, ConnectionError, ReadAhead};
+use gshare_common::{Connection, ConnectionError, read_ahead};
 use gshare_proto::frame::{DeliveryId, Frame, Offer, Text};
 use gshare_proto::membership::Outcome;
 use gshare_proto::swarm::{Bits, MAX_PIECES, Source, piece_count};
@@ -397,11 +397,10 @@ async fn session(
         .map_err(|_| SessionError::Connect("timed out".into()))?
         .map_err(|e| SessionError::Connect(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    let tls =
-        tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(config).connect(server_name(), ReadAhead::new(tcp)))
-            .await
-            .map_err(|_| SessionError::Connect("the TLS handshake timed out".into()))?
-            .map_err(|e| SessionError::Connect(crate::tls::handshake_error(&e)))?;
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(config).connect(server_name(), read_ahead(tcp)))
+        .await
+        .map_err(|_| SessionError::Connect("the TLS handshake timed out".into()))?
+        .map_err(|e| SessionError::Connect(crate::tls::handshake_error(&e)))?;
     let mut connection = Connection::new(tls);
     connection.set_write_timeout(SILENCE_LIMIT);
     connection.write_frame(&Frame::SubscribeSwarm { groups: groups.to_vec(), peer_port: link.peer_port }).await?;

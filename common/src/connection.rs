@@ -6,11 +6,12 @@
 //! because the decoder refuses a declared length above the maximum before waiting for it.
 //! A side that expects only small frames (a server reading a stranger's request) lowers that
 //! maximum with [`Connection::limit_frames`], and a side that must not wait on a peer forever
-//! bounds every write with [`Connection::set_write_timeout`].
+//! bounds every write with [`Connection::set_write_timeout`]. Beneath a TLS stream that
+//! carries file data, the socket is read in large gulps ([`read_ahead`]).
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 
 use gshare_proto::frame::{self, DeliveryId, FileKey, Frame, FrameError};
@@ -19,6 +20,16 @@ use gshare_proto::frame::{self, DeliveryId, FileKey, Frame, FrameError};
 const READ_CHUNK: usize = 64 * 1024;
 /// Most spare data buffers kept for reuse.
 const MAX_SPARE: usize = 32;
+
+/// The socket beneath a TLS stream that carries file data, read up to 64 KiB (`READ_CHUNK`) per
+/// system call. rustls asks its transport for at most 4 KiB per read
+/// (`DeframerVecBuffer::prepare_read`), so straight over a socket every 4 KiB received cost a
+/// read system call, a readiness wake-up and often a resize of rustls's buffer; the buffer
+/// here takes whatever the socket holds at once and serves rustls from memory (writes pass
+/// straight through). Members' CPU on the CPU-bound benchmark fell by a tenth with it.
+pub fn read_ahead<S: AsyncRead>(socket: S) -> BufReader<S> {
+    BufReader::with_capacity(READ_CHUNK, socket)
+}
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]

@@ -5,8 +5,8 @@
 //! # Layout
 //!
 //! - [`cli`]: logging and exit status for the binaries.
-//! - [`connection`]: a byte stream read and written in whole frames.
-//! - [`read_ahead`]: the socket beneath a TLS stream, read up to 64 KiB per system call.
+//! - [`connection`]: a byte stream read and written in whole frames, and the socket beneath
+//!   a TLS stream read in large gulps.
 //! - [`config_file`]: reading TOML with `file: line N: key: message` errors.
 //! - [`files`]: atomic file replacement, and write-behind for long writes.
 //! - [`password`]: reading a password from the terminal or standard input.
@@ -21,14 +21,12 @@ pub mod drops;
 pub mod files;
 pub mod multicast;
 pub mod password;
-pub mod read_ahead;
 pub mod settings;
 
 pub use config_file::ConfigFileError;
-pub use connection::{Connection, ConnectionError};
+pub use connection::{Connection, ConnectionError, read_ahead};
 pub use drops::{DropCounter, DropReason};
 pub use multicast::{MulticastChannel, TransportError};
-pub use read_ahead::ReadAhead;
 pub use settings::MulticastSettings;
 
 /// The ALPN protocol name of gshare's TLS sessions; both sides insist on it. Its number goes

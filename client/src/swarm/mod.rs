@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 
-use gshare_common::{Connection, ReadAhead};
+use gshare_common::{Connection, read_ahead};
 use gshare_proto::Fingerprint;
 use gshare_proto::frame::{FileKey, Frame, PeerInfo, Text};
 use gshare_proto::swarm::{Bits, Schedule, Source};
@@ -352,7 +352,7 @@ impl Swarm {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&lock(&self.identity).server_config));
             tokio::spawn(async move {
                 tune_peer_socket(&tcp);
-                let tls = match tokio::time::timeout(PEER_CONNECT_TIMEOUT, acceptor.accept(ReadAhead::new(tcp))).await {
+                let tls = match tokio::time::timeout(PEER_CONNECT_TIMEOUT, acceptor.accept(read_ahead(tcp))).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(error)) => {
                         return tracing::info!(%from, %error, "member connection refused: TLS handshake failed");
@@ -536,7 +536,7 @@ impl Swarm {
         let attempt = async {
             let tcp = TcpStream::connect(address).await?;
             tune_peer_socket(&tcp);
-            connector.connect(member_name(), ReadAhead::new(tcp)).await
+            connector.connect(member_name(), read_ahead(tcp)).await
         };
         let attempt = tokio::time::timeout(PEER_CONNECT_TIMEOUT, attempt).await;
         let tls = match attempt {
