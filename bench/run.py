@@ -37,7 +37,10 @@ GSHARE_BENCH_KEEP) writes, for each gshare transfer, `timeline-<n>.tsv` in the w
 every 100 ms, the bytes each host has received and sent on its link so far (from the bridge
 ports' counters), to see where a transfer leaves links idle. GSHARE_BENCH_SYSCTL="key=value ..."
 sets kernel settings in every host's namespace, to see what the emulated LAN's own costs do
-(for instance net.ipv4.tcp_min_tso_segs=8); the README's figures use none.
+(for instance net.ipv4.tcp_min_tso_segs=8); the README's figures use none. On a shaped LAN
+every host's TCP sends at most 60,000 bytes at once, so that the token buckets pass each send
+whole (see Lan.build); GSHARE_BENCH_GSO=<bytes> sets another bound, GSHARE_BENCH_GSO=kernel
+leaves the kernel's (64 KiB, which the buckets split into single packets).
 """
 
 import argparse
@@ -57,6 +60,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release"
 PREFIX = f"gsb{os.getpid()}"
+# The largest send a host's TCP hands its link at once on a shaped LAN (see Lan.build).
+GSO_MAX_SIZE = 60000
 SERVER_IP = "192.0.2.1"
 MEMBER_IP = "192.0.2.{}"  # members are .11, .12, ...
 PASSWORD = "benchmark password 1"
@@ -122,6 +127,17 @@ class Lan:
             for setting in os.environ.get("GSHARE_BENCH_SYSCTL", "").split():
                 sh("ip", "netns", "exec", ns(host), "sysctl", "-qw", setting)
             if self.link_mbit:
+                # A token bucket passes no packet larger than its burst (64 KiB, headers of
+                # every segment counted): a larger TCP send (the kernel makes them up to 64 KiB
+                # of data at once, which a real NIC cuts into frames in hardware) it splits
+                # into single 1.5 KB packets, each then crossing the veth pairs, the bridge,
+                # the next bucket and the receiver's TCP alone. On one machine emulating every
+                # host, that multiplied the CPU's work per byte by up to 45 for whoever sent
+                # a lot at once. Sends of at most 60,000 bytes pass whole; the rate is held
+                # the same. GSHARE_BENCH_GSO=<bytes> sets another bound, `kernel` none.
+                gso = os.environ.get("GSHARE_BENCH_GSO", str(GSO_MAX_SIZE))
+                if gso != "kernel":
+                    sh("ip", "-n", ns(host), "link", "set", "dev", "eth0", "gso_max_size", gso)
                 # Out of the host (its eth0) and into it (its bridge port), each its own bucket.
                 shape = ["root", "tbf", "rate", f"{self.link_mbit}mbit", "burst", "64kb", "latency", "50ms"]
                 sh("ip", "netns", "exec", ns(host), "tc", "qdisc", "add", "dev", "eth0", *shape)
