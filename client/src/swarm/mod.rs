@@ -174,6 +174,14 @@ pub struct FileShare {
     pub wake: Notify,
 }
 
+/// Where a member sits on the ring of members the scheduler takes pieces along
+/// ([`Schedule::place_on_ring`]): every member reads the same place from a certificate.
+fn ring_place(certificate: &Fingerprint) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&certificate.0[..8]);
+    u64::from_be_bytes(first)
+}
+
 /// A share's changing part.
 #[derive(Debug)]
 pub struct ShareState {
@@ -197,6 +205,16 @@ pub struct ShareState {
     /// A piece from another member could not be written (the disk is full, say): the session
     /// tells the server the file cannot be stored now.
     pub disk_error: Option<std::io::Error>,
+}
+
+impl ShareState {
+    /// A connected member (`them`) told which pieces it holds and is exchanging this file.
+    fn peer_joined(&mut self, id: u64, have: Bits, me: Fingerprint, them: Fingerprint) {
+        self.schedule.peer_joined(id, have);
+        self.schedule.place_on_ring(ring_place(&me));
+        self.schedule.place_peer(id, ring_place(&them));
+        self.interested.insert(id);
+    }
 }
 
 impl FileShare {
@@ -466,9 +484,7 @@ impl Swarm {
             if let Some(early) = handle.pending.remove(&key)
                 && let Ok(have) = Bits::from_bytes(&early, share.store.pieces)
             {
-                let mut state = share.state();
-                state.schedule.peer_joined(id, have);
-                state.interested.insert(id);
+                share.state().peer_joined(id, have, me, handle.certificate);
                 joined = true;
             }
         }
@@ -689,10 +705,10 @@ impl Swarm {
                     return Ok(None);
                 };
                 let have = Bits::from_bytes(&have, share.store.pieces).map_err(|e| e.to_string())?;
+                let me = self.me();
                 let answer = {
                     let mut state = share.state();
-                    state.schedule.peer_joined(id, have);
-                    state.interested.insert(id);
+                    state.peer_joined(id, have, me, certificate);
                     state.schedule.have().as_bytes().to_vec()
                 };
                 if let Some(handle) = lock(&self.peers).get_mut(&id)
