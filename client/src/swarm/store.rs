@@ -5,7 +5,7 @@
 //! state at the end of the piece before ([`gshare_proto::chain`]): every byte is hashed once,
 //! in whatever order pieces come, and once every piece has passed, the file's own SHA-256 has
 //! been computed and matched. So nothing waits in memory for pieces before it: every
-//! [`SYNC_STEP`] pieces written, their writeback is started and the step before is dropped
+//! [`SYNC_STEP`] bytes of pieces written, their writeback is started and the step before is dropped
 //! from the page cache, much as [`gshare_common::files::WriteBehind`] does for a file received
 //! in order: dirty memory stays bounded, and on a virtual machine the same pages are reused
 //! instead of fresh ones (which cost a host page fault each). The waiting for the disk is
@@ -25,10 +25,11 @@ use gshare_proto::chain::{PieceEnds, State, start};
 use gshare_proto::frame::FileKey;
 use gshare_proto::swarm::{Bits, piece_span};
 
-/// Pieces written between two steps of making them durable and dropping the step before from
-/// the page cache (32 MiB at 512 KiB pieces). Other members ask for recent pieces most: a
-/// piece stays cached for one to two steps after it arrives.
-pub const SYNC_STEP: usize = 64;
+/// Bytes of pieces written between two steps of making them durable and dropping the step
+/// before from the page cache. Other members ask for recent pieces most: a piece stays cached
+/// for one to two steps after it arrives. (In bytes, not pieces: each step costs a sync,
+/// whatever the piece size.)
+pub const SYNC_STEP: u64 = 32 * 1024 * 1024;
 
 /// The pieces of one file on disk.
 #[derive(Debug)]
@@ -86,14 +87,15 @@ impl PieceStore {
         }
     }
 
-    /// Records that a verified piece was written. Every [`SYNC_STEP`] pieces, hands them to the
-    /// flusher, which makes them durable and drops the step before from the page cache.
+    /// Records that a verified piece was written. Every [`SYNC_STEP`] bytes, hands the pieces
+    /// to the flusher, which makes them durable and drops the step before from the page cache.
     pub fn piece_written(&self, piece: u32) {
+        let step_pieces = (SYNC_STEP / u64::from(self.piece_len.max(1))).max(1) as usize;
         let step = {
             let mut written = self.written();
             written.verified.set(piece);
             written.step.push(piece);
-            if written.step.len() < SYNC_STEP {
+            if written.step.len() < step_pieces {
                 return;
             }
             std::mem::take(&mut written.step)
