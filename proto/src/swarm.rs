@@ -130,9 +130,9 @@ pub const PEER_DEPTH: u32 = 4;
 /// Members a member takes pieces from at once. Each connection that carries pieces costs
 /// every host on the way per packet, and the packets of a slow flow are small: 16 members
 /// each taking from all 15 others at once spent a third more CPU per byte (on the benchmark
-/// LAN, where the CPU was the limit) than each taking from 4. Which 4: the nearest before
-/// this member on a ring every member sees alike ([`Schedule::place_on_ring`]), so that each
-/// member is taken from by about as many as it takes from.
+/// LAN, where the CPU was the limit) than each taking from 4. Which 4: the first with pieces
+/// for this member in its order on a ring every member sees alike ([`Schedule::order_ring`]),
+/// so that each member is taken from by about as many as it takes from.
 pub const ACTIVE_SOURCES: usize = 4;
 /// How often the slowest of the members taken from is let go, while there are others to take
 /// from instead: a member that many others happen to take from is slow for each of them (and
