@@ -131,7 +131,7 @@ pub const PEER_DEPTH: u32 = 4;
 /// every host on the way per packet, and the packets of a slow flow are small: 16 members
 /// each taking from all 15 others at once spent a third more CPU per byte (on the benchmark
 /// LAN, where the CPU was the limit) than each taking from 4. Which 4: the first with pieces
-/// for this member in its order on a ring every member sees alike ([`Schedule::order_ring`]),
+/// for this member in its order on a ring every member sees alike ([`Schedule::place_on_ring`]),
 /// so that each member is taken from by about as many as it takes from.
 pub const ACTIVE_SOURCES: usize = 4;
 /// How often the slowest of the members taken from is let go, while there are others to take
@@ -360,7 +360,7 @@ impl Schedule {
 
     /// Places this member on a ring that every member sees alike (each takes its place from
     /// its certificate). A member then takes pieces from the [`ACTIVE_SOURCES`] members that
-    /// have pieces for it in its ring order ([`Schedule::order_ring`]), and is taken from by
+    /// have pieces for it in its ring order (`Schedule::order_ring`), and is taken from by
     /// about as many: every member's uplink carries a like share. With each member choosing
     /// in an order of its own instead, some were taken from by twice that many (their
     /// uplinks full, and slow for each taker) while others' stood idle: on the benchmark LAN,
@@ -557,8 +557,8 @@ impl Schedule {
         self.forget_request(piece, source);
     }
 
-    /// How much longer than at [`PACE_PIECES_PER_SECOND`] this member waits, from 1 (as fast
-    /// or faster, or too few pieces yet to tell) to [`MAX_PACE`].
+    /// How much longer than at `PACE_PIECES_PER_SECOND` this member waits, from 1 (as fast
+    /// or faster, or too few pieces yet to tell) to `MAX_PACE`.
     pub fn pace(&mut self, now: Instant) -> f64 {
         if self.arrivals.count(now) < PACE_MIN_PIECES {
             return 1.0;
@@ -762,7 +762,7 @@ impl Schedule {
 
     /// The members to look at for pieces, in the order to ask them: those taken from now
     /// first (so a free place among [`ACTIVE_SOURCES`] goes to another only when one of them
-    /// has nothing more for us), then the others: on the ring, in turn ([`Schedule::order_ring`]);
+    /// has nothing more for us), then the others: on the ring, in turn (`Schedule::order_ring`);
     /// unplaced, those let go for slowness less often first (a slow member is not taken back
     /// again and again), and among equals in an order of this member's own, so that
     /// different members take from different members.
