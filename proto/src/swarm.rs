@@ -466,7 +466,8 @@ impl Schedule {
     /// A member's connection ended: what it held is no longer to be had from it, and what was
     /// asked of it is asked elsewhere.
     pub fn peer_gone(&mut self, peer: u64) {
-        if let Some(view) = self.peers.remove(&peer) {
+        let removed = self.peers.remove(&peer);
+        if let Some(view) = &removed {
             for piece in view.has.ones() {
                 self.availability[piece as usize] = self.availability[piece as usize].saturating_sub(1);
             }
@@ -481,7 +482,11 @@ impl Schedule {
         for view in self.peers.values_mut() {
             view.nothing_for_us = false;
         }
-        self.order_ring();
+        // A member joining calls this first (it may have joined before): the order changes
+        // only if one left.
+        if removed.is_some() {
+            self.order_ring();
+        }
     }
 
     /// The server has handed out every piece once.

@@ -209,9 +209,8 @@ pub struct ShareState {
 
 impl ShareState {
     /// A connected member (`them`) told which pieces it holds and is exchanging this file.
-    fn peer_joined(&mut self, id: u64, have: Bits, me: Fingerprint, them: Fingerprint) {
+    fn peer_joined(&mut self, id: u64, have: Bits, them: Fingerprint) {
         self.schedule.peer_joined(id, have);
-        self.schedule.place_on_ring(ring_place(&me));
         self.schedule.place_peer(id, ring_place(&them));
         self.interested.insert(id);
     }
@@ -389,6 +388,7 @@ impl Swarm {
     /// Starts sharing a file; replaces an earlier share of the same bytes. Files received
     /// whole that the person has deleted since are let go now (their space comes back).
     pub fn add_share(&self, share: &Arc<FileShare>) {
+        share.state().schedule.place_on_ring(ring_place(&self.me()));
         // Locked in the order share_completed locks them.
         let mut completed = lock(&self.completed);
         let mut shares = lock(&self.shares);
@@ -484,7 +484,7 @@ impl Swarm {
             if let Some(early) = handle.pending.remove(&key)
                 && let Ok(have) = Bits::from_bytes(&early, share.store.pieces)
             {
-                share.state().peer_joined(id, have, me, handle.certificate);
+                share.state().peer_joined(id, have, handle.certificate);
                 joined = true;
             }
         }
@@ -705,10 +705,9 @@ impl Swarm {
                     return Ok(None);
                 };
                 let have = Bits::from_bytes(&have, share.store.pieces).map_err(|e| e.to_string())?;
-                let me = self.me();
                 let answer = {
                     let mut state = share.state();
-                    state.peer_joined(id, have, me, certificate);
+                    state.peer_joined(id, have, certificate);
                     state.schedule.have().as_bytes().to_vec()
                 };
                 if let Some(handle) = lock(&self.peers).get_mut(&id)
