@@ -252,6 +252,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let watching = reload::watch_users(Arc::clone(&server));
     let administering = admin::serve(Arc::clone(&server), admin_socket);
     let sweeping = sweep(Arc::clone(&server));
+    let recording = state::record_progress(Arc::clone(&server));
     let reissuing = reissue_server_certificate(Arc::clone(&server), current_certificate);
     let measuring = async {
         match metrics_listener {
@@ -267,6 +268,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         () = watching => Ok(()),
         () = administering => Ok(()),
         () = sweeping => Ok(()),
+        () = recording => Ok(()),
         () = shutdown => {
             tracing::info!("shutting down");
             notify::notify("STOPPING=1");

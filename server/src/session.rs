@@ -469,17 +469,11 @@ async fn fail_if_spool_corrupt(server: &Arc<Server>, delivery: &PendingDelivery)
     Ok(true)
 }
 
-/// Records how far a member got with `delivery` (for `status`) and tells `send --wait`.
-async fn record_progress(
-    server: &Arc<Server>,
-    user: &UserName,
-    delivery: &PendingDelivery,
-    bytes: u64,
-) -> Result<(), SessionError> {
-    let (id, now) = (delivery.id, unix_now());
-    blocking(server, move |store| store.set_progress(id, bytes, now)).await?;
-    server.emit(Event::Progress { delivery: id, user: user.clone(), bytes, size: delivery.size });
-    Ok(())
+/// Notes how far a member got with `delivery`, to be recorded for `status` without waiting
+/// for the disk ([`crate::state::ProgressBook`]), and tells `send --wait`.
+fn record_progress(server: &Server, user: &UserName, delivery: &PendingDelivery, bytes: u64) {
+    server.progress.note(delivery.id, bytes, unix_now());
+    server.emit(Event::Progress { delivery: delivery.id, user: user.clone(), bytes, size: delivery.size });
 }
 
 /// Least time between two progress records of one swarm delivery.
@@ -575,7 +569,7 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
                         // Recorded once a second at most, whatever the member sends.
                         if last_progress.elapsed() >= PROGRESS_INTERVAL {
                             last_progress = Instant::now();
-                            record_progress(server, user, &delivery, bytes.min(delivery.size)).await?;
+                            record_progress(server, user, &delivery, bytes.min(delivery.size));
                         }
                     }
                     Some(Frame::SwarmDone { delivery: done, from_server, from_peers, bad_peers }) if done == id => {
@@ -761,7 +755,7 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
         sent += read as u64;
         if sent >= next_progress || sent == delivery.size {
             next_progress = sent + PROGRESS_STEP;
-            record_progress(server, user, delivery, sent).await?;
+            record_progress(server, user, delivery, sent);
         }
     }
     unless_revoked(connection.flush(), control).await?;

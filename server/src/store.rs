@@ -563,11 +563,18 @@ impl Store {
     }
 
     /// Records how far a transfer got, for `status`.
-    pub fn set_progress(&self, delivery: u64, bytes_done: u64, now: i64) -> Result<(), StoreError> {
-        self.connection().execute(
-            "UPDATE deliveries SET bytes_done = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'pending'",
-            params![size_to_sql(delivery)?, size_to_sql(bytes_done)?, now],
-        )?;
+    /// Records how far each of several pending deliveries got, (delivery, bytes done, time),
+    /// in one transaction: one sync for all of them.
+    pub fn set_progress(&self, progress: &[(u64, u64, i64)]) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction()?;
+        for &(delivery, bytes_done, now) in progress {
+            transaction.execute(
+                "UPDATE deliveries SET bytes_done = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'pending'",
+                params![size_to_sql(delivery)?, size_to_sql(bytes_done)?, now],
+            )?;
+        }
+        transaction.commit()?;
         Ok(())
     }
 
@@ -836,6 +843,27 @@ mod tests {
         let states: Vec<_> =
             store.delivery_status().unwrap().into_iter().map(|d| (d.user, d.state, d.bytes_done)).collect();
         assert_eq!(states, [("alice".into(), "failed".into(), 0), ("bob".into(), "delivered".into(), 10)]);
+    }
+
+    #[test]
+    fn progress_of_many_deliveries_is_recorded_at_once_and_never_over_an_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let developers: GroupName = "Developers".parse().unwrap();
+        let (alice, bob): (UserName, UserName) = ("alice".parse().unwrap(), "bob".parse().unwrap());
+        store.add_membership(&alice, &developers, 1).unwrap();
+        store.add_membership(&bob, &developers, 1).unwrap();
+        let recorded = store.record_file("aa", "big.iso", 1000, &developers, 2).unwrap();
+        let (alice_delivery, bob_delivery) = (recorded.deliveries[0].0, recorded.deliveries[1].0);
+        store.set_progress(&[(alice_delivery, 300, 3), (bob_delivery, 700, 3)]).unwrap();
+        let done =
+            |store: &Store| -> Vec<u64> { store.delivery_status().unwrap().iter().map(|d| d.bytes_done).collect() };
+        assert_eq!(done(&store), [300, 700]);
+        // Progress noted before bob's delivery ended, written after it: the outcome stands.
+        store.mark_delivered(bob_delivery, 4).unwrap();
+        store.set_progress(&[(alice_delivery, 500, 5), (bob_delivery, 900, 5)]).unwrap();
+        assert_eq!(done(&store), [500, 1000]);
+        store.set_progress(&[]).unwrap();
     }
 
     #[test]
