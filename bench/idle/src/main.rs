@@ -134,9 +134,9 @@ async fn main() {
     for (home, out) in homes.iter().zip(&outs) {
         let settings = ClientSettings::load(home).unwrap();
         let enrollment = Enrollment::load(home).unwrap();
-        let options = ListenOptions { groups: vec!["Everyone".parse().unwrap()], out: Some(out.clone()) };
+        let options = ListenOptions { groups: vec!["Everyone".parse().unwrap()], out: Some(out.clone()), exec: None };
         tokio::spawn(async move {
-            let _ = listen(&settings, &enrollment, &options).await;
+            let _ = listen(&settings, enrollment, &options).await;
         });
     }
     for _ in 0..members {
