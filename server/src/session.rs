@@ -545,7 +545,6 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
 
     let spool_file = Arc::new(std::fs::File::open(server.spool.path(&delivery.sha256)).map_err(SessionError::Spool)?);
     let mut queue: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
-    let mut buffer = Vec::new();
     let mut last_heard = Instant::now();
     let mut last_progress = Instant::now() - PROGRESS_INTERVAL;
     let answer = loop {
@@ -593,11 +592,14 @@ async fn deliver_swarm<S: AsyncRead + AsyncWrite + Unpin>(
             () = std::future::ready(()), if !queue.is_empty() => {
                 let Some(piece) = queue.pop_front() else { continue };
                 let Some((offset, len)) = piece_span(delivery.size, PIECE_LEN, piece) else { continue };
+                // A piece's buffer comes with the turn and goes back with it: however many
+                // members are in a swarm, at most `concurrent_transfers` pieces are in memory.
                 let _turn = server.transfers.acquire().await.map_err(|_| SessionError::Revoked)?;
-                let reading = read_at(&spool_file, std::mem::take(&mut buffer), offset, len);
-                buffer = read_whole(reading, len, &delivery.sha256).await?;
+                let reading = read_at(&spool_file, server.piece_buffers.take(), offset, len);
+                let buffer = read_whole(reading, len, &delivery.sha256).await?;
                 unless_revoked(connection.write_piece(&key, piece, &buffer), control).await?;
                 server.metrics.bytes_sent.inc_by(buffer.len() as u64);
+                server.piece_buffers.give_back(buffer, server.config.concurrent_transfers);
                 held.set(piece);
             }
             () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {

@@ -90,6 +90,29 @@ pub(crate) struct Server {
     pub events: broadcast::Sender<Event>,
     /// How far deliveries got, waiting to be recorded ([`record_progress`]).
     pub progress: ProgressBook,
+    /// Buffers for the pieces swarm sessions send, taken with a transfer turn.
+    pub piece_buffers: BufferPool,
+}
+
+/// Buffers handed out and given back, so that sessions reuse a few instead of each keeping
+/// one: 500 members' swarm sessions each holding a piece's buffer between pieces held the
+/// server at 284 MiB while sending them a 10 MiB file (`bench/idle`).
+#[derive(Debug, Default)]
+pub(crate) struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    /// A spare buffer, or a new empty one.
+    pub fn take(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop().unwrap_or_default()
+    }
+
+    /// Keeps `buffer` for the next taker, unless `keep` are kept already.
+    pub fn give_back(&self, buffer: Vec<u8>, keep: usize) {
+        let mut spare = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if spare.len() < keep {
+            spare.push(buffer);
+        }
+    }
 }
 
 /// The latest progress of each delivery that moved since it was last recorded. Sessions note
@@ -158,6 +181,7 @@ impl Server {
             work: watch::Sender::new(0),
             events: broadcast::Sender::new(EVENT_BUFFER),
             progress: ProgressBook::default(),
+            piece_buffers: BufferPool::default(),
             config,
             identity,
             store,
