@@ -141,6 +141,10 @@ fn a_listener_whose_output_goes_to_a_full_disk_goes_on_receiving() {
         .stderr(full())
         .spawn()
         .unwrap();
+    // `send --wait` waits for connected members only: connected first (its output, where it
+    // would say so, goes to the full disk), so that the files are there when it returns.
+    let connected = || text(&server.command(&["status"], "").stdout).contains("connected now");
+    assert!(wait_until(LONG, connected), "the listener never connected");
     let source = tempfile::tempdir().unwrap();
     for (seed, name) in [(31, "first.bin"), (32, "second.bin")] {
         let file = random_file(source.path(), name, 300_000, seed);
