@@ -562,7 +562,6 @@ impl Store {
         Ok(())
     }
 
-    /// Records how far a transfer got, for `status`.
     /// Records how far each of several pending deliveries got, (delivery, bytes done, time),
     /// in one transaction: one sync for all of them.
     pub fn set_progress(&self, progress: &[(u64, u64, i64)]) -> Result<(), StoreError> {
@@ -818,14 +817,21 @@ mod tests {
         assert_eq!(store.users_with_valid_certificates().unwrap(), vec!["bob".parse::<UserName>().unwrap()]);
     }
 
-    #[test]
-    fn deliveries_follow_members_attempts_and_release() {
+    /// A store (in a directory kept while the first value lives) where alice and bob are in
+    /// Developers.
+    fn alice_and_bob_in_developers() -> (tempfile::TempDir, Store, GroupName, UserName, UserName) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let developers: GroupName = "Developers".parse().unwrap();
         let (alice, bob): (UserName, UserName) = ("alice".parse().unwrap(), "bob".parse().unwrap());
         store.add_membership(&alice, &developers, 1).unwrap();
         store.add_membership(&bob, &developers, 1).unwrap();
+        (dir, store, developers, alice, bob)
+    }
+
+    #[test]
+    fn deliveries_follow_members_attempts_and_release() {
+        let (_dir, store, developers, alice, _bob) = alice_and_bob_in_developers();
         let recorded = store.record_file("aa", "report.pdf", 10, &developers, 2).unwrap();
         assert_eq!(recorded.deliveries.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
         let pending = store.pending_for(&alice, std::slice::from_ref(&developers)).unwrap();
@@ -847,12 +853,7 @@ mod tests {
 
     #[test]
     fn progress_of_many_deliveries_is_recorded_at_once_and_never_over_an_outcome() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let developers: GroupName = "Developers".parse().unwrap();
-        let (alice, bob): (UserName, UserName) = ("alice".parse().unwrap(), "bob".parse().unwrap());
-        store.add_membership(&alice, &developers, 1).unwrap();
-        store.add_membership(&bob, &developers, 1).unwrap();
+        let (_dir, store, developers, ..) = alice_and_bob_in_developers();
         let recorded = store.record_file("aa", "big.iso", 1000, &developers, 2).unwrap();
         let (alice_delivery, bob_delivery) = (recorded.deliveries[0].0, recorded.deliveries[1].0);
         store.set_progress(&[(alice_delivery, 300, 3), (bob_delivery, 700, 3)]).unwrap();
