@@ -3,22 +3,24 @@
 //!
 //! A member session joins a file's swarm when it starts taking the file in pieces, and stays
 //! in it (passing pieces on to the others) until the session ends. The server names, to each
-//! member of a swarm, every other member of it: those are the members it may take pieces from
-//! and give pieces to, and nobody else. The list changes as sessions come and go (a removed or
-//! revoked member's sessions end at once), and every session in the swarm is told.
+//! member of a swarm, the members it may take pieces from and give pieces to, and nobody else:
+//! in a swarm of up to 32 members every other member, in a larger one its neighbours on a
+//! ring and a few shortcuts across it ([`ring_neighbours`]). The lists change as sessions come
+//! and go (a removed or revoked member's sessions end at once), and every session in the swarm
+//! is told of its new list.
 //!
 //! "A new piece" requests are answered from [`Swarms::next_piece`]: each piece is handed out
 //! once, to whichever member asks first, so the server's link carries the file about once
 //! however many members there are. When the last member of a swarm leaves, its record goes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use tokio::sync::watch;
 
 use gshare_proto::frame::{FileKey, PeerInfo};
-use gshare_proto::swarm::Bits;
+use gshare_proto::swarm::{Bits, ring_neighbours, ring_place};
 use gshare_proto::{Fingerprint, UserName};
 
 /// A member session taking part in swarms.
@@ -38,7 +40,37 @@ struct FileSwarm {
     /// Every piece below this has been handed out: the search for the next starts here, so
     /// handing out a file of millions of pieces is not a scan from the start each time.
     first_undispatched: u32,
-    members: Vec<SwarmMember>,
+    /// By session.
+    members: HashMap<u64, SwarmMember>,
+    /// The members named to each certificate in the swarm, worked out again whenever its
+    /// members change (rather than for each session that asks: 500 sessions asking after each
+    /// of 500 joins).
+    named: HashMap<Fingerprint, Vec<PeerInfo>>,
+}
+
+impl FileSwarm {
+    fn name_peers(&mut self) {
+        // One entry per certificate: a certificate with several sessions is one member, and
+        // its address is that of the session that listens.
+        let mut certificates: BTreeMap<Fingerprint, Option<SocketAddr>> = BTreeMap::new();
+        for member in self.members.values() {
+            let address = certificates.entry(member.certificate).or_default();
+            *address = address.or(member.address);
+        }
+        let certificates: Vec<(Fingerprint, Option<SocketAddr>)> = certificates.into_iter().collect();
+        let places: Vec<u64> = certificates.iter().map(|(certificate, _)| ring_place(certificate)).collect();
+        self.named = ring_neighbours(&places)
+            .into_iter()
+            .zip(&certificates)
+            .map(|(named, (certificate, _))| {
+                let peers = named
+                    .into_iter()
+                    .map(|i| PeerInfo { certificate: certificates[i].0, address: certificates[i].1 })
+                    .collect();
+                (*certificate, peers)
+            })
+            .collect();
+    }
 }
 
 /// Every file's swarm.
@@ -76,10 +108,12 @@ impl Swarms {
         let swarm = files.entry(file).or_insert_with(|| FileSwarm {
             dispatched: Bits::new(pieces),
             first_undispatched: 0,
-            members: Vec::new(),
+            members: HashMap::new(),
+            named: HashMap::new(),
         });
-        if !swarm.members.iter().any(|m| m.session == member.session) {
-            swarm.members.push(member);
+        if let std::collections::hash_map::Entry::Vacant(entry) = swarm.members.entry(member.session) {
+            entry.insert(member);
+            swarm.name_peers();
             drop(files);
             self.bump();
         }
@@ -89,11 +123,11 @@ impl Swarms {
     pub fn leave(&self, file: &FileKey, session: u64) {
         let mut files = self.files();
         let Some(swarm) = files.get_mut(file) else { return };
-        let before = swarm.members.len();
-        swarm.members.retain(|m| m.session != session);
-        let changed = swarm.members.len() != before;
+        let changed = swarm.members.remove(&session).is_some();
         if swarm.members.is_empty() {
             files.remove(file);
+        } else if changed {
+            swarm.name_peers();
         }
         drop(files);
         if changed {
@@ -106,9 +140,10 @@ impl Swarms {
         let mut files = self.files();
         let mut changed = false;
         files.retain(|_, swarm| {
-            let before = swarm.members.len();
-            swarm.members.retain(|m| m.session != session);
-            changed |= swarm.members.len() != before;
+            if swarm.members.remove(&session).is_some() {
+                changed = true;
+                swarm.name_peers();
+            }
             !swarm.members.is_empty()
         });
         drop(files);
@@ -117,21 +152,13 @@ impl Swarms {
         }
     }
 
-    /// The members that session `session` may exchange pieces of `file` with: everyone else in
-    /// the swarm, one entry per certificate.
+    /// The members that session `session` may exchange pieces of `file` with (see
+    /// [`ring_neighbours`]), one entry per certificate.
     pub fn peers(&self, file: &FileKey, session: u64) -> Vec<PeerInfo> {
         let files = self.files();
         let Some(swarm) = files.get(file) else { return Vec::new() };
-        let Some(me) = swarm.members.iter().find(|m| m.session == session) else { return Vec::new() };
-        let mut peers: Vec<PeerInfo> = Vec::new();
-        for member in swarm.members.iter().filter(|m| m.certificate != me.certificate) {
-            match peers.iter_mut().find(|p| p.certificate == member.certificate) {
-                // A certificate with several sessions: the one that listens.
-                Some(known) => known.address = known.address.or(member.address),
-                None => peers.push(PeerInfo { certificate: member.certificate, address: member.address }),
-            }
-        }
-        peers
+        let Some(me) = swarm.members.get(&session) else { return Vec::new() };
+        swarm.named.get(&me.certificate).cloned().unwrap_or_default()
     }
 
     /// A piece of `file` never handed out before that the asking member does not hold; marked
@@ -187,5 +214,54 @@ mod tests {
         assert!(swarms.peers(&file, 1).is_empty());
         swarms.leave(&file, 1);
         assert_eq!(swarms.next_piece(&file, &Bits::new(3)), None, "an empty swarm is forgotten");
+    }
+
+    #[test]
+    fn a_certificate_with_two_sessions_is_one_member_at_the_address_that_listens() {
+        let swarms = Swarms::default();
+        let file = [1; 32];
+        swarms.join(file, 3, member(1, 1, None));
+        swarms.join(file, 3, member(2, 1, Some(7444)));
+        swarms.join(file, 3, member(3, 2, None));
+        let expected =
+            [PeerInfo { certificate: Fingerprint([1; 32]), address: Some("192.0.2.1:7444".parse().unwrap()) }];
+        assert_eq!(swarms.peers(&file, 3), expected);
+        assert_eq!(swarms.peers(&file, 1), [PeerInfo { certificate: Fingerprint([2; 32]), address: None }]);
+        swarms.leave(&file, 2);
+        assert_eq!(swarms.peers(&file, 3)[0].address, None, "the listening session left");
+    }
+
+    #[test]
+    fn in_a_swarm_of_hundreds_each_member_is_told_of_a_few_who_are_told_of_it() {
+        let swarms = Swarms::default();
+        let file = [1; 32];
+        let certificate = |session: u64| {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&session.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+            Fingerprint(bytes)
+        };
+        for session in 0..300 {
+            let user = format!("u{session}").parse().unwrap();
+            let address = Some(SocketAddr::from(([192, 0, 2, 1], 1000 + session as u16)));
+            swarms.join(file, 3, SwarmMember { session, user, certificate: certificate(session), address });
+        }
+        let watch = swarms.watch();
+        for session in 0..300 {
+            let peers = swarms.peers(&file, session);
+            assert!((8..=64).contains(&peers.len()), "session {session} is told of {} members", peers.len());
+            for peer in &peers {
+                let other = (0..300).find(|&s| certificate(s) == peer.certificate).expect("a member of the swarm");
+                assert_eq!(peer.address, Some(SocketAddr::from(([192, 0, 2, 1], 1000 + other as u16))));
+                assert!(
+                    swarms.peers(&file, other).iter().any(|p| p.certificate == certificate(session)),
+                    "{session} may take from {other}, but {other} may not serve {session}"
+                );
+            }
+        }
+        swarms.leave_all(17);
+        assert!(watch.has_changed().unwrap(), "sessions are told when a member leaves");
+        for session in (0..300).filter(|&s| s != 17) {
+            assert!(swarms.peers(&file, session).iter().all(|p| p.certificate != certificate(17)));
+        }
     }
 }

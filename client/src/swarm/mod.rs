@@ -39,7 +39,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use gshare_common::{Connection, read_ahead};
 use gshare_proto::Fingerprint;
 use gshare_proto::frame::{FileKey, Frame, PeerInfo, Text};
-use gshare_proto::swarm::{Bits, Schedule, Source};
+use gshare_proto::swarm::{Bits, Schedule, Source, ring_place};
 
 use crate::tls::{member_name, peer_client_config, peer_server_config};
 use store::PieceStore;
@@ -172,14 +172,6 @@ pub struct FileShare {
     recent: Mutex<VecDeque<(u32, Arc<Vec<u8>>)>>,
     /// Woken when a piece arrives or requests for the server are waiting.
     pub wake: Notify,
-}
-
-/// Where a member sits on the ring of members the scheduler takes pieces along
-/// ([`Schedule::place_on_ring`]): every member reads the same place from a certificate.
-fn ring_place(certificate: &Fingerprint) -> u64 {
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&certificate.0[..8]);
-    u64::from_be_bytes(first)
 }
 
 /// A share's changing part.
