@@ -51,9 +51,13 @@ struct FileSwarm {
 impl FileSwarm {
     fn name_peers(&mut self) {
         // One entry per certificate: a certificate with several sessions is one member, and
-        // its address is that of the session that listens.
+        // its address is that of the session that listens (the earliest, if several do: the
+        // same one each time the lists are worked out, or members would be told of a change
+        // that is none).
+        let mut sessions: Vec<&SwarmMember> = self.members.values().collect();
+        sessions.sort_unstable_by_key(|member| member.session);
         let mut certificates: BTreeMap<Fingerprint, Option<SocketAddr>> = BTreeMap::new();
-        for member in self.members.values() {
+        for member in sessions {
             let address = certificates.entry(member.certificate).or_default();
             *address = address.or(member.address);
         }
@@ -217,18 +221,27 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_with_two_sessions_is_one_member_at_the_address_that_listens() {
+    fn a_certificate_with_several_sessions_is_one_member_at_the_earliest_address_that_listens() {
         let swarms = Swarms::default();
         let file = [1; 32];
         swarms.join(file, 3, member(1, 1, None));
         swarms.join(file, 3, member(2, 1, Some(7444)));
         swarms.join(file, 3, member(3, 2, None));
+        swarms.join(file, 3, member(4, 1, Some(7555)));
         let expected =
             [PeerInfo { certificate: Fingerprint([1; 32]), address: Some("192.0.2.1:7444".parse().unwrap()) }];
         assert_eq!(swarms.peers(&file, 3), expected);
+        for _ in 0..8 {
+            // The same address every time the lists are worked out again.
+            swarms.join(file, 3, member(5, 3, None));
+            assert_eq!(swarms.peers(&file, 3)[..1], expected);
+            swarms.leave(&file, 5);
+        }
         assert_eq!(swarms.peers(&file, 1), [PeerInfo { certificate: Fingerprint([2; 32]), address: None }]);
         swarms.leave(&file, 2);
-        assert_eq!(swarms.peers(&file, 3)[0].address, None, "the listening session left");
+        assert_eq!(swarms.peers(&file, 3)[0].address, Some("192.0.2.1:7555".parse().unwrap()));
+        swarms.leave(&file, 4);
+        assert_eq!(swarms.peers(&file, 3)[0].address, None, "no session of it listens now");
     }
 
     #[test]
