@@ -77,9 +77,8 @@ pub const RING_NEIGHBOURS: usize = 4;
 /// quarter, an eighth, and so on down to its neighbours (as Chord's fingers), and every
 /// member whose shortcuts name it. A piece then crosses the swarm in about log2(n) hops, a
 /// member holds about 2 (4 + log2(n / 4)) connections (20 on average at 500, at most 52 in
-/// a test), and a member joining or
-/// leaving changes the lists of its neighbours and of the few whose shortcuts it lands on,
-/// not everyone's.
+/// a test), and a member joining or leaving changes the lists of its neighbours and of the
+/// few whose shortcuts it lands on, not everyone's.
 pub fn ring_neighbours(places: &[u64]) -> Vec<Vec<usize>> {
     let n = places.len();
     let mut named: Vec<Vec<usize>> = vec![Vec::new(); n];

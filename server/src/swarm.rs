@@ -144,11 +144,15 @@ impl Swarms {
         let mut files = self.files();
         let mut changed = false;
         files.retain(|_, swarm| {
-            if swarm.members.remove(&session).is_some() {
-                changed = true;
-                swarm.name_peers();
+            if swarm.members.remove(&session).is_none() {
+                return true;
             }
-            !swarm.members.is_empty()
+            changed = true;
+            if swarm.members.is_empty() {
+                return false;
+            }
+            swarm.name_peers();
+            true
         });
         drop(files);
         if changed {

@@ -6,9 +6,10 @@
 //! in whatever order pieces come, and once every piece has passed, the file's own SHA-256 has
 //! been computed and matched. So nothing waits in memory for pieces before it: each piece's
 //! writeback starts as soon as it is written, every [`SYNC_STEP`] bytes of pieces are made
-//! durable and the step before is dropped from the page cache, much as [`gshare_common::files::WriteBehind`] does for a file received
-//! in order: dirty memory stays bounded, and on a virtual machine the same pages are reused
-//! instead of fresh ones (which cost a host page fault each). The waiting for the disk is
+//! durable and the step before is dropped from the page cache, much as
+//! [`gshare_common::files::WriteBehind`] does for a file received in order: dirty memory
+//! stays bounded, and on a virtual machine the same pages are reused instead of fresh ones
+//! (which cost a host page fault each). The waiting for the disk is
 //! done by a thread of its own ([`Flusher`]), so no piece ever waits behind it.
 //!
 //! Nothing is kept that did not verify: a piece is written only after it matches the server's
