@@ -49,6 +49,16 @@ struct FileSwarm {
 }
 
 impl FileSwarm {
+    /// Takes session `session` out, and works the lists out again if others remain (an
+    /// empty swarm is about to be dropped). Whether it was in.
+    fn without(&mut self, session: u64) -> bool {
+        let was_in = self.members.remove(&session).is_some();
+        if was_in && !self.members.is_empty() {
+            self.name_peers();
+        }
+        was_in
+    }
+
     fn name_peers(&mut self) {
         // One entry per certificate: a certificate with several sessions is one member, and
         // its address is that of the session that listens (the earliest, if several do: the
@@ -127,11 +137,9 @@ impl Swarms {
     pub fn leave(&self, file: &FileKey, session: u64) {
         let mut files = self.files();
         let Some(swarm) = files.get_mut(file) else { return };
-        let changed = swarm.members.remove(&session).is_some();
+        let changed = swarm.without(session);
         if swarm.members.is_empty() {
             files.remove(file);
-        } else if changed {
-            swarm.name_peers();
         }
         drop(files);
         if changed {
@@ -144,15 +152,8 @@ impl Swarms {
         let mut files = self.files();
         let mut changed = false;
         files.retain(|_, swarm| {
-            if swarm.members.remove(&session).is_none() {
-                return true;
-            }
-            changed = true;
-            if swarm.members.is_empty() {
-                return false;
-            }
-            swarm.name_peers();
-            true
+            changed |= swarm.without(session);
+            !swarm.members.is_empty()
         });
         drop(files);
         if changed {
