@@ -28,6 +28,7 @@ use gshare_proto::{GroupName, RelativePath, UserName};
 
 use crate::ServerError;
 use crate::sendlist::SendFile;
+use crate::session::SPOOL_NOT_WRITTEN;
 use crate::state::{Event, Server, blocking};
 use crate::store::unix_now;
 
@@ -252,7 +253,24 @@ async fn send(
         let deliveries: Vec<DeliveryRef> =
             recorded.deliveries.iter().map(|(id, user)| DeliveryRef { id: *id, user: user.to_string() }).collect();
         outstanding.extend(recorded.deliveries);
+        // Members may take the file from here on, while its spool copy goes to the disk; the
+        // sender hears that it is recorded only once it is there.
         server.signal_work();
+        if pin.unsynced {
+            let (spool, hex) = (server.spool.clone(), spooled.hex());
+            let synced = tokio::task::spawn_blocking(move || spool.make_durable(&hex)).await;
+            if let Err(error) = synced.map_err(std::io::Error::other).and_then(|result| result) {
+                tracing::error!(file = %name, %error, "cannot write a spool copy to the disk");
+                crate::session::fail_lost_entry(server, &spooled.hex(), SPOOL_NOT_WRITTEN).await;
+                let dir = server.spool.dir().display();
+                return write(
+                    writer,
+                    &fail(format!("cannot write {name} to the spool's disk ({dir}): {error}; send it again")),
+                )
+                .await;
+            }
+        }
+        drop(pin);
         if gone.is_none() {
             let answer = Answer::Recorded {
                 name: name.to_string(),

@@ -125,6 +125,23 @@ pub fn load_identity(config: &Config) -> Result<ServerIdentity, IdentityError> {
     Ok(identity)
 }
 
+/// At start: a spool copy recorded before it was on the disk, when the server or its machine
+/// went down before it was, is checked; one that did not survive fails its deliveries with a
+/// sentence (`send` had not said the file was recorded), one that did is made durable.
+async fn recover_unsynced_spool(server: &Arc<state::Server>) -> Result<(), ServerError> {
+    let spool = server.spool.clone();
+    let dir = spool.dir().to_owned();
+    let lost = tokio::task::spawn_blocking(move || spool.recover_unsynced())
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|result| result)
+        .map_err(|source| ServerError::Spool(spool::SpoolError::Io { path: dir, source }))?;
+    for entry in lost {
+        session::fail_lost_entry(server, &entry, session::SPOOL_LOST).await;
+    }
+    Ok(())
+}
+
 /// How often deliveries past their retention are expired.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -235,6 +252,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let server = Arc::new(state::Server::new(config, identity, store, users, dummy_hash, spool));
     // A user removed while the server was down loses access before anything else happens.
     reload::reconcile(&server).await?;
+    recover_unsynced_spool(&server).await?;
 
     let config = &server.config;
     let groups: Vec<&str> = config.groups.iter().map(|g| g.as_str()).collect();

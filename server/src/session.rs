@@ -431,6 +431,34 @@ async fn cannot_store(
 pub(crate) const SPOOL_CORRUPT: &str =
     "spool entry corrupt (its bytes changed on the server's disk); send the file again";
 
+/// What `status` says of a delivery whose spool copy could not be written to the disk.
+pub(crate) const SPOOL_NOT_WRITTEN: &str = "the server could not write its spool copy to its disk; send the file again";
+/// What `status` says of a delivery whose spool copy was lost when the server (or its
+/// machine) went down before the copy was on its disk.
+pub(crate) const SPOOL_LOST: &str =
+    "the server went down before its spool copy was on its disk, and the copy did not survive; send the file again";
+
+/// Fails, with `reason`, every pending delivery of the spool entry `sha256_hex`, whose bytes
+/// are not to be had (never written to the disk, or lost), and lets the entry go.
+pub(crate) async fn fail_lost_entry(server: &Arc<Server>, sha256_hex: &str, reason: &'static str) {
+    let hash = sha256_hex.to_owned();
+    let failed = blocking(server, move |store| {
+        let files = store.files_with_hash(&hash)?;
+        store.fail_files(&files, reason, unix_now())
+    })
+    .await;
+    match failed {
+        Ok(failed) => {
+            tracing::error!(entry = %sha256_hex, deliveries = failed.len(), "{reason}");
+            for (id, user) in failed {
+                server.emit(Event::Failed { delivery: id, user, reason: reason.to_owned(), retrying: false });
+            }
+        }
+        Err(error) => tracing::error!(entry = %sha256_hex, %error, "cannot fail the deliveries of a lost spool entry"),
+    }
+    release_spool(server).await;
+}
+
 /// After a member reports that a file did not verify: re-hashes the file's spool entry, and if
 /// its bytes no longer match (changed on disk behind the server's back, or gone), fails every
 /// pending delivery of those bytes at once, instead of sending bad bytes until the attempts

@@ -2,10 +2,19 @@
 //! some member still needs.
 //!
 //! [`Spool::ingest`] reads a file once, hashing on one thread while a second copies it into a
-//! temporary file beside the spool and makes it durable, then renames it to its hash: so a
-//! spool entry is always whole, the hash is computed once however many members receive the
-//! file, and sending the same file twice stores it once. Blocking: call it on a blocking
-//! thread.
+//! temporary file beside the spool, then renames it to its hash: so a spool entry is always
+//! whole, the hash is computed once however many members receive the file, and sending the
+//! same file twice stores it once. Blocking: call it on a blocking thread.
+//!
+//! A new entry is not yet durable when `ingest` returns: the copy is in the page cache, and
+//! its writing to the disk (most of a spool copy's time) goes on while members already
+//! receive the file. The caller records the file, then calls [`Spool::make_durable`], and only
+//! then tells the sender it is recorded. A marker, `<sha256 hex>.unsynced`, made durable before
+//! the entry is renamed into place, stays until the entry is: if the machine goes down in
+//! between, [`Spool::recover_unsynced`] checks the entry's bytes at the next start, and the
+//! caller fails the deliveries of one that did not survive, with a sentence. An entry that
+//! exists already (the same bytes sent again) is replaced by a copy made durable first, so that
+//! the deliveries it holds never depend on one that is not.
 //!
 //! Beside each entry, `<sha256 hex>.ends` holds the file's SHA-256 state at the end of each of
 //! its pieces (32 bytes each, in order; the last is the file's SHA-256), which members check
@@ -22,12 +31,11 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
-use gshare_common::files::WriteBehind;
 use gshare_proto::chain::Chain;
 use gshare_proto::swarm::PIECE_LEN;
 
@@ -35,6 +43,8 @@ use gshare_proto::swarm::PIECE_LEN;
 const PIECE_ENDS_SUFFIX: &str = ".ends";
 /// What an older version named each piece's own SHA-256 by; no longer used, deleted.
 const LEGACY_PIECES_SUFFIX: &str = ".pieces";
+/// Beside an entry recorded before its bytes were durable: `<sha256 hex>.unsynced`.
+const UNSYNCED_SUFFIX: &str = ".unsynced";
 
 /// Bytes read per step while ingesting.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -85,6 +95,9 @@ pub struct Spool {
 #[derive(Debug)]
 pub struct SpoolPin {
     pub spooled: Spooled,
+    /// The entry's bytes are not yet durable: the caller records the file and then calls
+    /// [`Spool::make_durable`] before it says the file is recorded.
+    pub unsynced: bool,
     pins: Arc<Mutex<HashMap<String, usize>>>,
 }
 
@@ -99,6 +112,10 @@ impl Drop for SpoolPin {
             }
         }
     }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir).and_then(|dir| dir.sync_all())
 }
 
 fn lock(pins: &Mutex<HashMap<String, usize>>) -> MutexGuard<'_, HashMap<String, usize>> {
@@ -157,12 +174,25 @@ impl Spool {
             let pieces_target = self.pieces_path(&spooled.hex());
             let pin = {
                 let mut pins = lock(&self.pins);
+                // The same bytes are spooled already, and deliveries may hold them: the fresh
+                // copy (which also mends an entry damaged on disk) replaces them only once it
+                // is durable itself.
+                let unsynced = !target.exists();
+                if unsynced {
+                    self.mark_unsynced(&spooled.hex()).map_err(io_error(&self.marker_path(&spooled.hex())))?;
+                } else {
+                    for path in [&temporary, &temporary_pieces] {
+                        File::open(path).and_then(|file| file.sync_all()).map_err(io_error(path))?;
+                    }
+                }
                 fs::rename(&temporary_pieces, &pieces_target).map_err(io_error(&pieces_target))?;
                 fs::rename(&temporary, &target).map_err(io_error(&target))?;
                 *pins.entry(spooled.hex()).or_insert(0) += 1;
-                SpoolPin { spooled, pins: Arc::clone(&self.pins) }
+                SpoolPin { spooled, unsynced, pins: Arc::clone(&self.pins) }
             };
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_error(&self.dir))?;
+            if !pin.unsynced {
+                sync_dir(&self.dir).map_err(io_error(&self.dir))?;
+            }
             Ok(pin)
         })();
         if result.is_err() {
@@ -175,6 +205,59 @@ impl Spool {
             }
             other => other,
         })
+    }
+
+    /// Makes an entry that [`Spool::ingest`] left unsynced durable, and removes its marker. An
+    /// entry deleted meanwhile (every delivery of it done) needs nothing more. Blocking.
+    pub fn make_durable(&self, sha256_hex: &str) -> io::Result<()> {
+        for path in [self.path(sha256_hex), self.pieces_path(sha256_hex)] {
+            match File::open(&path) {
+                Ok(file) => file.sync_all()?,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+        sync_dir(&self.dir)?;
+        match fs::remove_file(self.marker_path(sha256_hex)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// At start: every entry recorded before its bytes were durable, when the server (or the
+    /// machine) went down before they were. Those whose bytes still hash to their names are
+    /// made durable; the others are deleted and returned, for the caller to fail their
+    /// deliveries. Blocking; reads each such entry whole.
+    pub fn recover_unsynced(&self) -> io::Result<Vec<String>> {
+        let mut lost = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let Some(hash) = name.strip_suffix(UNSYNCED_SUFFIX) else { continue };
+            if self.verify(hash)? {
+                self.make_durable(hash)?;
+            } else {
+                self.remove(hash);
+                lost.push(hash.to_owned());
+            }
+        }
+        Ok(lost)
+    }
+
+    fn marker_path(&self, sha256_hex: &str) -> PathBuf {
+        self.dir.join(format!("{sha256_hex}{UNSYNCED_SUFFIX}"))
+    }
+
+    /// Writes an entry's unsynced marker, durably, before the entry is renamed into place.
+    fn mark_unsynced(&self, sha256_hex: &str) -> io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(self.marker_path(sha256_hex))?
+            .sync_all()?;
+        sync_dir(&self.dir)
     }
 
     /// Bytes free for the spool on its filesystem (for an unprivileged process).
@@ -215,7 +298,7 @@ impl Spool {
                 };
                 ends.update(&buffer[..read])?;
             }
-            if hex(&ends.finish()?) != sha256_hex {
+            if hex(&ends.finish(true)?) != sha256_hex {
                 return Err(io::Error::other("the spooled file no longer hashes to its name"));
             }
             fs::rename(&temporary, &path)
@@ -288,7 +371,7 @@ impl Spool {
     /// Deletes a spool entry no longer needed.
     fn remove(&self, sha256_hex: &str) {
         let legacy = self.dir.join(format!("{sha256_hex}{LEGACY_PIECES_SUFFIX}"));
-        for path in [self.path(sha256_hex), self.pieces_path(sha256_hex), legacy] {
+        for path in [self.path(sha256_hex), self.pieces_path(sha256_hex), legacy, self.marker_path(sha256_hex)] {
             if let Err(error) = fs::remove_file(&path)
                 && error.kind() != io::ErrorKind::NotFound
             {
@@ -298,11 +381,11 @@ impl Spool {
     }
 }
 
-/// Copies `input` to `output`, durably, and returns the SHA-256 and size of what it copied.
+/// Copies `input` to `output`, and returns the SHA-256 and size of what it copied. Not made
+/// durable: into the page cache, at the speed of reading and hashing, not of the disk.
 ///
-/// Two threads: this one reads and hashes, a second writes behind ([`WriteBehind`]), so that
-/// hashing, writing and the disk's work overlap. Buffers go back to the reader when written,
-/// so the copy touches the same few buffers throughout.
+/// Two threads: this one reads and hashes, a second writes, so that the two overlap. Buffers
+/// go back to the reader when written, so the copy touches the same few buffers throughout.
 fn copy_hashing(
     mut input: File,
     output: File,
@@ -315,12 +398,12 @@ fn copy_hashing(
     let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> io::Result<()> {
-            let mut behind = WriteBehind::new(output, 0, false);
+            let mut output = output;
             for chunk in chunks {
-                behind.write(&chunk)?;
+                output.write_all(&chunk)?;
                 let _ = recycle.send(chunk);
             }
-            behind.finish()
+            Ok(())
         });
         // The whole-file hash, which notes the piece ends as it goes.
         let mut ends = PieceEndsWriter::new(pieces);
@@ -353,7 +436,7 @@ fn copy_hashing(
             .map_err(|source| SpoolError::Io { path: temporary.to_owned(), source });
         read_result?;
         write_result?;
-        let sha256 = ends.finish().map_err(|source| SpoolError::Io { path: temporary.to_owned(), source })?;
+        let sha256 = ends.finish(false).map_err(|source| SpoolError::Io { path: temporary.to_owned(), source })?;
         Ok((sha256, size))
     })
 }
@@ -377,8 +460,8 @@ impl PieceEndsWriter {
     }
 
     /// Writes the last piece's end (the file's SHA-256; an empty file has no pieces), makes
-    /// the file durable, and returns the file's SHA-256.
-    fn finish(mut self) -> io::Result<[u8; 32]> {
+    /// the file durable if `durable`, and returns the file's SHA-256.
+    fn finish(mut self, durable: bool) -> io::Result<[u8; 32]> {
         use std::io::Write;
         let has_pieces = !self.chain.is_empty();
         let sha256 = self.chain.finish();
@@ -386,7 +469,9 @@ impl PieceEndsWriter {
             self.out.write_all(&sha256)?;
         }
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         Ok(sha256)
     }
 }
@@ -404,6 +489,7 @@ mod tests {
         let spooled = spool.ingest(&source, 10).unwrap().spooled.clone();
         assert_eq!(spooled.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(fs::read(spool.path(&spooled.hex())).unwrap(), b"abc");
+        spool.make_durable(&spooled.hex()).unwrap();
         assert_eq!(spool.ingest(&source, 10).unwrap().spooled, spooled);
         assert_eq!(
             fs::read_dir(state.path().join("spool")).unwrap().count(),
@@ -415,8 +501,52 @@ mod tests {
         assert!(matches!(spool.ingest(&state.path().join("missing"), 10), Err(SpoolError::Io { .. })));
     }
 
+    /// A new entry is marked until it is durable; the same bytes sent again are made durable
+    /// before they replace it, and leave no mark.
     #[test]
-    fn a_file_past_several_write_behind_steps_is_spooled_whole() {
+    fn a_new_entry_is_marked_unsynced_until_it_is_made_durable() {
+        let state = tempfile::tempdir().unwrap();
+        let spool = Spool::open(state.path()).unwrap();
+        let source = state.path().join("report.bin");
+        fs::write(&source, b"quarterly figures").unwrap();
+        let pin = spool.ingest(&source, 100).unwrap();
+        let hex = pin.spooled.hex();
+        assert!(pin.unsynced, "a new entry is recorded before it is durable");
+        assert!(spool.marker_path(&hex).exists());
+        spool.make_durable(&hex).unwrap();
+        assert!(!spool.marker_path(&hex).exists());
+        let again = spool.ingest(&source, 100).unwrap();
+        assert!(!again.unsynced && !spool.marker_path(&hex).exists(), "an entry that exists is replaced durably");
+        // An entry let go before it was made durable needs nothing more.
+        fs::write(&source, b"other figures").unwrap();
+        let gone = spool.ingest(&source, 100).unwrap().spooled.hex();
+        spool.remove(&gone);
+        spool.make_durable(&gone).unwrap();
+        assert!(!spool.marker_path(&gone).exists() && !spool.path(&gone).exists());
+    }
+
+    /// At start, an entry still marked (the machine went down before it was durable) is kept
+    /// if its bytes survived and returned as lost, and deleted, if they did not.
+    #[test]
+    fn unsynced_entries_are_checked_at_start() {
+        let state = tempfile::tempdir().unwrap();
+        let spool = Spool::open(state.path()).unwrap();
+        let (kept, lost) = (state.path().join("kept.bin"), state.path().join("lost.bin"));
+        fs::write(&kept, vec![7u8; 3000]).unwrap();
+        fs::write(&lost, vec![9u8; 3000]).unwrap();
+        let kept = spool.ingest(&kept, u64::MAX).unwrap().spooled.hex();
+        let lost = spool.ingest(&lost, u64::MAX).unwrap().spooled.hex();
+        // What a power cut can leave of bytes never written to the disk.
+        fs::write(spool.path(&lost), vec![0u8; 1000]).unwrap();
+        let reopened = Spool::open(state.path()).unwrap();
+        assert_eq!(reopened.recover_unsynced().unwrap(), vec![lost.clone()]);
+        assert!(!reopened.path(&lost).exists() && !reopened.marker_path(&lost).exists());
+        assert!(reopened.verify(&kept).unwrap() && !reopened.marker_path(&kept).exists());
+        assert!(reopened.recover_unsynced().unwrap().is_empty(), "nothing is checked twice");
+    }
+
+    #[test]
+    fn a_file_of_many_copy_buffers_is_spooled_whole() {
         let state = tempfile::tempdir().unwrap();
         let spool = Spool::open(state.path()).unwrap();
         let source = state.path().join("big.bin");
@@ -428,6 +558,7 @@ mod tests {
         assert_eq!(spooled.sha256.as_slice(), expected.as_ref());
         assert_eq!(spooled.size, size);
         assert!(fs::read(spool.path(&spooled.hex())).unwrap() == content, "every byte in place");
+        spool.make_durable(&spooled.hex()).unwrap();
         assert!(matches!(spool.ingest(&source, size - 1), Err(SpoolError::TooLarge { .. })));
         assert_eq!(fs::read_dir(state.path().join("spool")).unwrap().count(), 2, "no temporary left by the refusal");
     }

@@ -150,6 +150,34 @@ fn first_reason(server: &ServerProcess) -> String {
     status(server)["files"][0]["deliveries"][0]["reason"].as_str().unwrap_or_default().to_owned()
 }
 
+/// Members take a file while its spool copy is still on its way to the disk; `send` says it
+/// is recorded only once the copy is there. If the machine went down in between, the next
+/// start checks the copy: one that did not survive fails its deliveries with a sentence and is
+/// never sent.
+#[test]
+fn a_spool_copy_lost_before_it_reached_the_disk_fails_its_deliveries_at_the_next_start() {
+    let (_net, mut server, homes) = server_with(&[("alice", "Developers")]);
+    join(&homes[0], "Developers");
+    let source = tempfile::tempdir().unwrap();
+    let file = random_file(source.path(), "ledger.csv", 100_000, 4);
+    assert!(server.send("Developers", &[&file], false).status.success());
+    let spool = spool_entry(&server);
+    assert!(!spool.with_extension("unsynced").exists(), "send said recorded before the copy was durable");
+    // What a power cut in that window leaves behind: the mark, and bytes never written.
+    server.kill();
+    std::fs::write(spool.with_extension("unsynced"), b"").unwrap();
+    std::fs::write(&spool, vec![0u8; 4096]).unwrap();
+    server.start_again();
+
+    assert_eq!(delivery_states(&server), ["alice:failed"]);
+    assert!(first_reason(&server).contains("did not survive; send the file again"), "{}", first_reason(&server));
+    assert!(spool_is_empty(&server), "the lost copy was kept");
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    assert!(files_in(out.path()).is_empty(), "{:?}", files_in(out.path()));
+}
+
 #[test]
 fn a_spool_entry_changed_on_disk_is_found_at_the_first_mismatch_and_never_sent_again() {
     let (_net, server, homes) = server_with(&[("alice", "Developers")]);
