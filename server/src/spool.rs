@@ -454,7 +454,6 @@ impl PieceEndsWriter {
     }
 
     fn update(&mut self, bytes: &[u8]) -> io::Result<()> {
-        use std::io::Write;
         let out = &mut self.out;
         self.chain.update(bytes, |end| out.write_all(&end))
     }
@@ -462,7 +461,6 @@ impl PieceEndsWriter {
     /// Writes the last piece's end (the file's SHA-256; an empty file has no pieces), makes
     /// the file durable if `durable`, and returns the file's SHA-256.
     fn finish(mut self, durable: bool) -> io::Result<[u8; 32]> {
-        use std::io::Write;
         let has_pieces = !self.chain.is_empty();
         let sha256 = self.chain.finish();
         if has_pieces {
