@@ -230,6 +230,9 @@ async fn send(
     // Once the request is accepted, a closed admin connection (the operator pressed Ctrl-C)
     // changes nothing the server does: every file is still recorded and delivered.
     let mut gone: Option<std::io::Error> = None;
+    // Every file is recorded and offered before any spool copy is waited for.
+    let mut recorded_files = Vec::new();
+    let mut refusal = None;
     for (path, name) in named {
         let spool = server.spool.clone();
         let max = server.config.max_file_bytes;
@@ -237,8 +240,14 @@ async fn send(
         // The pin keeps the entry from release until the record below is committed.
         let pin = match tokio::task::spawn_blocking(move || spool.ingest(&source, max)).await {
             Ok(Ok(pin)) => pin,
-            Ok(Err(error)) => return write(writer, &fail(error.to_string())).await,
-            Err(error) => return write(writer, &fail(format!("spooling failed: {error}"))).await,
+            Ok(Err(error)) => {
+                refusal = Some(error.to_string());
+                break;
+            }
+            Err(error) => {
+                refusal = Some(format!("spooling failed: {error}"));
+                break;
+            }
         };
         let spooled = pin.spooled.clone();
         let (hex, size, file_group, file_name) = (spooled.hex(), spooled.size, group.clone(), name.to_string());
@@ -247,40 +256,59 @@ async fn send(
                 .await
             {
                 Ok(recorded) => recorded,
-                Err(error) => return write(writer, &fail(format!("cannot record {name}: {error}"))).await,
+                Err(error) => {
+                    refusal = Some(format!("cannot record {name}: {error}"));
+                    break;
+                }
             };
         tracing::info!(file = %name, size, sha256 = %spooled.hex(), group = %group, members = recorded.deliveries.len(), "file recorded");
         let deliveries: Vec<DeliveryRef> =
             recorded.deliveries.iter().map(|(id, user)| DeliveryRef { id: *id, user: user.to_string() }).collect();
         outstanding.extend(recorded.deliveries);
-        // Members may take the file from here on, while its spool copy goes to the disk; the
-        // sender hears that it is recorded only once it is there.
+        // Members may take the file from here on, while its spool copy goes to the disk behind
+        // this and the batch's later files; the sender hears that it is recorded only once it
+        // is there.
         server.signal_work();
+        let answer = Answer::Recorded {
+            name: name.to_string(),
+            size,
+            sha256: spooled.hex(),
+            file: recorded.file_id,
+            deliveries,
+        };
+        recorded_files.push((name, pin, answer));
+    }
+    // A copy the disk refuses fails its deliveries; the batch's other files go on, and the
+    // sender hears which were not written.
+    let mut unwritten: Vec<(String, std::io::Error)> = Vec::new();
+    for (name, pin, answer) in recorded_files {
         if pin.unsynced {
-            let (spool, hex) = (server.spool.clone(), spooled.hex());
+            let (spool, hex) = (server.spool.clone(), pin.spooled.hex());
             let synced = tokio::task::spawn_blocking(move || spool.make_durable(&hex)).await;
             if let Err(error) = synced.map_err(std::io::Error::other).and_then(|result| result) {
                 tracing::error!(file = %name, %error, "cannot write a spool copy to the disk");
-                crate::session::fail_lost_entry(server, &spooled.hex(), SPOOL_NOT_WRITTEN).await;
-                let dir = server.spool.dir().display();
-                return write(
-                    writer,
-                    &fail(format!("cannot write {name} to the spool's disk ({dir}): {error}; send it again")),
-                )
-                .await;
+                crate::session::fail_lost_entry(server, &pin.spooled.hex(), SPOOL_NOT_WRITTEN).await;
+                unwritten.push((name.to_string(), error));
+                continue;
             }
         }
         drop(pin);
         if gone.is_none() {
-            let answer = Answer::Recorded {
-                name: name.to_string(),
-                size,
-                sha256: spooled.hex(),
-                file: recorded.file_id,
-                deliveries,
-            };
             gone = write(writer, &answer).await.err();
         }
+    }
+    // A file that could not be spooled or recorded ended the batch; the sender hears of it
+    // after the files recorded before it.
+    let mut failures: Vec<String> = Vec::new();
+    if let Some((_, error)) = unwritten.first() {
+        let names: Vec<&str> = unwritten.iter().map(|(name, _)| name.as_str()).collect();
+        let (dir, them) = (server.spool.dir().display(), if names.len() == 1 { "it" } else { "them" });
+        failures
+            .push(format!("cannot write {} to the spool's disk ({dir}): {error}; send {them} again", names.join(", ")));
+    }
+    failures.extend(refusal);
+    if !failures.is_empty() {
+        return write(writer, &fail(failures.join("; "))).await;
     }
     if let Some(error) = gone {
         tracing::info!(%error, "the admin connection closed during a send; every file was recorded all the same");

@@ -308,6 +308,15 @@ impl ServerProcess {
         entry["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap().to_owned()).collect()
     }
 
+    /// `gshare-server send --group GROUP FILES...`, to start and leave running: the server
+    /// offers a file to members before `send` returns (while its spool copy goes to the disk).
+    pub fn send_command(&self, group: &str, files: &[&Path]) -> Command {
+        let mut command = Command::new(server_bin());
+        command.arg("--config").arg(&self.config).args(["send", "--group", group]).args(files);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+    }
+
     /// `gshare-server send --group GROUP FILES... [--wait]`.
     pub fn send(&self, group: &str, files: &[&Path], wait: bool) -> Output {
         let mut args: Vec<String> = vec!["send".into(), "--group".into(), group.into()];

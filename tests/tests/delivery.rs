@@ -294,9 +294,14 @@ fn a_server_crash_in_the_middle_of_a_transfer_delivers_every_file_once() {
     let out = tempfile::tempdir().unwrap();
     let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
     listener.wait_for("waiting for files", LONG);
-    assert!(server.send("Developers", &[&big, &small], false).status.success());
+    // A file is offered before `send` returns (its spool copy goes to the disk meanwhile), so
+    // `send` runs in the background: the crash comes while big.bin is received and small.bin
+    // waits behind it, whether or not `send` has heard back by then.
+    let mut sending = server.send_command("Developers", &[&big, &small]).spawn().unwrap();
+    server.wait_for_log("file recorded file=small.bin", LONG);
     assert!(wait_until(LONG, || part_size(out.path()) >= 16 * 1024 * 1024), "the transfer never started");
     server.kill();
+    let _ = sending.wait();
     assert!(part_size(out.path()) < size as u64, "the transfer finished before the crash");
     server.start_again();
     listener.wait_for("received big.bin", LONG);
