@@ -541,6 +541,9 @@ fn send(
     let mut progress = SendProgress::new(wait);
     let mut failed = false;
     let mut recorded: Vec<String> = Vec::new();
+    // Whether the server refused (and said which files it did not record), rather than the
+    // exchange being cut short.
+    let mut refused = false;
     let files: Vec<String> = listed.files.iter().map(|file| file.name.clone()).collect();
     let request = Request::Send { group: group.clone(), files: listed.files, wait };
     let sent = || requested.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -589,7 +592,10 @@ fn send(
                     );
                 }
             }
-            Answer::Error { message } => bail!("{message}"),
+            Answer::Error { message } => {
+                refused = true;
+                bail!("{message}")
+            }
             Answer::Online { .. } => {}
         }
         Ok(())
@@ -597,15 +603,20 @@ fn send(
     if let Err(error) = outcome {
         let not_recorded: Vec<&str> =
             files.iter().map(String::as_str).filter(|name| !recorded.iter().any(|r| r == name)).collect();
-        let recorded_part = if recorded.is_empty() {
-            "nothing was recorded".to_owned()
-        } else {
-            format!("recorded (they will be delivered): {}", recorded.join(", "))
+        let recorded_part = match (recorded.is_empty(), refused) {
+            (true, true) => "nothing was recorded".to_owned(),
+            (true, false) => "no file was confirmed as recorded".to_owned(),
+            (false, _) => format!("recorded (they will be delivered): {}", recorded.join(", ")),
         };
-        let missing_part = if not_recorded.is_empty() {
-            String::new()
-        } else {
-            format!("; not recorded (send them again): {}", not_recorded.join(", "))
+        // Cut short, the server may have recorded a file without having said so yet (its
+        // spool copy was still on its way to the disk): `status` knows.
+        let missing_part = match (not_recorded.is_empty(), refused) {
+            (true, _) => String::new(),
+            (false, true) => format!("; not recorded (send them again): {}", not_recorded.join(", ")),
+            (false, false) => format!(
+                "; not confirmed (the server may have recorded them; see `gshare-server status` before sending them again): {}",
+                not_recorded.join(", ")
+            ),
         };
         bail!("{error:#}; {recorded_part}{missing_part}");
     }

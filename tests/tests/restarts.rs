@@ -93,6 +93,10 @@ fn send_says_success_for_a_file_the_server_never_recorded() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("ended before it was complete"), "{stderr}");
     assert!(stderr.contains("recorded (they will be delivered): first.bin"), "{stderr}");
-    assert!(stderr.contains("not recorded (send them again): second.bin"), "{stderr}");
+    assert!(
+        stderr.contains("not confirmed (the server may have recorded them; see `gshare-server status`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("before sending them again): second.bin"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
