@@ -243,9 +243,12 @@ fn a_killed_listener_resumes_where_it_stopped() {
     let out = tempfile::tempdir().unwrap();
     let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
     listener.wait_for("waiting for files", LONG);
-    assert!(server.send("Developers", &[&file], false).status.success());
+    // In the background: the file is offered before `send` returns, and may be received whole
+    // by the time it does.
+    let mut sending = server.send_command("Developers", &[&file]).spawn().unwrap();
     assert!(wait_until(LONG, || part_size(out.path()) >= 16 * 1024 * 1024), "the transfer never started");
     listener.kill();
+    assert!(sending.wait().unwrap().success(), "send failed");
     let held = part_size(out.path());
     assert!(held < size as u64, "the transfer finished before the kill");
 
