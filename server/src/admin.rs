@@ -15,7 +15,7 @@
 //! deliveries still pending (members offline); or a single `error`. Only the server's own user
 //! can reach the socket, so it is trusted, but its input is still parsed with care.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use gshare_proto::{GroupName, RelativePath, UserName};
 use crate::ServerError;
 use crate::sendlist::SendFile;
 use crate::session::SPOOL_NOT_WRITTEN;
+use crate::spool::SpoolPin;
 use crate::state::{Event, Server, blocking};
 use crate::store::unix_now;
 
@@ -230,8 +231,11 @@ async fn send(
     // Once the request is accepted, a closed admin connection (the operator pressed Ctrl-C)
     // changes nothing the server does: every file is still recorded and delivered.
     let mut gone: Option<std::io::Error> = None;
-    // Every file is recorded and offered before any spool copy is waited for.
-    let mut recorded_files = Vec::new();
+    // Every file is recorded and offered without waiting for the spool copies before it: each
+    // copy goes to the disk in the background, and the sender hears "recorded" for each, in
+    // order, once its copy is there.
+    let mut recorded_files: VecDeque<Recorded> = VecDeque::new();
+    let mut unwritten: Vec<(String, std::io::Error)> = Vec::new();
     let mut refusal = None;
     for (path, name) in named {
         let spool = server.spool.clone();
@@ -276,26 +280,23 @@ async fn send(
             file: recorded.file_id,
             deliveries,
         };
-        recorded_files.push((name, pin, answer));
-    }
-    // A copy the disk refuses fails its deliveries; the batch's other files go on, and the
-    // sender hears which were not written.
-    let mut unwritten: Vec<(String, std::io::Error)> = Vec::new();
-    for (name, pin, answer) in recorded_files {
-        if pin.unsynced {
+        let syncing = pin.unsynced.then(|| {
             let (spool, hex) = (server.spool.clone(), pin.spooled.hex());
-            let synced = tokio::task::spawn_blocking(move || spool.make_durable(&hex)).await;
-            if let Err(error) = synced.map_err(std::io::Error::other).and_then(|result| result) {
-                tracing::error!(file = %name, %error, "cannot write a spool copy to the disk");
-                crate::session::fail_lost_entry(server, &pin.spooled.hex(), SPOOL_NOT_WRITTEN).await;
-                unwritten.push((name.to_string(), error));
-                continue;
+            tokio::task::spawn_blocking(move || spool.make_durable(&hex))
+        });
+        recorded_files.push_back(Recorded { name, pin, answer, syncing });
+        // Answered in order as their copies land, with at most a few copies on their way at
+        // once (a batch of thousands of small files holds no thousands of threads).
+        let mut too_many = recorded_files.len() > COPIES_ON_THEIR_WAY;
+        while recorded_files.front().is_some_and(|front| too_many || front.is_durable()) {
+            if let Some(front) = recorded_files.pop_front() {
+                confirm(server, writer, front, &mut gone, &mut unwritten).await;
             }
+            too_many = false;
         }
-        drop(pin);
-        if gone.is_none() {
-            gone = write(writer, &answer).await.err();
-        }
+    }
+    for recorded in recorded_files {
+        confirm(server, writer, recorded, &mut gone, &mut unwritten).await;
     }
     // A file that could not be spooled or recorded ended the batch; the sender hears of it
     // after the files recorded before it.
@@ -321,6 +322,51 @@ async fn send(
         outstanding.into_iter().map(|(id, user)| DeliveryRef { id, user: user.to_string() }).collect();
     pending.sort_by_key(|d| d.id);
     write(writer, &Answer::Done { pending }).await
+}
+
+/// Most spool copies of one `send` going to the disk at once.
+const COPIES_ON_THEIR_WAY: usize = 8;
+
+/// A file of a `send` recorded and offered, whose spool copy may still be on its way to the
+/// disk.
+struct Recorded {
+    name: RelativePath,
+    /// Keeps the entry from release until the sender has heard.
+    pin: SpoolPin,
+    answer: Answer,
+    /// The copy going to the disk, if it was not there already.
+    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Recorded {
+    fn is_durable(&self) -> bool {
+        self.syncing.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+    }
+}
+
+/// Waits for `recorded`'s spool copy to reach the disk, then tells the sender (unless the
+/// sender is `gone`). A copy the disk refuses fails the file's deliveries and joins
+/// `unwritten`; the batch's other files go on.
+async fn confirm(
+    server: &Arc<Server>,
+    writer: &mut (impl AsyncWrite + Unpin),
+    recorded: Recorded,
+    gone: &mut Option<std::io::Error>,
+    unwritten: &mut Vec<(String, std::io::Error)>,
+) {
+    let Recorded { name, pin, answer, syncing } = recorded;
+    if let Some(syncing) = syncing
+        && let Err(error) = syncing.await.map_err(std::io::Error::other).and_then(|result| result)
+    {
+        tracing::error!(file = %name, %error, "cannot write a spool copy to the disk");
+        crate::session::fail_lost_entry(server, &pin.spooled.hex(), SPOOL_NOT_WRITTEN).await;
+        unwritten.push((name.to_string(), error));
+        return;
+    }
+    drop(pin);
+    if gone.is_none() {
+        *gone = write(writer, &answer).await.err();
+    }
 }
 
 /// Reports events about `outstanding` deliveries until each is finished or belongs to a member

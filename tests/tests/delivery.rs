@@ -315,6 +315,35 @@ fn a_server_crash_in_the_middle_of_a_transfer_delivers_every_file_once() {
 }
 
 #[test]
+fn a_send_of_many_files_answers_for_each_in_order_and_delivers_them_all() {
+    // More files than the server lets go to the disk at once: each is recorded and offered
+    // as it is read, and `send` hears of each in the order given, once its copy is durable.
+    let (_net, server, homes) = server_with(&[("alice", "Developers")]);
+    join(&homes[0], "Developers");
+    let out = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(&homes[0], &["Developers"], out.path());
+    listener.wait_for("waiting for files", LONG);
+    let source = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("part-{i:02}.bin")).collect();
+    let files: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| random_file(source.path(), name, 50_000 + i * 1_000, 40 + i as u64))
+        .collect();
+    let paths: Vec<&Path> = files.iter().map(|file| file.as_path()).collect();
+    let sent = server.send("Developers", &paths, false);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let said = text(&sent.stdout);
+    let answered: Vec<&str> =
+        said.lines().filter_map(|line| line.split_whitespace().nth(2)).map(|name| name.trim_end_matches(':')).collect();
+    assert_eq!(answered, names, "{said}");
+    assert!(wait_until(LONG, || files_in(out.path()) == names), "{:?}", files_in(out.path()));
+    for (name, file) in names.iter().zip(&files) {
+        assert!(std::fs::read(out.path().join(name)).unwrap() == std::fs::read(file).unwrap(), "{name} differs");
+    }
+}
+
+#[test]
 fn removing_a_user_closes_their_session_and_drops_their_pending_deliveries() {
     let (_net, server, homes) = server_with(&[("alice", "Developers"), ("bob", "Developers")]);
     join(&homes[1], "Developers");
