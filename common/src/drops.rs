@@ -83,7 +83,9 @@ impl From<gshare_proto::Rejection> for DropReason {
 pub struct DropCounter {
     counts: [u64; DropReason::ALL.len()],
     last_logged: Option<Instant>,
-    unlogged: u64,
+    /// Drops not logged since the last line, by reason: the next line names them, so that a
+    /// flood whose every logged line happens to be one reason still shows what it was.
+    unlogged: [u64; DropReason::ALL.len()],
 }
 
 impl DropCounter {
@@ -92,11 +94,13 @@ impl DropCounter {
         self.counts[reason as usize] += 1;
         let due = self.last_logged.is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL);
         if due {
-            tracing::warn!(%from, reason = reason.as_str(), unlogged_since_last = self.unlogged, "dropped datagram: {detail}");
+            let unlogged = summary(&self.unlogged);
+            let unlogged = if unlogged.is_empty() { "none".to_owned() } else { unlogged };
+            tracing::warn!(%from, reason = reason.as_str(), unlogged_since_last = %unlogged, "dropped datagram: {detail}");
             self.last_logged = Some(now);
-            self.unlogged = 0;
+            self.unlogged = [0; DropReason::ALL.len()];
         } else {
-            self.unlogged += 1;
+            self.unlogged[reason as usize] += 1;
         }
     }
 
@@ -116,13 +120,18 @@ impl DropCounter {
 
     /// Non-zero counts by reason, e.g. `2 replayed, 1 bad signature`; empty when nothing dropped.
     pub fn summary(&self) -> String {
-        DropReason::ALL
-            .iter()
-            .filter(|&&reason| self.count(reason) > 0)
-            .map(|&reason| format!("{} {}", self.count(reason), reason))
-            .collect::<Vec<_>>()
-            .join(", ")
+        summary(&self.counts)
     }
+}
+
+/// Non-zero `counts` (indexed by [`DropReason`]) as `2 replayed, 1 bad signature`.
+fn summary(counts: &[u64; DropReason::ALL.len()]) -> String {
+    DropReason::ALL
+        .iter()
+        .filter(|&&reason| counts[reason as usize] > 0)
+        .map(|&reason| format!("{} {}", counts[reason as usize], reason))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -137,9 +146,9 @@ mod tests {
         for i in 0..10 {
             counter.record(DropReason::Malformed, from, &"x", start + Duration::from_millis(i));
         }
-        assert_eq!(counter.unlogged, 9);
+        assert_eq!(summary(&counter.unlogged), "9 malformed");
         counter.record(DropReason::Replayed, from, &"x", start + LOG_INTERVAL);
-        assert_eq!(counter.unlogged, 0);
+        assert_eq!(summary(&counter.unlogged), "");
         assert_eq!(counter.total(), 11);
         assert_eq!(counter.summary(), "10 malformed, 1 replayed");
     }
