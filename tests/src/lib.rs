@@ -308,11 +308,15 @@ impl ServerProcess {
         entry["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap().to_owned()).collect()
     }
 
-    /// `gshare-server send --group GROUP FILES...`, to start and leave running: the server
-    /// offers a file to members before `send` returns (while its spool copy goes to the disk).
-    pub fn send_command(&self, group: &str, files: &[&Path]) -> Command {
+    /// `gshare-server send --group GROUP FILES... [--wait]`, to start and leave running (with
+    /// its output piped): to act while it runs, for the server offers a file to members before
+    /// `send` returns (while its spool copy goes to the disk).
+    pub fn send_command(&self, group: &str, files: &[&Path], wait: bool) -> Command {
         let mut command = Command::new(server_bin());
         command.arg("--config").arg(&self.config).args(["send", "--group", group]).args(files);
+        if wait {
+            command.arg("--wait");
+        }
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         command
     }

@@ -245,7 +245,7 @@ fn a_killed_listener_resumes_where_it_stopped() {
     listener.wait_for("waiting for files", LONG);
     // In the background: the file is offered before `send` returns, and may be received whole
     // by the time it does.
-    let mut sending = server.send_command("Developers", &[&file]).spawn().unwrap();
+    let mut sending = server.send_command("Developers", &[&file], false).spawn().unwrap();
     assert!(wait_until(LONG, || part_size(out.path()) >= 16 * 1024 * 1024), "the transfer never started");
     listener.kill();
     assert!(sending.wait().unwrap().success(), "send failed");
@@ -300,7 +300,7 @@ fn a_server_crash_in_the_middle_of_a_transfer_delivers_every_file_once() {
     // A file is offered before `send` returns (its spool copy goes to the disk meanwhile), so
     // `send` runs in the background: the crash comes while big.bin is received and small.bin
     // waits behind it, whether or not `send` has heard back by then.
-    let mut sending = server.send_command("Developers", &[&big, &small]).spawn().unwrap();
+    let mut sending = server.send_command("Developers", &[&big, &small], false).spawn().unwrap();
     server.wait_for_log("file recorded file=small.bin", LONG);
     assert!(wait_until(LONG, || part_size(out.path()) >= 16 * 1024 * 1024), "the transfer never started");
     server.kill();

@@ -105,15 +105,7 @@ fn ctrl_c_during_send_wait_while_the_server_spools_loses_nothing_of_the_batch() 
     let source = tempfile::tempdir().unwrap();
     let first = gshare_tests::random_file(source.path(), "first.iso", 200 * 1024 * 1024, 31);
     let second = gshare_tests::random_file(source.path(), "second.iso", 200 * 1024 * 1024, 32);
-    let send = Command::new(gshare_tests::server_bin())
-        .arg("--config")
-        .arg(&server.config)
-        .args(["send", "--group", "Developers", "--wait"])
-        .args([&first, &second])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let send = server.send_command("Developers", &[&first, &second], true).spawn().unwrap();
     let spool = server.state_dir().join("spool");
     let spooling = || {
         std::fs::read_dir(&spool)
@@ -350,15 +342,7 @@ fn progress_of_a_file_in_pieces_reaches_status_and_send_wait_prints_lines_not_fl
     listener.wait_for("connected to the server at", LONG);
     let source = tempfile::tempdir().unwrap();
     let big = gshare_tests::random_file(source.path(), "big.iso", 768 * 1024 * 1024, 101);
-    let send = Command::new(gshare_tests::server_bin())
-        .arg("--config")
-        .arg(&server.config)
-        .args(["send", "--group", "Developers", "--wait"])
-        .arg(&big)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let send = server.send_command("Developers", &[&big], true).spawn().unwrap();
     // While it runs, status shows how far the member got: it reports the pieces it holds.
     let partway = || {
         let status: serde_json::Value =

@@ -120,18 +120,8 @@ fn six_members_on_a_shaped_lan_receive_a_file_the_server_sends_about_once() {
 
     // A member killed in the middle of the next file: the others still finish.
     let second = random_file(files.path(), "second.tar", SIZE, 12);
-    let sending = std::thread::spawn({
-        let config = server.config.clone();
-        move || {
-            std::process::Command::new(gshare_tests::server_bin())
-                .arg("--config")
-                .arg(config)
-                .args(["send", "--group", "Developers", "--wait"])
-                .arg(second)
-                .output()
-                .unwrap()
-        }
-    });
+    let mut send = server.send_command("Developers", &[&second], true);
+    let sending = std::thread::spawn(move || send.output().unwrap());
     assert!(wait_until(LONG, || std::fs::read_dir(outs[2].path())
         .unwrap()
         .flatten()
