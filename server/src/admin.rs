@@ -287,12 +287,13 @@ async fn send(
         recorded_files.push_back(Recorded { name, pin, answer, syncing });
         // Answered in order as their copies land, with at most a few copies on their way at
         // once (a batch of thousands of small files holds no thousands of threads).
-        let mut too_many = recorded_files.len() > COPIES_ON_THEIR_WAY;
-        while recorded_files.front().is_some_and(|front| too_many || front.is_durable()) {
+        while recorded_files
+            .front()
+            .is_some_and(|front| recorded_files.len() > COPIES_ON_THEIR_WAY || front.is_durable())
+        {
             if let Some(front) = recorded_files.pop_front() {
                 confirm(server, writer, front, &mut gone, &mut unwritten).await;
             }
-            too_many = false;
         }
     }
     for recorded in recorded_files {
