@@ -1,6 +1,7 @@
 //! What the server and the client share below the protocol: the multicast channel, its settings
 //! (the `[multicast]` table of both `server.toml` and `client.toml`), config file errors that
-//! point at a line, and the accounting of datagrams that receivers drop.
+//! point at a line, the accounting of datagrams that receivers drop, and the TCP settings of
+//! connections that carry file data.
 //!
 //! # Layout
 //!
@@ -13,6 +14,7 @@
 //! - [`settings`]: the `[multicast]` table, validated as it is deserialized.
 //! - [`multicast`]: opening the group socket and the unicast socket beside it.
 //! - [`drops`]: counting dropped datagrams by reason, with rate-limited log lines.
+//! - [`tcp`]: the congestion control of connections that carry file data.
 
 pub mod cli;
 pub mod config_file;
@@ -22,6 +24,7 @@ pub mod files;
 pub mod multicast;
 pub mod password;
 pub mod settings;
+pub mod tcp;
 
 pub use config_file::ConfigFileError;
 pub use connection::{Connection, ConnectionError, read_ahead};

@@ -110,6 +110,7 @@ pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, acceptor: 
             }
             continue;
         };
+        gshare_common::tcp::share_links_evenly(&tcp);
         let server = Arc::clone(&server);
         let (acceptor, sessions) = (acceptor.clone(), Arc::clone(&sessions));
         tokio::spawn(async move { handle_connection(&server, acceptor, tcp, peer, pass, &sessions).await });

@@ -113,10 +113,12 @@ impl PeerQueue {
     }
 }
 
-/// Sets up a TCP connection to another member: no delay for small frames, and little unsent
-/// data in the socket, so that small frames are not queued behind it ([`PEER_UNSENT_LIMIT`]).
+/// Sets up a TCP connection to another member: no delay for small frames, little unsent
+/// data in the socket, so that small frames are not queued behind it ([`PEER_UNSENT_LIMIT`]),
+/// and the congestion control that shares a link best among several such connections.
 fn tune_peer_socket(tcp: &TcpStream) {
     let _ = tcp.set_nodelay(true);
+    gshare_common::tcp::share_links_evenly(tcp);
     let _ = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(PEER_UNSENT_LIMIT);
 }
 
