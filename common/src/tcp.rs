@@ -11,9 +11,9 @@ use tokio::net::TcpStream;
 /// default. Some hosts make BBR (version 1) their default; its flows pace themselves at the
 /// rate they last measured instead of backing off on loss, and several of them sharing one
 /// link leave it less full. On the benchmark LAN (this machine's default is BBR), 256 MiB to
-/// 16 members took 1.15x, 1.15x the limit with CUBIC against 1.17x, 1.18x with BBR (runs
-/// alternating; Reno 1.15x, 1.17x), and 1 GiB to 8 members unshaped was no slower (15.96 s,
-/// 16.36 s against 15.77 s, 17.07 s).
+/// 16 members took 1.15x-1.17x the limit with CUBIC (thirteen runs) against 1.18x-1.20x with
+/// BBR (runs alternating; Reno 1.15x, 1.17x), and 1 GiB to 8 members unshaped was no slower
+/// (15.96 s, 16.36 s against 15.77 s, 17.07 s).
 pub const FILE_DATA_CONGESTION_CONTROL: &str = "cubic";
 
 /// Asks for [`FILE_DATA_CONGESTION_CONTROL`] on `tcp`. Where the kernel refuses (it lacks
