@@ -321,15 +321,9 @@ impl ServerProcess {
         command
     }
 
-    /// `gshare-server send --group GROUP FILES... [--wait]`.
+    /// `gshare-server send --group GROUP FILES... [--wait]`, run to its end.
     pub fn send(&self, group: &str, files: &[&Path], wait: bool) -> Output {
-        let mut args: Vec<String> = vec!["send".into(), "--group".into(), group.into()];
-        args.extend(files.iter().map(|f| f.display().to_string()));
-        if wait {
-            args.push("--wait".into());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.command(&args, "")
+        run_with_stdin(&mut self.send_command(group, files, wait), "")
     }
 
     /// Kills the server with SIGKILL, as a crash would, and waits for it to be gone.
